@@ -1,0 +1,61 @@
+# walfs — WAL-E compatible FUSE filesystem for PostgreSQL archives.
+#   make            release build:  build/release/walfs
+#   make asan       ASan+UBSan build: build/asan/walfs
+#   make check      every test (unit, RGW, FUSE, PostgreSQL end to end), both builds
+#   make install    binary and docs under $(PREFIX)
+
+PREFIX ?= /usr/local
+PKGS := fuse3 libcurl openssl lzo2 libarchive libxml-2.0 json-c
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS))
+
+CC ?= cc
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(WARN) $(PKG_CFLAGS) -pthread
+RELEASE_CFLAGS := -O2 -g
+ASAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+VERSION := 0.1.0
+LIB_SRCS := $(wildcard common/*.c codec/*.c s3/*.c store/*.c fs/*.c) cli/config.c
+MAIN_SRC := cli/main.c
+TEST_SRCS := $(wildcard tests/unit/test_*.c)
+
+define build_variant
+$(1)_OBJS := $$(patsubst %.c,build/$(1)/%.o,$$(LIB_SRCS))
+$(1)_TESTS := $$(patsubst tests/unit/%.c,build/$(1)/tests/%,$$(TEST_SRCS))
+
+build/$(1)/%.o: %.c $$(wildcard */*.h)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(BASE_CFLAGS) $(2) -DWALFS_VERSION='"$$(VERSION)"' -c $$< -o $$@
+
+build/$(1)/walfs: $$($(1)_OBJS) build/$(1)/cli/main.o
+	$$(CC) $(2) -pthread -o $$@ $$^ $$(PKG_LIBS)
+
+build/$(1)/tests/%: tests/unit/%.c $$($(1)_OBJS)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(BASE_CFLAGS) $(2) -o $$@ $$^ $$(PKG_LIBS)
+
+$(1): build/$(1)/walfs $$($(1)_TESTS)
+endef
+
+$(eval $(call build_variant,release,$(RELEASE_CFLAGS)))
+$(eval $(call build_variant,asan,$(ASAN_CFLAGS)))
+
+all: release
+	@ln -sf build/release/walfs walfs
+
+check: release asan
+	bash tests/run.sh
+
+check-unit: release asan
+	WALFS_TEST_ONLY=unit bash tests/run.sh
+
+install: release
+	install -D -m 0755 build/release/walfs $(DESTDIR)$(PREFIX)/bin/walfs
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/walfs/README.md
+
+clean:
+	rm -rf build walfs
+
+.PHONY: all release asan check check-unit install clean
+.DEFAULT_GOAL := all

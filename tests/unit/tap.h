@@ -1,0 +1,33 @@
+/* Minimal TAP-style checks for the unit test binaries: each CHECK prints
+ * "ok N - what" or "not ok N - what", and test_summary() prints the closing
+ * "N passed, M failed" line and returns the exit status. */
+#ifndef WALFS_TESTS_TAP_H
+#define WALFS_TESTS_TAP_H
+
+#include <stdio.h>
+
+static int tap_passed, tap_failed;
+
+#define CHECK(cond, ...)                                                           \
+    do {                                                                           \
+        if (cond) {                                                                \
+            tap_passed++;                                                          \
+            printf("ok %d - ", tap_passed + tap_failed);                           \
+        } else {                                                                   \
+            tap_failed++;                                                          \
+            printf("not ok %d - ", tap_passed + tap_failed);                       \
+        }                                                                          \
+        printf(__VA_ARGS__);                                                       \
+        if (!(cond))                                                               \
+            printf("   [%s:%d: %s]", __FILE__, __LINE__, #cond);                   \
+        printf("\n");                                                              \
+        fflush(stdout);                                                            \
+    } while (0)
+
+static inline int test_summary(void)
+{
+    printf("%d passed, %d failed\n", tap_passed, tap_failed);
+    return tap_failed == 0 && tap_passed > 0 ? 0 : 1;
+}
+
+#endif
