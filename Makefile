@@ -11,7 +11,7 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS))
 
 CC ?= cc
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wno-unused-parameter
-BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(WARN) $(PKG_CFLAGS) -pthread
+BASE_CFLAGS := -std=c11 -DFUSE_USE_VERSION=312 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(WARN) $(PKG_CFLAGS) -pthread
 RELEASE_CFLAGS := -O2 -g
 ASAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 

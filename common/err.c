@@ -23,11 +23,17 @@ int walfs_err_prefix(walfs_err *err, const char *fmt, ...)
     char prefix[WALFS_ERR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    char old[WALFS_ERR_MSG_MAX];
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s%s", prefix, old);
+    if (n <= 0)
+        return err->code;
+    size_t plen = (size_t)n < sizeof prefix ? (size_t)n : sizeof prefix - 1;
+    size_t old = strnlen(err->msg, sizeof err->msg - 1);
+    if (plen + old >= sizeof err->msg)
+        old = sizeof err->msg - 1 - plen;
+    memmove(err->msg + plen, err->msg, old);
+    memcpy(err->msg, prefix, plen);
+    err->msg[plen + old] = '\0';
     return err->code;
 }
 

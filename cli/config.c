@@ -1,0 +1,287 @@
+#include "cli/config.h"
+
+#include <errno.h>
+#include <fuse.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+/* String options land in these fields first so fuse_opt can fill them.
+ * Only the --name=value form: fuse_opt would also match "--name=value"
+ * against a "--name %s" template and keep the '='. */
+typedef struct raw_options {
+    char *endpoint, *region, *addressing, *cache_dir, *cache_size, *connect_timeout,
+        *deadline, *low_speed_time, *attr_timeout, *sse, *storage_class, *ca_file, *log_level;
+    int help, version, skip_check;
+    char *positional[2];
+    int n_positional;
+} raw_options;
+
+#define OPT(t, f) {t, offsetof(raw_options, f), 0}
+static const struct fuse_opt option_spec[] = {
+    OPT("--endpoint=%s", endpoint),
+    OPT("--region=%s", region),
+    OPT("--addressing=%s", addressing),
+    OPT("--cache-dir=%s", cache_dir),
+    OPT("--cache-size=%s", cache_size),
+    OPT("--connect-timeout=%s", connect_timeout),
+    OPT("--deadline=%s", deadline),
+    OPT("--low-speed-time=%s", low_speed_time),
+    OPT("--attr-timeout=%s", attr_timeout),
+    OPT("--sse=%s", sse),
+    OPT("--storage-class=%s", storage_class),
+    OPT("--ca-file=%s", ca_file),
+    OPT("--log-level=%s", log_level),
+    {"--skip-startup-check", offsetof(raw_options, skip_check), 1},
+    {"-h", offsetof(raw_options, help), 1},
+    {"--help", offsetof(raw_options, help), 1},
+    {"-V", offsetof(raw_options, version), 1},
+    {"--version", offsetof(raw_options, version), 1},
+    FUSE_OPT_END};
+
+static int take_positional(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+    raw_options *r = data;
+    if (key != FUSE_OPT_KEY_NONOPT)
+        return 1; /* keep for FUSE */
+    if (r->n_positional >= 2) {
+        fprintf(stderr, "walfs: unexpected argument '%s' (usage: walfs [options] [PREFIX] "
+                        "MOUNTPOINT)\n", arg);
+        return -1;
+    }
+    r->positional[r->n_positional++] = strdup(arg);
+    return 0;
+}
+
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+static int parse_seconds(const char *text, const char *what, double *out, walfs_err *err)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || v < 0)
+        return walfs_err_set(err, -EINVAL, "%s: '%s' is not a number of seconds", what, text);
+    *out = v;
+    return 0;
+}
+
+void walfs_print_usage(const char *prog)
+{
+    printf("usage: %s [options] [PREFIX] MOUNTPOINT\n"
+           "\n"
+           "Mounts a WAL-E archive (s3://BUCKET/PATH, or file:///DIR for a local directory)\n"
+           "at MOUNTPOINT.  PREFIX defaults to $WALE_S3_PREFIX, then $WALE_FILE_PREFIX.\n"
+           "  archive_command = 'cp %%p MOUNTPOINT/wal_005/%%f'\n"
+           "  restore_command = 'cp MOUNTPOINT/wal_005/%%f %%p'\n"
+           "\n"
+           "walfs options:\n"
+           "  --endpoint=URL          S3 endpoint, http(s)://host[:port] or WAL-E's\n"
+           "                          http+path://host:port  ($WALE_S3_ENDPOINT)\n"
+           "  --region=NAME           S3 region ($AWS_REGION; default us-east-1)\n"
+           "  --addressing=STYLE      path or virtual (default: virtual on AWS, path otherwise)\n"
+           "  --cache-dir=DIR         local cache and write spool\n"
+           "                          (default $XDG_CACHE_HOME/walfs or ~/.cache/walfs)\n"
+           "  --cache-size=MIB        decompressed copies kept on disk (default 1024)\n"
+           "  --connect-timeout=SEC   per connection attempt (default 5)\n"
+           "  --deadline=SEC          total time for one operation, retries included;\n"
+           "                          after it the operation fails with EIO (default 60)\n"
+           "  --low-speed-time=SEC    abort a transfer stalled below 1 KiB/s this long (default 15)\n"
+           "  --attr-timeout=SEC      kernel attribute cache for existing files (default 1)\n"
+           "  --sse=AES256            server-side encryption header on uploads ($WALFS_S3_SSE)\n"
+           "  --storage-class=CLASS   storage class of uploads ($WALE_S3_STORAGE_CLASS)\n"
+           "  --ca-file=FILE          CA bundle for TLS (certificates are always verified)\n"
+           "  --log-level=LEVEL       error, warn, info (default) or debug\n"
+           "  --skip-startup-check    mount even if the archive is unreachable or the\n"
+           "                          credentials are rejected at start\n"
+           "  -h, --help              this text;  -V, --version  the version\n"
+           "\n"
+           "Credentials: $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY, and $AWS_SESSION_TOKEN\n"
+           "(or WAL-E's $AWS_SECURITY_TOKEN).\n"
+           "\n"
+           "FUSE options: -f (foreground), -d (debug), -s (single thread), -o OPT[,OPT...]\n"
+           "  e.g. -o allow_other,default_permissions (see README)\n",
+           prog);
+}
+
+int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *err)
+{
+    memset(s, 0, sizeof *s);
+    raw_options r = {0};
+    if (fuse_opt_parse(args, &r, option_spec, take_positional) != 0)
+        return walfs_err_set(err, -EINVAL, "invalid arguments (see --help)");
+    int rc = 0;
+    s->show_help = r.help;
+    s->show_version = r.version;
+    s->skip_startup_check = r.skip_check;
+    if (s->show_help || s->show_version)
+        goto out;
+
+    if (r.n_positional == 2) {
+        s->prefix = strdup(r.positional[0]);
+        s->mountpoint = strdup(r.positional[1]);
+    } else if (r.n_positional == 1) {
+        const char *p = env("WALE_S3_PREFIX");
+        const char *fp = env("WALE_FILE_PREFIX");
+        if (p)
+            s->prefix = strdup(p);
+        else if (fp && fp[0] == '/') {
+            if (asprintf(&s->prefix, "file://%s", fp) < 0)
+                s->prefix = NULL;
+        } else if (fp)
+            s->prefix = strdup(fp);
+        s->mountpoint = strdup(r.positional[0]);
+        if (!s->prefix) {
+            rc = walfs_err_set(err, -EINVAL, "no archive given: pass PREFIX (s3://BUCKET/PATH "
+                               "or file:///DIR) or set WALE_S3_PREFIX");
+            goto out;
+        }
+    } else {
+        rc = walfs_err_set(err, -EINVAL, "no mountpoint given (usage: walfs [options] [PREFIX] "
+                           "MOUNTPOINT)");
+        goto out;
+    }
+    fuse_opt_add_arg(args, s->mountpoint);
+
+    s->path_style = -1;
+    const char *endpoint = r.endpoint ? r.endpoint : env("WALFS_S3_ENDPOINT");
+    if (!endpoint)
+        endpoint = env("WALE_S3_ENDPOINT");
+    if (endpoint) {
+        if (strstr(endpoint, "+path://") || strstr(endpoint, "+virtualhost://") ||
+            strstr(endpoint, "+subdomain://")) {
+            rc = s3_parse_wale_endpoint(endpoint, &s->endpoint, &s->path_style, err);
+            if (rc)
+                goto out;
+        } else {
+            s->endpoint = strdup(endpoint);
+        }
+    }
+    const char *addressing = r.addressing ? r.addressing : env("WALFS_S3_ADDRESSING");
+    if (addressing) {
+        if (strcmp(addressing, "path") == 0)
+            s->path_style = 1;
+        else if (strcmp(addressing, "virtual") == 0 || strcmp(addressing, "virtualhost") == 0)
+            s->path_style = 0;
+        else {
+            rc = walfs_err_set(err, -EINVAL, "--addressing must be 'path' or 'virtual', not '%s'",
+                               addressing);
+            goto out;
+        }
+    }
+    if (s->path_style < 0)
+        s->path_style = s->endpoint ? 1 : 0;
+    const char *region = r.region ? r.region : env("AWS_REGION");
+    if (!region)
+        region = env("AWS_DEFAULT_REGION");
+    s->region = strdup(region ? region : "us-east-1");
+
+    if (r.cache_dir)
+        s->cache_dir = strdup(r.cache_dir);
+    else if (env("WALFS_CACHE_DIR"))
+        s->cache_dir = strdup(env("WALFS_CACHE_DIR"));
+    else if (env("XDG_CACHE_HOME"))
+        rc = asprintf(&s->cache_dir, "%s/walfs", env("XDG_CACHE_HOME")) < 0 ? -ENOMEM : 0;
+    else if (env("HOME"))
+        rc = asprintf(&s->cache_dir, "%s/.cache/walfs", env("HOME")) < 0 ? -ENOMEM : 0;
+    else
+        rc = walfs_err_set(err, -EINVAL, "no cache directory: pass --cache-dir");
+    if (rc)
+        goto out;
+
+    double v = 0;
+    s->cache_max_bytes = 1024ull << 20;
+    if (r.cache_size) {
+        if ((rc = parse_seconds(r.cache_size, "--cache-size", &v, err)))
+            goto out;
+        s->cache_max_bytes = (uint64_t)(v * 1024 * 1024);
+    }
+    s->connect_timeout_ms = 5000;
+    if (r.connect_timeout) {
+        if ((rc = parse_seconds(r.connect_timeout, "--connect-timeout", &v, err)))
+            goto out;
+        s->connect_timeout_ms = (long)(v * 1000);
+    }
+    s->deadline_ms = 60000;
+    if (r.deadline) {
+        if ((rc = parse_seconds(r.deadline, "--deadline", &v, err)))
+            goto out;
+        s->deadline_ms = (long)(v * 1000);
+    }
+    s->low_speed_time_s = 15;
+    if (r.low_speed_time) {
+        if ((rc = parse_seconds(r.low_speed_time, "--low-speed-time", &v, err)))
+            goto out;
+        s->low_speed_time_s = v < 1 ? 1 : (long)v;
+    }
+    s->attr_timeout = 1.0;
+    if (r.attr_timeout && (rc = parse_seconds(r.attr_timeout, "--attr-timeout", &s->attr_timeout, err)))
+        goto out;
+
+    const char *sse = r.sse ? r.sse : env("WALFS_S3_SSE");
+    if (sse) {
+        if (strcmp(sse, "AES256") != 0) {
+            rc = walfs_err_set(err, -EINVAL, "--sse supports only AES256 (what WAL-E sends), not "
+                               "'%s'", sse);
+            goto out;
+        }
+        s->sse = strdup(sse);
+    }
+    const char *sc = r.storage_class ? r.storage_class : env("WALE_S3_STORAGE_CLASS");
+    if (sc)
+        s->storage_class = strdup(sc);
+    if (r.ca_file)
+        s->ca_file = strdup(r.ca_file);
+    s->log_level = WALFS_LOG_INFO;
+    const char *lvl = r.log_level ? r.log_level : env("WALFS_LOG_LEVEL");
+    if (lvl) {
+        s->log_level = walfs_log_parse_level(lvl);
+        if (s->log_level < 0) {
+            rc = walfs_err_set(err, -EINVAL, "--log-level must be error, warn, info or debug");
+            goto out;
+        }
+    }
+out:
+    free(r.endpoint); free(r.region); free(r.addressing); free(r.cache_dir); free(r.cache_size);
+    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout);
+    free(r.sse); free(r.storage_class); free(r.ca_file); free(r.log_level);
+    free(r.positional[0]); free(r.positional[1]);
+    return rc;
+}
+
+int walfs_settings_s3(const walfs_settings *s, s3_config *cfg, walfs_err *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->endpoint = s->endpoint;
+    cfg->region = s->region;
+    cfg->path_style = s->path_style;
+    cfg->access_key = env("AWS_ACCESS_KEY_ID");
+    cfg->secret_key = env("AWS_SECRET_ACCESS_KEY");
+    cfg->session_token = env("AWS_SESSION_TOKEN");
+    if (!cfg->session_token)
+        cfg->session_token = env("AWS_SECURITY_TOKEN");
+    cfg->sse = s->sse;
+    cfg->storage_class = s->storage_class;
+    cfg->ca_file = s->ca_file;
+    cfg->connect_timeout_ms = s->connect_timeout_ms;
+    cfg->low_speed_time_s = s->low_speed_time_s;
+    cfg->low_speed_limit = 1024;
+    cfg->deadline_ms = s->deadline_ms;
+    if (strncmp(s->prefix, "s3://", 5) == 0 && (!cfg->access_key || !cfg->secret_key))
+        return walfs_err_set(err, -EINVAL, "no S3 credentials: set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY (e.g. with envdir /etc/wal-e/env)");
+    return 0;
+}
+
+void walfs_settings_free(walfs_settings *s)
+{
+    free(s->prefix); free(s->mountpoint); free(s->endpoint); free(s->region);
+    free(s->cache_dir); free(s->sse); free(s->storage_class); free(s->ca_file);
+    memset(s, 0, sizeof *s);
+}

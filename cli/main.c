@@ -1,0 +1,138 @@
+/* walfs: mount a WAL-E archive so PostgreSQL can archive and restore WAL
+ * with plain `cp`. */
+#include <errno.h>
+#include <fuse.h>
+#include <fuse_lowlevel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/config.h"
+#include "common/log.h"
+#include "fs/walfs_fs.h"
+#include "store/store.h"
+
+#ifndef WALFS_VERSION
+#define WALFS_VERSION "dev"
+#endif
+
+static int stop_after_first(void *ctx, const store_entry *e) { return 1; }
+
+/* One listing request proves the bucket exists and the credentials work,
+ * so a wrong secret is reported when the operator mounts, not at the first
+ * failed archive_command. */
+static int check_archive(store *st)
+{
+    walfs_err err = {0};
+    int rc = store_list(st, "wal_005/", stop_after_first, NULL, &err);
+    if (rc >= 0)
+        return 0;
+    if (rc == -EACCES || rc == -ENOENT || rc == -EINVAL) {
+        fprintf(stderr, "walfs: cannot use the archive %s: %s\n", st->url, err.msg);
+        return -1;
+    }
+    fprintf(stderr, "walfs: warning: archive %s not reachable now (%s); mounting anyway, "
+                    "operations will fail with EIO until it is\n", st->url, err.msg);
+    return 0;
+}
+
+int main(int argc, char *argv[])
+{
+    struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+    walfs_settings settings;
+    walfs_err err = {0};
+    int exit_code = 1;
+    store *st = NULL;
+    walfs_fs *fs = NULL;
+    struct fuse *fuse = NULL;
+
+    if (walfs_settings_parse(&settings, &args, &err) != 0) {
+        fprintf(stderr, "walfs: %s\n", err.msg);
+        goto out;
+    }
+    if (settings.show_help) {
+        walfs_print_usage(argv[0]);
+        printf("\n");
+        fuse_lib_help(&args);
+        exit_code = 0;
+        goto out;
+    }
+    if (settings.show_version) {
+        printf("walfs %s (FUSE %s)\n", WALFS_VERSION, fuse_pkgversion());
+        exit_code = 0;
+        goto out;
+    }
+    walfs_log_set_level(settings.log_level);
+
+    struct fuse_cmdline_opts fuse_opts;
+    if (fuse_parse_cmdline(&args, &fuse_opts) != 0)
+        goto out;
+    if (!fuse_opts.mountpoint) {
+        fprintf(stderr, "walfs: no mountpoint given\n");
+        goto out;
+    }
+
+    s3_config s3cfg;
+    if (walfs_settings_s3(&settings, &s3cfg, &err) != 0 ||
+        store_open(settings.prefix, &s3cfg, &st, &err) != 0) {
+        fprintf(stderr, "walfs: %s\n", err.msg);
+        goto out_opts;
+    }
+    if (!settings.skip_startup_check && check_archive(st) != 0)
+        goto out_opts;
+
+    walfs_fs_config fscfg = {
+        .st = st,
+        .cache_dir = settings.cache_dir,
+        .cache_max_bytes = settings.cache_max_bytes,
+        .attr_timeout = settings.attr_timeout,
+    };
+    fs = walfs_fs_new(&fscfg, &err);
+    if (!fs) {
+        fprintf(stderr, "walfs: %s\n", err.msg);
+        goto out_opts;
+    }
+    fuse = fuse_new(&args, walfs_fs_operations(), sizeof(struct fuse_operations), fs);
+    if (!fuse)
+        goto out_opts;
+    if (fuse_mount(fuse, fuse_opts.mountpoint) != 0) {
+        fprintf(stderr, "walfs: could not mount at %s (does it exist and is it empty? a user "
+                        "other than root needs /dev/fuse readable and writable)\n",
+                fuse_opts.mountpoint);
+        goto out_fuse;
+    }
+    if (fuse_daemonize(fuse_opts.foreground) != 0)
+        goto out_unmount;
+    if (!fuse_opts.foreground)
+        walfs_log_use_syslog(1);
+    if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
+        goto out_unmount;
+    log_info("walfs %s serving %s at %s", WALFS_VERSION, st->url, fuse_opts.mountpoint);
+    int loop_rc;
+    if (fuse_opts.singlethread) {
+        loop_rc = fuse_loop(fuse);
+    } else {
+        struct fuse_loop_config *loop_cfg = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(loop_cfg, fuse_opts.clone_fd);
+        if (fuse_opts.max_threads > 0 && fuse_opts.max_threads <= 100000) /* unset is -1 */
+            fuse_loop_cfg_set_max_threads(loop_cfg, fuse_opts.max_threads);
+        fuse_loop_cfg_set_idle_threads(loop_cfg, fuse_opts.max_idle_threads);
+        loop_rc = fuse_loop_mt(fuse, loop_cfg);
+        fuse_loop_cfg_destroy(loop_cfg);
+    }
+    exit_code = loop_rc == 0 ? 0 : 1;
+    fuse_remove_signal_handlers(fuse_get_session(fuse));
+    log_info("walfs unmounted from %s", fuse_opts.mountpoint);
+out_unmount:
+    fuse_unmount(fuse);
+out_fuse:
+    fuse_destroy(fuse);
+out_opts:
+    free(fuse_opts.mountpoint);
+out:
+    walfs_fs_free(fs);
+    store_close(st);
+    walfs_settings_free(&settings);
+    fuse_opt_free_args(&args);
+    return exit_code;
+}

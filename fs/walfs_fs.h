@@ -1,0 +1,31 @@
+/* The FUSE filesystem: the archive as PostgreSQL sees it.
+ *
+ *   /wal_005/<name>        one file per <name>.lzo object, decompressed
+ *   /basebackups_005/      base backups (read side in a later part)
+ *
+ * Guarantees (see README "Guarantees"): lookup is one HEAD and never cached
+ * as missing; close() and fsync() return only once the object is stored and
+ * return the upload's error otherwise; objects are write-once. */
+#ifndef WALFS_FS_WALFS_FS_H
+#define WALFS_FS_WALFS_FS_H
+
+#include <fuse.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+typedef struct walfs_fs_config {
+    store *st;              /* borrowed */
+    const char *cache_dir;  /* decompressed copies and write spools */
+    uint64_t cache_max_bytes;
+    double attr_timeout;    /* seconds the kernel may cache a file's attributes */
+} walfs_fs_config;
+
+typedef struct walfs_fs walfs_fs;
+
+walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err);
+void walfs_fs_free(walfs_fs *fs);
+/* Operations to pass to fuse_new with the walfs_fs as private data. */
+const struct fuse_operations *walfs_fs_operations(void);
+
+#endif

@@ -1,0 +1,295 @@
+/* Local-directory backend: the archive laid out with the same keys as in the
+ * bucket, so a directory can be synced to S3 as it is.  A put is atomic
+ * (temporary file, fsync, rename, fsync of the directory) so a crash never
+ * leaves a partial object under its final name. */
+#include "store/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define TMP_MARKER ".walfs-tmp."
+#define XATTR_UNCOMPRESSED "user.walfs.uncompressed_size"
+
+typedef struct local_store {
+    store base;
+    char *root;
+} local_store;
+
+static int join(const local_store *ls, const char *key, char *out, size_t outlen, walfs_err *err)
+{
+    for (const char *c = key; *c;) {
+        size_t clen = strcspn(c, "/");
+        if (clen == 2 && c[0] == '.' && c[1] == '.')
+            return walfs_err_set(err, -EINVAL, "refusing key with a '..' component: %s", key);
+        c += clen;
+        if (*c == '/')
+            c++;
+    }
+    int n = snprintf(out, outlen, "%s/%s", ls->root, key);
+    if (n < 0 || (size_t)n >= outlen)
+        return walfs_err_set(err, -ENAMETOOLONG, "key too long: %s", key);
+    return 0;
+}
+
+static int errno_result(walfs_err *err, int e, const char *what, const char *path)
+{
+    const char *hint = e == EACCES || e == EPERM ? ": check the permissions of the archive directory"
+                       : e == ENOSPC           ? ": the archive's filesystem is full"
+                                               : "";
+    return walfs_err_set(err, -e, "%s %s: %s%s", what, path, strerror(e), hint);
+}
+
+static int local_stat(store *st, const char *key, store_stat *out, walfs_err *err)
+{
+    local_store *ls = (local_store *)st;
+    char path[PATH_MAX];
+    int rc = join(ls, key, path, sizeof path, err);
+    if (rc)
+        return rc;
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return errno_result(err, errno, "stat", path);
+    if (!S_ISREG(sb.st_mode))
+        return walfs_err_set(err, -ENOENT, "%s is not a regular file", path);
+    memset(out, 0, sizeof *out);
+    out->size = (uint64_t)sb.st_size;
+    out->mtime = sb.st_mtime;
+    snprintf(out->etag, sizeof out->etag, "%" PRIx64 "-%" PRIx64 "-%lx-%lx", (uint64_t)sb.st_ino,
+             (uint64_t)sb.st_size, (long)sb.st_mtim.tv_sec, (long)sb.st_mtim.tv_nsec);
+    out->uncompressed_size = -1;
+    char buf[32];
+    ssize_t n = getxattr(path, XATTR_UNCOMPRESSED, buf, sizeof buf - 1);
+    if (n > 0) {
+        buf[n] = '\0';
+        char *end;
+        long long v = strtoll(buf, &end, 10);
+        if (*end == '\0' && v >= 0)
+            out->uncompressed_size = v;
+    }
+    return 0;
+}
+
+static int local_get(store *st, const char *key, uint64_t offset, uint64_t length,
+                     store_sink_fn sink, void *ctx, walfs_err *err)
+{
+    local_store *ls = (local_store *)st;
+    char path[PATH_MAX];
+    int rc = join(ls, key, path, sizeof path, err);
+    if (rc)
+        return rc;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno_result(err, errno, "open", path);
+    enum { CHUNK = 256 * 1024 };
+    char *buf = malloc(CHUNK);
+    if (!buf) {
+        close(fd);
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    }
+    uint64_t pos = offset, end = length ? offset + length : UINT64_MAX;
+    rc = 0;
+    while (pos < end) {
+        size_t want = end - pos < CHUNK ? (size_t)(end - pos) : CHUNK;
+        ssize_t n = pread(fd, buf, want, (off_t)pos);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = errno_result(err, errno, "read", path);
+            break;
+        }
+        if (n == 0)
+            break;
+        rc = sink(ctx, buf, (size_t)n);
+        if (rc)
+            break;
+        pos += (uint64_t)n;
+    }
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+static int mkdirs(char *path)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int r = mkdir(path, 0755);
+        *p = '/';
+        if (r != 0 && errno != EEXIST)
+            return -errno;
+    }
+    return 0;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        return 0;
+    *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return r;
+}
+
+static int local_put(store *st, const char *key, const void *body, size_t len,
+                     int64_t uncompressed_size, walfs_err *err)
+{
+    local_store *ls = (local_store *)st;
+    char path[PATH_MAX], tmp[PATH_MAX];
+    int rc = join(ls, key, path, sizeof path, err);
+    if (rc)
+        return rc;
+    if (mkdirs(path) != 0)
+        return errno_result(err, errno, "create directories for", path);
+    char *slash = strrchr(path, '/');
+    int n = snprintf(tmp, sizeof tmp, "%.*s/" TMP_MARKER "%s.%ld", (int)(slash - path), path,
+                     slash + 1, (long)getpid());
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return walfs_err_set(err, -ENAMETOOLONG, "key too long: %s", key);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return errno_result(err, errno, "create", tmp);
+    const char *p = body;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = errno_result(err, errno, "write", tmp);
+            goto fail;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (uncompressed_size >= 0) {
+        char buf[32];
+        int bl = snprintf(buf, sizeof buf, "%lld", (long long)uncompressed_size);
+        /* Best effort: filesystems without user xattrs just cost a decode on stat. */
+        (void)fsetxattr(fd, XATTR_UNCOMPRESSED, buf, (size_t)bl, 0);
+    }
+    if (fsync(fd) != 0) {
+        rc = errno_result(err, errno, "fsync", tmp);
+        goto fail;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        rc = errno_result(err, errno, "close", tmp);
+        goto fail;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0) {
+        rc = errno_result(err, errno, "rename into place", path);
+        goto fail;
+    }
+    int r = fsync_dir_of(path);
+    if (r)
+        return errno_result(err, -r, "fsync directory of", path);
+    return 0;
+fail:
+    if (fd >= 0)
+        close(fd);
+    unlink(tmp);
+    return rc;
+}
+
+static int local_remove(store *st, const char *key, walfs_err *err)
+{
+    local_store *ls = (local_store *)st;
+    char path[PATH_MAX];
+    int rc = join(ls, key, path, sizeof path, err);
+    if (rc)
+        return rc;
+    if (unlink(path) != 0)
+        return errno_result(err, errno, "remove", path);
+    return 0;
+}
+
+static int local_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
+                      walfs_err *err)
+{
+    local_store *ls = (local_store *)st;
+    char path[PATH_MAX];
+    int rc = join(ls, dir_prefix, path, sizeof path, err);
+    if (rc)
+        return rc;
+    DIR *d = opendir(path);
+    if (!d) {
+        if (errno == ENOENT)
+            return 0; /* like S3: a prefix with no objects lists as empty */
+        return errno_result(err, errno, "list", path);
+    }
+    struct dirent *de;
+    rc = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            strncmp(de->d_name, TMP_MARKER, strlen(TMP_MARKER)) == 0)
+            continue;
+        struct stat sb;
+        if (fstatat(dirfd(d), de->d_name, &sb, 0) != 0)
+            continue; /* removed while listing */
+        store_entry e = {.name = de->d_name, .is_dir = S_ISDIR(sb.st_mode),
+                         .size = (uint64_t)sb.st_size, .mtime = sb.st_mtime};
+        if (!e.is_dir && !S_ISREG(sb.st_mode))
+            continue;
+        rc = fn(ctx, &e);
+        if (rc)
+            break;
+    }
+    closedir(d);
+    return rc;
+}
+
+static void local_destroy(store *st)
+{
+    local_store *ls = (local_store *)st;
+    free(ls->root);
+    free(ls->base.url);
+    free(ls);
+}
+
+static const store_ops local_ops = {
+    .stat = local_stat, .get = local_get, .put = local_put,
+    .remove = local_remove, .list = local_list, .destroy = local_destroy,
+};
+
+int store_local_open(const char *root_dir, store **out, walfs_err *err)
+{
+    struct stat sb;
+    if (stat(root_dir, &sb) != 0)
+        return walfs_err_set(err, -errno,
+                             "archive directory %s: %s (create it first, owned by the user "
+                             "running walfs)",
+                             root_dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return walfs_err_set(err, -ENOTDIR, "archive %s is not a directory", root_dir);
+    local_store *ls = calloc(1, sizeof *ls);
+    if (!ls)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    ls->root = strdup(root_dir);
+    size_t rl = strlen(ls->root);
+    while (rl > 1 && ls->root[rl - 1] == '/')
+        ls->root[--rl] = '\0';
+    ls->base.ops = &local_ops;
+    if (asprintf(&ls->base.url, "file://%s", ls->root) < 0)
+        ls->base.url = NULL;
+    *out = &ls->base;
+    return 0;
+}

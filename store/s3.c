@@ -1,0 +1,167 @@
+/* S3 backend: keys live under the archive's key prefix in one bucket.  The
+ * uncompressed size travels as user metadata, which WAL-E ignores, so
+ * getattr on an object walfs wrote needs no download. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "s3/s3_client.h"
+
+#define META_UNCOMPRESSED "walfs-uncompressed-size"
+
+typedef struct s3_store {
+    store base;
+    s3_client *client;
+    char *prefix;   /* "" or ending in '/' */
+} s3_store;
+
+static char *full_key(const s3_store *ss, const char *key)
+{
+    char *k = NULL;
+    if (asprintf(&k, "%s%s", ss->prefix, key) < 0)
+        return NULL;
+    return k;
+}
+
+static int s3s_stat(store *st, const char *key, store_stat *out, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    char *k = full_key(ss, key);
+    if (!k)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    s3_object_info info;
+    int rc = s3_head(ss->client, k, &info, err);
+    free(k);
+    if (rc)
+        return rc;
+    memset(out, 0, sizeof *out);
+    out->size = info.size;
+    out->mtime = info.last_modified;
+    snprintf(out->etag, sizeof out->etag, "%s", info.etag);
+    out->uncompressed_size = -1;
+    for (int i = 0; i < info.n_meta; i++) {
+        if (strcmp(info.meta[i].name, META_UNCOMPRESSED) == 0) {
+            char *end;
+            long long v = strtoll(info.meta[i].value, &end, 10);
+            if (*end == '\0' && end != info.meta[i].value && v >= 0)
+                out->uncompressed_size = v;
+        }
+    }
+    return 0;
+}
+
+static int s3s_get(store *st, const char *key, uint64_t offset, uint64_t length,
+                   store_sink_fn sink, void *ctx, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    char *k = full_key(ss, key);
+    if (!k)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    int rc = s3_get(ss->client, k, offset, length, sink, ctx, err);
+    free(k);
+    return rc;
+}
+
+static int s3s_put(store *st, const char *key, const void *body, size_t len,
+                   int64_t uncompressed_size, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    char *k = full_key(ss, key);
+    if (!k)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    s3_meta meta;
+    int n_meta = 0;
+    if (uncompressed_size >= 0) {
+        snprintf(meta.name, sizeof meta.name, "%s", META_UNCOMPRESSED);
+        snprintf(meta.value, sizeof meta.value, "%lld", (long long)uncompressed_size);
+        n_meta = 1;
+    }
+    int rc = s3_put(ss->client, k, body, len, n_meta ? &meta : NULL, n_meta, err);
+    free(k);
+    return rc;
+}
+
+static int s3s_remove(store *st, const char *key, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    char *k = full_key(ss, key);
+    if (!k)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    int rc = s3_delete(ss->client, k, err);
+    free(k);
+    return rc;
+}
+
+typedef struct list_adapter {
+    store_list_fn fn;
+    void *ctx;
+    size_t strip;   /* length of prefix + dir_prefix */
+} list_adapter;
+
+static int adapt_entry(void *ctx, const s3_list_entry *e)
+{
+    list_adapter *a = ctx;
+    size_t klen = strlen(e->key);
+    if (klen <= a->strip)
+        return 0; /* the "directory" marker object itself */
+    char name[1024];
+    size_t nlen = klen - a->strip;
+    if (e->is_prefix && nlen > 0 && e->key[klen - 1] == '/')
+        nlen--;
+    if (nlen == 0 || nlen >= sizeof name)
+        return 0;
+    memcpy(name, e->key + a->strip, nlen);
+    name[nlen] = '\0';
+    store_entry se = {.name = name, .is_dir = e->is_prefix, .size = e->size,
+                      .mtime = e->last_modified};
+    return a->fn(a->ctx, &se);
+}
+
+static int s3s_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
+                    walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    char *k = full_key(ss, dir_prefix);
+    if (!k)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    list_adapter a = {.fn = fn, .ctx = ctx, .strip = strlen(k)};
+    int rc = s3_list(ss->client, k, "/", adapt_entry, &a, err);
+    free(k);
+    return rc;
+}
+
+static void s3s_destroy(store *st)
+{
+    s3_store *ss = (s3_store *)st;
+    s3_client_free(ss->client);
+    free(ss->prefix);
+    free(ss->base.url);
+    free(ss);
+}
+
+static const store_ops s3_store_ops = {
+    .stat = s3s_stat, .get = s3s_get, .put = s3s_put,
+    .remove = s3s_remove, .list = s3s_list, .destroy = s3s_destroy,
+};
+
+int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,
+                  store **out, walfs_err *err)
+{
+    s3_store *ss = calloc(1, sizeof *ss);
+    if (!ss)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    ss->client = s3_client_new(cfg, bucket, err);
+    if (!ss->client) {
+        free(ss);
+        return err && err->code ? err->code : -EINVAL;
+    }
+    ss->prefix = strdup(key_prefix);
+    ss->base.ops = &s3_store_ops;
+    if (asprintf(&ss->base.url, "s3://%s/%s", bucket, key_prefix) < 0)
+        ss->base.url = NULL;
+    *out = &ss->base;
+    return 0;
+}

@@ -1,0 +1,76 @@
+/* Opening a store from the URL the user gives: s3://bucket/prefix or
+ * file:///path.  WAL-E's prefix rules apply: "s3://b/p" and "s3://b/p/" are
+ * the same archive, an empty path is the bucket root. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "s3/s3_client.h"
+
+void store_close(store *st)
+{
+    if (st)
+        st->ops->destroy(st);
+}
+
+static int open_s3_url(const char *rest, const s3_config *cfg, store **out, walfs_err *err)
+{
+    const char *slash = strchr(rest, '/');
+    size_t bucket_len = slash ? (size_t)(slash - rest) : strlen(rest);
+    if (bucket_len == 0)
+        return walfs_err_set(err, -EINVAL,
+                             "archive prefix has no bucket: expected s3://BUCKET/PREFIX");
+    char *bucket = strndup(rest, bucket_len);
+    const char *path = slash ? slash + 1 : "";
+    while (*path == '/')
+        path++;
+    size_t plen = strlen(path);
+    char *prefix = malloc(plen + 2);
+    if (!bucket || !prefix) {
+        free(bucket);
+        free(prefix);
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    }
+    memcpy(prefix, path, plen + 1);
+    if (plen > 0 && prefix[plen - 1] != '/')
+        strcat(prefix, "/");
+    if (strstr(prefix, "//")) {
+        free(bucket);
+        free(prefix);
+        return walfs_err_set(err, -EINVAL,
+                             "archive prefix s3://%s contains an empty path component ('//'): "
+                             "WAL-E writes such keys without it, so the archive would not match",
+                             rest);
+    }
+    int rc = store_s3_open(cfg, bucket, prefix, out, err);
+    free(bucket);
+    free(prefix);
+    return rc;
+}
+
+int store_open(const char *url, const struct s3_config *s3cfg, store **out, walfs_err *err)
+{
+    *out = NULL;
+    if (strncmp(url, "s3://", 5) == 0) {
+        if (!s3cfg)
+            return walfs_err_set(err, -EINVAL, "no S3 settings for %s", url);
+        return open_s3_url(url + 5, s3cfg, out, err);
+    }
+    if (strncmp(url, "file://", 7) == 0) {
+        const char *path = url + 7;
+        if (strncmp(path, "localhost/", 10) == 0) /* WAL-E's file://localhost/path form */
+            path += 9;
+        if (path[0] != '/')
+            return walfs_err_set(err, -EINVAL,
+                                 "%s: a file:// prefix needs an absolute path (file:///var/lib/walfs)",
+                                 url);
+        return store_local_open(path, out, err);
+    }
+    if (url[0] == '/')
+        return store_local_open(url, out, err);
+    return walfs_err_set(err, -EINVAL,
+                         "unsupported archive prefix '%s': use s3://BUCKET/PREFIX or file:///PATH",
+                         url);
+}

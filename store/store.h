@@ -1,0 +1,83 @@
+/* The storage interface the filesystem talks to.  Keys are relative to the
+ * archive prefix ("wal_005/000000010000000000000003.lzo"); each backend maps
+ * them to its own namespace (an S3 bucket and key prefix, or a local
+ * directory laid out with the same keys).
+ *
+ * Every call returns 0 or a negative errno and fills err (see common/err.h):
+ * -ENOENT means the backend said the object does not exist, and nothing else
+ * does; transient failures are retried inside the backend up to its deadline. */
+#ifndef WALFS_STORE_STORE_H
+#define WALFS_STORE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "common/err.h"
+
+typedef struct store store;
+
+typedef struct store_stat {
+    uint64_t size;              /* stored (compressed) bytes */
+    time_t mtime;
+    char etag[128];             /* changes whenever the content does */
+    int64_t uncompressed_size;  /* recorded by walfs at upload; -1 when unknown (e.g. written by WAL-E) */
+} store_stat;
+
+typedef struct store_entry {
+    const char *name;           /* key relative to the listed prefix, no trailing '/' */
+    int is_dir;                 /* a common prefix (sub-"directory") */
+    uint64_t size;
+    time_t mtime;
+} store_entry;
+
+/* Returns 0 to continue, non-zero to stop the listing (that value is returned). */
+typedef int (*store_list_fn)(void *ctx, const store_entry *entry);
+/* Receives object bytes; returns 0 or a negative errno to abort. */
+typedef int (*store_sink_fn)(void *ctx, const void *data, size_t len);
+
+typedef struct store_ops {
+    int (*stat)(store *st, const char *key, store_stat *out, walfs_err *err);
+    /* length 0 = to the end */
+    int (*get)(store *st, const char *key, uint64_t offset, uint64_t length,
+               store_sink_fn sink, void *ctx, walfs_err *err);
+    /* Stores body atomically under key: readers see the old object or the
+     * whole new one, never a part.  uncompressed_size < 0 = not recorded. */
+    int (*put)(store *st, const char *key, const void *body, size_t len,
+               int64_t uncompressed_size, walfs_err *err);
+    int (*remove)(store *st, const char *key, walfs_err *err);
+    /* One level under dir_prefix ("wal_005/"), paging through as needed. */
+    int (*list)(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err);
+    void (*destroy)(store *st);
+} store_ops;
+
+struct store {
+    const store_ops *ops;
+    char *url;                  /* "s3://bucket/prefix" or "file:///path", for messages */
+};
+
+/* Options for opening a store from a URL; S3 settings are ignored for file://. */
+struct s3_config;
+int store_open(const char *url, const struct s3_config *s3cfg, store **out, walfs_err *err);
+
+static inline int store_stat_key(store *st, const char *key, store_stat *out, walfs_err *err)
+{ return st->ops->stat(st, key, out, err); }
+static inline int store_get(store *st, const char *key, uint64_t off, uint64_t len,
+                            store_sink_fn sink, void *ctx, walfs_err *err)
+{ return st->ops->get(st, key, off, len, sink, ctx, err); }
+static inline int store_put(store *st, const char *key, const void *body, size_t len,
+                            int64_t uncompressed_size, walfs_err *err)
+{ return st->ops->put(st, key, body, len, uncompressed_size, err); }
+static inline int store_remove(store *st, const char *key, walfs_err *err)
+{ return st->ops->remove(st, key, err); }
+static inline int store_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
+                             walfs_err *err)
+{ return st->ops->list(st, dir_prefix, fn, ctx, err); }
+void store_close(store *st);
+
+/* Backends (store/local.c, store/s3.c). */
+int store_local_open(const char *root_dir, store **out, walfs_err *err);
+int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,
+                  store **out, walfs_err *err);
+
+#endif

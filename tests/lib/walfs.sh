@@ -1,0 +1,119 @@
+# shellcheck shell=bash
+# tests/lib/walfs.sh — mount and unmount walfs in tests, the way an operator
+# runs it: as the postgres user, in the foreground of a background job, with
+# its log in a file.  Every mount made here is unmounted by walfs_cleanup.
+#
+#   walfs_mount MNT PREFIX [walfs options...]   mount, wait until it serves
+#   walfs_umount MNT                            unmount, wait for the daemon,
+#                                               fail if it exited non-zero or a
+#                                               sanitizer reported anything
+#   walfs_log MNT                               path of that mount's log
+#   walfs_cleanup                               lazy-unmount and kill leftovers
+#
+# WALFS_BIN (default build/release/walfs) picks the build; WALFS_USER
+# (default postgres) the user; WALFS_SCRATCH a directory for logs and caches.
+
+: "${WALFS_BIN:=build/release/walfs}"
+: "${WALFS_USER:=postgres}"
+WALFS_BIN=$(readlink -f "$WALFS_BIN")
+declare -gA _WALFS_PID _WALFS_LOG
+_WALFS_MOUNTS=()
+
+_walfs_prepare() {
+    [[ -n ${WALFS_SCRATCH:-} ]] || WALFS_SCRATCH=$(mktemp -d /tmp/walfs-mnt.XXXXXX)
+    chmod 0755 "$WALFS_SCRATCH"
+    chown "$WALFS_USER" "$WALFS_SCRATCH"
+    # This machine ships /dev/fuse as 0600; a stock Debian has 0666.
+    [[ $(stat -c %a /dev/fuse) == 666 ]] || chmod 0666 /dev/fuse
+}
+
+walfs_log() { echo "${_WALFS_LOG[$1]}"; }
+
+walfs_mount() {
+    local mnt=$1 prefix=$2; shift 2
+    _walfs_prepare
+    mkdir -p "$mnt"
+    chown "$WALFS_USER" "$mnt"
+    local n=${#_WALFS_MOUNTS[@]}
+    local log="$WALFS_SCRATCH/walfs-$n.log"
+    local cache="$WALFS_SCRATCH/cache-$n"
+    _WALFS_LOG[$mnt]=$log
+    # setpriv execs walfs itself, so $! is the daemon and its exit status ours.
+    setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
+        env HOME="$WALFS_SCRATCH" "$WALFS_BIN" -f "$prefix" "$mnt" --cache-dir="$cache" "$@" \
+        >"$log" 2>&1 &
+    _WALFS_PID[$mnt]=$!
+    _WALFS_MOUNTS+=("$mnt")
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if grep -qs " $mnt fuse" /proc/mounts; then
+            return 0
+        fi
+        if ! kill -0 "${_WALFS_PID[$mnt]}" 2>/dev/null; then
+            echo "walfs exited before mounting $mnt:" >&2
+            cat "$log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "walfs did not mount $mnt within 10 s:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+# Sanitizer reports in a log mean a bug even when the exit status is 0.
+walfs_log_clean() {
+    ! grep -qE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1"
+}
+
+walfs_umount() {
+    local mnt=$1 pid=${_WALFS_PID[$1]:-} rc=0 i
+    fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true
+    if [[ -n $pid ]]; then
+        for ((i = 0; i < 300; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "walfs for $mnt did not exit within 30 s after unmount" >&2
+            kill -9 "$pid" 2>/dev/null
+            rc=1
+        fi
+        wait "$pid" 2>/dev/null || rc=$?
+        unset "_WALFS_PID[$mnt]"
+    fi
+    if ! walfs_log_clean "${_WALFS_LOG[$mnt]}"; then
+        echo "sanitizer report in $(walfs_log "$mnt"):" >&2
+        grep -A30 -E 'Sanitizer|runtime error' "${_WALFS_LOG[$mnt]}" | head -60 >&2
+        rc=1
+    fi
+    if [[ $rc -ne 0 ]]; then
+        echo "walfs for $mnt exited with status $rc; log tail:" >&2
+        tail -n 20 "${_WALFS_LOG[$mnt]}" >&2
+    fi
+    return $rc
+}
+
+walfs_cleanup() {
+    local mnt
+    for mnt in "${_WALFS_MOUNTS[@]}"; do
+        if grep -qs " $mnt fuse" /proc/mounts; then
+            fusermount3 -uz "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+        fi
+        local pid=${_WALFS_PID[$mnt]:-}
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            sleep 0.5
+            kill "$pid" 2>/dev/null || true
+        fi
+    done
+    _WALFS_MOUNTS=()
+}
+
+# --- tiny assertion helpers shared by the shell suites ---
+_T_PASSED=0
+_T_FAILED=0
+ok() { _T_PASSED=$((_T_PASSED + 1)); echo "ok - $*"; }
+not_ok() { _T_FAILED=$((_T_FAILED + 1)); echo "not ok - $*"; }
+# check "description" command...: ok when the command succeeds
+check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
+t_summary() { echo "$_T_PASSED passed, $_T_FAILED failed"; [[ $_T_FAILED -eq 0 ]]; }
