@@ -30,6 +30,8 @@ static void sb_grow(sbuf *b, size_t extra)
         b->failed = 1;
         return;
     }
+    if (!b->p)
+        np[0] = '\0';
     b->p = np;
     b->cap = ncap;
 }

@@ -79,9 +79,17 @@ rc=0; s3 head "$bucket" "$key" >/dev/null 2>&1 || rc=$?
 check "head after rm exits 3 (404)" test "$rc" -eq 3
 check "rb $bucket" s3 rb "$bucket"
 
+daemon_pids=$(cat "$WORK"/rgw/pids/*.pid)
 rgw_stop "$WORK/rgw"
-left=$(pgrep -a -f "$WORK/rgw/" || true)
-check "rgw_stop leaves no daemons behind" test -z "$left"
+left=
+for pid in $daemon_pids; do
+    # gone, or at most a zombie about to be reaped
+    if [[ -r /proc/$pid/stat ]]; then
+        st=$(cat "/proc/$pid/stat" 2>/dev/null || true); st=${st##*) }
+        [[ -z $st || ${st%% *} == Z ]] || left+=" $pid($(cat "/proc/$pid/comm" 2>/dev/null))"
+    fi
+done
+check "rgw_stop leaves no daemons behind (pids: ${daemon_pids//$'\n'/ })" test -z "$left"
 
 echo "$passed passed, $failed failed"
 (( failed == 0 ))

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2015
 # tests/lib/pg.sh -- PostgreSQL helpers for the walfs end-to-end tests.
 #
 # Source this file from a bash test that runs as root.  Every server runs as
@@ -94,7 +94,7 @@
 #   * A recovered cluster keeps the primary's postgresql.conf (it is in the
 #     backup); overrides go to postgresql.auto.conf, which is read last.
 
-PG_BINDIR=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+PG_BINDIR=${PG_BINDIR:-$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 PG_TIMEOUT=${PG_TIMEOUT:-120}
 PG_ARCHIVE_TIMEOUT=${PG_ARCHIVE_TIMEOUT:-60}
 PG_ARCHIVE_MODE=${PG_ARCHIVE_MODE:-on}
@@ -308,7 +308,7 @@ _pg_archiver_state() {
 }
 
 pg_switch_wal() {
-    local name=${1:-} dir seg st failed0 last failed lastfail deadline
+    local name=${1:-} dir seg st failed0 last failed deadline
     _pg_name_ok "$name" && _pg_scratch || return 1
     dir=$(_pg_dir "$name")
     st=$(_pg_archiver_state "$name") || return 1
@@ -317,7 +317,7 @@ pg_switch_wal() {
     deadline=$((SECONDS + PG_ARCHIVE_TIMEOUT))
     while :; do
         st=$(_pg_archiver_state "$name") || return 1
-        IFS='|' read -r last failed lastfail _ <<<"$st"
+        IFS='|' read -r last failed _ <<<"$st"
         if [ -e "$dir/pg_wal/archive_status/$seg.done" ]; then break; fi
         # last_archived_wal >= seg (a .history/.backup name has another length)
         if [ "${#last}" -eq 24 ] && [[ ! $last < $seg ]]; then break; fi

@@ -32,6 +32,10 @@
 # port of the mon; default: first free port from 3300), RGW_START_TIMEOUT
 # (seconds, default 60), RGW_ACCESS_KEY / RGW_SECRET_KEY (defaults below).
 #
+# DIR should be dedicated to the cluster: rgw_start resets its ceph.conf,
+# keyring, monmap, mon/ osd/ rgw/ run/ log/ crash/ pids/ (nothing else in DIR is
+# touched).  Start two clusters one after the other, not concurrently, unless
+# their ports are given explicitly (the mon-port auto-pick is not race-free).
 # Daemon PIDs live in DIR/pids/{mon,osd,rgw}.pid; only those PIDs are ever
 # signalled, and only if /proc/PID/comm still names the expected daemon.
 # Logs: DIR/log/*.log (ceph logs) and DIR/log/*.out (stdout/stderr).
@@ -40,7 +44,6 @@
 RGW_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${RGW_ACCESS_KEY:=walfstestaccess}"
 : "${RGW_SECRET_KEY:=walfstestsecret0123456789}"
-_RGW_MON_PORT_WANTED=${RGW_MON_PORT:-}     # the caller's choice, if any
 _RGW_MON_PORT_CHOSEN=                      # what rgw_start last picked itself
 export RGW_ACCESS_KEY RGW_SECRET_KEY
 
@@ -244,15 +247,15 @@ rgw_start() {
         _rgw_msg "ERROR: 127.0.0.1:$port is already in use (another RGW?); pick another PORT"
         return 1
     fi
-    # RGW_MON_PORT set by the caller (not left over from our own auto-pick) wins.
-    if [[ -n ${RGW_MON_PORT:-} && ${RGW_MON_PORT} != "$_RGW_MON_PORT_CHOSEN" ]]; then
-        _RGW_MON_PORT_WANTED=$RGW_MON_PORT
-    fi
+    # Mon port: MON_PORT argument, else RGW_MON_PORT set by the caller (a value
+    # left over from our own auto-pick does not count), else auto-pick.
+    local auto=$_RGW_MON_PORT_CHOSEN
     _RGW_MON_PORT_CHOSEN=
     if [[ -n ${3:-} ]]; then
         RGW_MON_PORT=$3
-    elif [[ -n $_RGW_MON_PORT_WANTED ]]; then
-        RGW_MON_PORT=$_RGW_MON_PORT_WANTED
+        _RGW_MON_PORT_CHOSEN=$3          # applies to this call only
+    elif [[ -n ${RGW_MON_PORT:-} && $RGW_MON_PORT != "$auto" ]]; then
+        :
     else
         # Default: first free port from 3300 (so a second cluster just works).
         for (( p = 3300; p < 3400; p++ )); do

@@ -25,6 +25,9 @@ _walfs_prepare() {
     chown "$WALFS_USER" "$WALFS_SCRATCH"
     # This machine ships /dev/fuse as 0600; a stock Debian has 0666.
     [[ $(stat -c %a /dev/fuse) == 666 ]] || chmod 0666 /dev/fuse
+    # The tests look into postgres's mounts as root, which needs allow_other,
+    # which an unprivileged mounter may only ask for with user_allow_other.
+    grep -qsx 'user_allow_other' /etc/fuse.conf || echo user_allow_other >> /etc/fuse.conf
 }
 
 walfs_log() { echo "${_WALFS_LOG[$1]}"; }
@@ -40,7 +43,8 @@ walfs_mount() {
     _WALFS_LOG[$mnt]=$log
     # setpriv execs walfs itself, so $! is the daemon and its exit status ours.
     setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
-        env HOME="$WALFS_SCRATCH" "$WALFS_BIN" -f "$prefix" "$mnt" --cache-dir="$cache" "$@" \
+        env HOME="$WALFS_SCRATCH" "$WALFS_BIN" -f -o allow_other,default_permissions "$prefix" "$mnt" \
+        --cache-dir="$cache" "$@" \
         >"$log" 2>&1 &
     _WALFS_PID[$mnt]=$!
     _WALFS_MOUNTS+=("$mnt")

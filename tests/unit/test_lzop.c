@@ -685,7 +685,7 @@ static void test_corruption(const input *mixed)
     h = w;
     h.version_needed = 0x1050;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "needs lzop version", &err), "version_needed 0x1050 rejected: %s", err.msg);
+    CHECK(rejects(c.p, c.len, "needs lzop 1.05", &err), "version_needed 0x1050 rejected: %s", err.msg);
 
     /* accepted variants */
     static const unsigned char extra[] = {1, 2, 3, 4, 5};
