@@ -126,12 +126,14 @@ static int stored_differs(store *st, const char *key, int fd, uint64_t len, walf
 }
 
 int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mode,
-               time_t mtime, walfs_err *err)
+               time_t mtime, char *compressed, size_t compressed_len, walfs_err *err)
 {
+    out_buffer out = {.data = compressed, .len = compressed_len, .cap = compressed_len};
     store_stat existing;
     walfs_err probe = {0};
     int rc = store_stat_key(st, key, &existing, &probe);
     if (rc == 0) {
+        free(out.data);
         int d = stored_differs(st, key, spool_fd, len, err);
         if (d < 0)
             return walfs_err_prefix(err, "%s already exists and could not be compared with the "
@@ -147,11 +149,11 @@ int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mo
                              key);
     }
     if (rc != -ENOENT) {
+        free(out.data);
         *err = probe;
         return rc;
     }
-    out_buffer out = {0};
-    rc = compress_spool(key, spool_fd, len, mode, mtime, &out, err);
+    rc = out.data ? 0 : compress_spool(key, spool_fd, len, mode, mtime, &out, err);
     if (!rc)
         rc = store_put(st, key, out.data, out.len, (int64_t)len, err);
     free(out.data);

@@ -15,7 +15,10 @@
  * archive_command after a crash); with different content fails with -EEXIST
  * and leaves the stored object untouched.  mode/mtime go into the lzop
  * header as wal-push would write them. */
+/* compressed/compressed_len: the lzop stream of the spool if the caller
+ * already has it (see background_compressor.h); NULL to compress here.
+ * Takes ownership of compressed (freed). */
 int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mode,
-               time_t mtime, walfs_err *err);
+               time_t mtime, char *compressed, size_t compressed_len, walfs_err *err);
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -177,10 +178,49 @@ typedef struct proxy {
     int fail_503;         /* answer this many first connections with 503 SlowDown */
     int cut_conns;        /* cut this many first forwarded connections ... */
     long cut_after;       /* ... after this many response bytes */
+    const char **canned;  /* when set: answer connection i with canned[min(i, n_canned-1)] */
+    int n_canned;
 } proxy;
+
+/* Reads one request (headers and Content-Length body) so that closing
+ * afterwards does not reset the connection under the client. */
+static void drain_request(int cfd)
+{
+    char req[16384];
+    size_t got = 0;
+    char *end = NULL;
+    while (got < sizeof req - 1 && !end) {
+        ssize_t r = read(cfd, req + got, sizeof req - 1 - got);
+        if (r <= 0)
+            return;
+        got += (size_t)r;
+        req[got] = '\0';
+        end = strstr(req, "\r\n\r\n");
+    }
+    if (!end)
+        return;
+    long body = 0;
+    for (char *h = req; h < end; h = strstr(h, "\r\n") + 2)
+        if (strncasecmp(h, "content-length:", 15) == 0)
+            body = atol(h + 15);
+    long have = (long)(got - (size_t)(end + 4 - req));
+    while (have < body) {
+        ssize_t r = read(cfd, req, sizeof req);
+        if (r <= 0)
+            return;
+        have += r;
+    }
+}
 
 static void proxy_serve(proxy *p, int cfd, int index)
 {
+    if (p->canned) {
+        drain_request(cfd);
+        const char *r = p->canned[index < p->n_canned ? index : p->n_canned - 1];
+        if (write(cfd, r, strlen(r)) < 0) {
+        }
+        return;
+    }
     if (index < p->fail_503) {
         char req[8192];
         size_t got = 0;
@@ -646,6 +686,89 @@ static void test_faults(s3_client *direct)
     free(data);
 }
 
+static char canned_buf[8][1024];
+static const char *canned(int i, const char *status_and_headers, const char *body)
+{
+    snprintf(canned_buf[i], sizeof canned_buf[i],
+             "HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/xml\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             status_and_headers, strlen(body), body);
+    return canned_buf[i];
+}
+
+/* Responses no real server gives on demand: malformed XML, a DTD, a 200
+ * CompleteMultipartUpload carrying <Error>. */
+static void test_canned(void)
+{
+    walfs_err err = {0};
+    proxy p = {0};
+    if (proxy_start(&p) != 0) {
+        CHECK(0, "proxy starts");
+        return;
+    }
+    const char *r[4];
+    r[0] = canned(0, "200 OK", "<ListBucketResult><Contents><Key>a</Key><Size>1");
+    p.canned = r;
+    p.n_canned = 1;
+    s3_client *c = proxied(&p, 3000, 0, 0);
+    listing l = {.sorted = 1};
+    int rc = s3_list(c, "", NULL, list_cb, &l, &err);
+    CHECK(rc == -EIO && strstr(err.msg, "malformed"), "truncated list XML: -EIO: %s", err.msg);
+    s3_client_free(c);
+
+    r[0] = canned(0, "200 OK",
+                  "<?xml version=\"1.0\"?><!DOCTYPE l [<!ENTITY a \"aaaaaaaaaa\">"
+                  "<!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\">]>"
+                  "<ListBucketResult><Contents><Key>&b;</Key><Size>1</Size>"
+                  "<LastModified>2020-01-01T00:00:00.000Z</LastModified><ETag>x</ETag>"
+                  "</Contents><IsTruncated>false</IsTruncated></ListBucketResult>");
+    c = proxied(&p, 3000, 0, 0);
+    memset(&l, 0, sizeof l);
+    rc = s3_list(c, "", NULL, list_cb, &l, &err);
+    CHECK(rc == -EIO && l.n_keys == 0, "list XML with a DTD and entities refused: %s", err.msg);
+    s3_client_free(c);
+
+    r[0] = canned(0, "403 Forbidden", "<Error><Code>SignatureDoesNotMatch</Code><Message>x</Mess");
+    c = proxied(&p, 3000, 0, 0);
+    buf b = {0};
+    rc = s3_get(c, "k", 0, 0, buf_sink, &b, &err);
+    CHECK(rc == -EACCES, "malformed 403 error body still -EACCES: %s", err.msg);
+    buf_free(&b);
+    s3_client_free(c);
+
+    /* create, part 1, part 2, then complete answering 200 + <Error>, then abort. */
+    r[0] = canned(0, "200 OK",
+                  "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key>"
+                  "<UploadId>up-1</UploadId></InitiateMultipartUploadResult>");
+    r[1] = canned(1, "200 OK\r\nETag: \"0123456789abcdef0123456789abcdef\"", "");
+    r[2] = canned(2, "200 OK",
+                  "<?xml version=\"1.0\"?>\n<Error><Code>AccessDenied</Code>"
+                  "<Message>Access Denied</Message></Error>");
+    p.n_canned = 4;
+    r[3] = canned(3, "204 No Content", "");
+    const char *seq[5] = {r[0], r[1], r[1], r[2], r[3]};
+    p.canned = seq;
+    p.n_canned = 5;
+    s3_config cfg = base_config();
+    char ep[64];
+    snprintf(ep, sizeof ep, "http://127.0.0.1:%d", p.port);
+    cfg.endpoint = ep;
+    cfg.multipart_threshold = 5u << 20;
+    cfg.multipart_part_size = 5u << 20;
+    cfg.deadline_ms = 3000;
+    p.conns = 0;
+    c = s3_client_new(&cfg, bucket, &err);
+    size_t len = (5u << 20) + 1;
+    char *data = calloc(1, len);
+    rc = s3_put(c, "mp/err200", data, len, NULL, 0, &err);
+    CHECK(rc != 0 && strstr(err.msg, "AccessDenied") && p.conns == 5,
+          "200 complete carrying <Error> is an error, and the upload is aborted (%d requests): %s",
+          p.conns, err.msg);
+    free(data);
+    s3_client_free(c);
+    proxy_stop(&p);
+}
+
 typedef struct thr {
     s3_client *c;
     int id, failures;
@@ -685,48 +808,58 @@ static void test_threads(s3_client *c)
     CHECK(failures == 0, "8 threads x 20 put+get on one client: %d failures", failures);
 }
 
+/* CHECK evaluates its condition twice, so calls with effects run first. */
 static void test_config(void)
 {
     walfs_err err = {0};
     char *ep = NULL;
     int ps = -1;
-    CHECK(s3_parse_wale_endpoint("http+path://127.0.0.1:7480", &ep, &ps, &err) == 0 && ep &&
-              strcmp(ep, "http://127.0.0.1:7480") == 0 && ps == 1,
+    int rc = s3_parse_wale_endpoint("http+path://127.0.0.1:7480", &ep, &ps, &err);
+    CHECK(rc == 0 && ep && strcmp(ep, "http://127.0.0.1:7480") == 0 && ps == 1,
           "WALE_S3_ENDPOINT http+path");
     free(ep);
-    CHECK(s3_parse_wale_endpoint("https+virtualhost://s3.example.com", &ep, &ps, &err) == 0 &&
-              strcmp(ep, "https://s3.example.com") == 0 && ps == 0,
+    ep = NULL;
+    rc = s3_parse_wale_endpoint("https+virtualhost://s3.example.com", &ep, &ps, &err);
+    CHECK(rc == 0 && ep && strcmp(ep, "https://s3.example.com") == 0 && ps == 0,
           "WALE_S3_ENDPOINT https+virtualhost");
     free(ep);
-    CHECK(s3_parse_wale_endpoint("https+subdomain://h:9000/", &ep, &ps, &err) == 0 &&
-              strcmp(ep, "https://h:9000") == 0 && ps == 0,
+    ep = NULL;
+    rc = s3_parse_wale_endpoint("https+subdomain://h:9000/", &ep, &ps, &err);
+    CHECK(rc == 0 && ep && strcmp(ep, "https://h:9000") == 0 && ps == 0,
           "WALE_S3_ENDPOINT https+subdomain");
     free(ep);
-    CHECK(s3_parse_wale_endpoint("http://h", &ep, &ps, &err) == -EINVAL && !ep &&
-              strstr(err.msg, "WALE_S3_ENDPOINT"),
+    ep = NULL;
+    rc = s3_parse_wale_endpoint("http://h", &ep, &ps, &err);
+    CHECK(rc == -EINVAL && !ep && strstr(err.msg, "WALE_S3_ENDPOINT"),
           "WALE_S3_ENDPOINT without convention refused: %s", err.msg);
-    CHECK(s3_parse_wale_endpoint("ftp+path://h", &ep, &ps, &err) == -EINVAL, "ftp refused");
-    CHECK(s3_parse_wale_endpoint("http+sideways://h", &ep, &ps, &err) == -EINVAL,
-          "unknown convention refused");
+    rc = s3_parse_wale_endpoint("ftp+path://h", &ep, &ps, &err);
+    CHECK(rc == -EINVAL && !ep, "ftp refused");
+    rc = s3_parse_wale_endpoint("http+sideways://h", &ep, &ps, &err);
+    CHECK(rc == -EINVAL && !ep, "unknown convention refused");
+    rc = s3_parse_wale_endpoint("http+path://", &ep, &ps, &err);
+    CHECK(rc == -EINVAL && !ep, "no host refused");
 
     s3_config cfg = base_config();
     cfg.endpoint = "ftp://x";
-    CHECK(s3_client_new(&cfg, "b", &err) == NULL && err.code == -EINVAL, "bad endpoint: -EINVAL");
+    s3_client *c = s3_client_new(&cfg, "b", &err);
+    CHECK(c == NULL && err.code == -EINVAL, "bad endpoint: -EINVAL");
     cfg = base_config();
     cfg.secret_key = NULL;
-    CHECK(s3_client_new(&cfg, "b", &err) == NULL && err.code == -EINVAL &&
-              strstr(err.msg, "AWS_SECRET_ACCESS_KEY"),
+    c = s3_client_new(&cfg, "b", &err);
+    CHECK(c == NULL && err.code == -EINVAL && strstr(err.msg, "AWS_SECRET_ACCESS_KEY"),
           "missing credentials: -EINVAL");
     cfg = base_config();
     cfg.multipart_part_size = 1 << 20;
-    CHECK(s3_client_new(&cfg, "b", &err) == NULL && err.code == -EINVAL, "1 MiB parts refused");
+    c = s3_client_new(&cfg, "b", &err);
+    CHECK(c == NULL && err.code == -EINVAL, "1 MiB parts refused");
     cfg = base_config();
     cfg.path_style = 0;
-    CHECK(s3_client_new(&cfg, "Bad_Bucket", &err) == NULL && err.code == -EINVAL,
+    c = s3_client_new(&cfg, "Bad_Bucket", &err);
+    CHECK(c == NULL && err.code == -EINVAL,
           "non-DNS bucket refused for virtual-hosted addressing");
     cfg = base_config();
     cfg.endpoint = NULL;
-    s3_client *c = s3_client_new(&cfg, "b", &err);
+    c = s3_client_new(&cfg, "b", &err);
     CHECK(c && strcmp(s3_client_bucket(c), "s3://b") == 0, "default AWS endpoint accepted");
     s3_client_free(c);
 }
@@ -767,6 +900,7 @@ int main(void)
     test_virtual_hosted();
     test_faults(c);
     test_threads(c);
+    test_canned();
     s3_client_free(c);
     curl_global_cleanup();
     return test_summary();
