@@ -1,0 +1,104 @@
+/* The index of one WAL-E base backup: which tar member lives where.
+ *
+ * Built once by streaming every tar partition (lzop blocks walked for the
+ * block table, data decompressed and verified, tar headers read with
+ * libarchive), then cached locally and in the bucket next to the backup as
+ * JSON, so later mounts list the backup without reading the partitions.
+ * Knows the store and the codec; nothing of FUSE. */
+#ifndef WALFS_BACKUP_BACKUP_INDEX_H
+#define WALFS_BACKUP_BACKUP_INDEX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec/lzop.h"
+#include "common/err.h"
+#include "store/store.h"
+
+#define BASEBACKUP_DIR "basebackups_005"
+/* Stored at basebackups_005/<backup>/<this>; WAL-E only reads
+ * tar_partitions/ and the sentinel, so it ignores the file. */
+#define BACKUP_INDEX_OBJECT "walfs_index.json"
+
+typedef enum backup_member_type {
+    MEMBER_FILE,
+    MEMBER_DIR,
+    MEMBER_SYMLINK,
+    MEMBER_HARDLINK,   /* data is that of the member named by link_target */
+    MEMBER_FIFO,
+    MEMBER_CHARDEV,
+    MEMBER_BLOCKDEV,
+} backup_member_type;
+
+typedef struct backup_member {
+    char *path;             /* relative to the backup root, normalized: no leading '/' or
+                               "./", no trailing '/', no "." or ".." components; "" = root */
+    backup_member_type type;
+    uint32_t mode;          /* permission bits only (07777) */
+    uint32_t uid, gid;
+    int64_t mtime_sec;
+    uint32_t mtime_nsec;    /* from a pax mtime record when present */
+    uint64_t size;          /* data length for MEMBER_FILE; 0 otherwise */
+    char *link_target;      /* symlink text as stored, or the normalized path a hard link names */
+    uint32_t partition;     /* index into backup_index.partitions (files) */
+    uint64_t data_offset;   /* offset of the file data in the decompressed partition */
+    uint32_t rdev_major, rdev_minor;
+} backup_member;
+
+typedef struct backup_partition {
+    char *key;              /* "basebackups_005/<name>/tar_partitions/part_00000000.tar.lzo" */
+    uint64_t object_size;   /* compressed bytes, as listed */
+    char etag[128];
+    lzop_index blocks;      /* block table for ranged reads */
+} backup_partition;
+
+typedef struct backup_index {
+    char *backup_name;      /* base_<24 hex>_<8 chars> */
+    backup_partition *partitions;
+    size_t n_partitions;
+    backup_member *members; /* sorted by path; parents without an entry synthesized */
+    size_t n_members;
+} backup_index;
+
+/* What the store says the backup's partitions are right now: proof that a
+ * cached index still describes the backup. */
+typedef struct backup_partition_listing {
+    char *key;
+    uint64_t size;
+    char etag[128];
+} backup_partition_listing;
+
+/* Lists basebackups_005/<name>/tar_partitions/ (part_%08d.tar.lzo, numbered
+ * from 0 without gaps; anything else there is ignored with a warning).
+ * A gap is -EIO naming the missing partition. */
+int backup_list_partitions(store *st, const char *backup_name, backup_partition_listing **out,
+                           size_t *n_out, walfs_err *err);
+void backup_partition_listing_free(backup_partition_listing *l, size_t n);
+
+/* Streams every partition and builds the index.  Members whose names would
+ * leave the backup ("..", absolute after normalization) are skipped and
+ * logged; so are hard links to members that do not exist.  Corrupt or
+ * truncated partitions are -EIO with a message naming the partition. */
+int backup_index_build(store *st, const char *backup_name,
+                       const backup_partition_listing *parts, size_t n_parts,
+                       backup_index **out, walfs_err *err);
+
+/* 1 when idx was built from exactly these partitions (keys, sizes, ETags). */
+int backup_index_matches(const backup_index *idx, const backup_partition_listing *parts,
+                         size_t n_parts);
+
+/* JSON with a format version and a sha256 of its content; load rejects
+ * anything malformed, of another version, or failing its checksum. */
+int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walfs_err *err);
+int backup_index_from_json(const char *json, size_t len, backup_index **out, walfs_err *err);
+
+/* Binary search by normalized path; NULL when absent. */
+const backup_member *backup_index_find(const backup_index *idx, const char *path);
+
+void backup_index_free(backup_index *idx);
+
+/* Normalizes a tar member name; returns NULL (and sets *escapes when the
+ * name leaves the root) for names that must not be exposed.  malloc'd. */
+char *backup_normalize_path(const char *name, int *escapes);
+
+#endif
