@@ -98,7 +98,12 @@ const backup_member *backup_index_find(const backup_index *idx, const char *path
 void backup_index_free(backup_index *idx);
 
 /* Normalizes a tar member name; returns NULL (and sets *escapes when the
- * name leaves the root) for names that must not be exposed.  malloc'd. */
+ * name leaves the root) for names that must not be exposed.  malloc'd.
+ * Strips "./", collapses "//", drops "." components; "/" (WAL-E's root
+ * entry), "./" and "" map to "" (the root).  Any ".." is refused (escapes
+ * set when it climbs above the root).  WAL-E never writes absolute names,
+ * so a leading '/' on anything but the root ("/abs/path") is refused too,
+ * with escapes set, instead of being turned into "abs/path". */
 char *backup_normalize_path(const char *name, int *escapes);
 
 #endif

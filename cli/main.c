@@ -116,7 +116,8 @@ int main(int argc, char *argv[])
         fuse_loop_cfg_set_clone_fd(loop_cfg, fuse_opts.clone_fd);
         if (fuse_opts.max_threads > 0 && fuse_opts.max_threads <= 100000) /* unset is -1 */
             fuse_loop_cfg_set_max_threads(loop_cfg, fuse_opts.max_threads);
-        fuse_loop_cfg_set_idle_threads(loop_cfg, fuse_opts.max_idle_threads);
+        if (fuse_opts.max_idle_threads <= 100000)
+            fuse_loop_cfg_set_idle_threads(loop_cfg, fuse_opts.max_idle_threads);
         loop_rc = fuse_loop_mt(fuse, loop_cfg);
         fuse_loop_cfg_destroy(loop_cfg);
     }

@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "codec/lzop.h"
 #include "common/log.h"
+#include "fs/lzop_object.h"
 
 /* Sizes learned by decoding, kept after the copy itself is evicted so that
  * `ls -l` of an archive written by WAL-E downloads each object once. */
@@ -216,18 +216,6 @@ static int write_decoded(void *ctx, const void *data, size_t len)
     return 0;
 }
 
-typedef struct fetch_ctx {
-    lzop_decoder *dec;
-    decode_target *out;
-    walfs_err *err;
-} fetch_ctx;
-
-static int feed_decoder(void *ctx, const void *data, size_t len)
-{
-    fetch_ctx *f = ctx;
-    return lzop_decoder_feed(f->dec, data, len, write_decoded, f->out, f->err);
-}
-
 /* Fetches key, decodes and verifies it into a temporary file, and renames it
  * into place only once the whole stream checked out. */
 static int fill(object_cache *oc, const char *key, const char *final_path, walfs_err *err)
@@ -238,16 +226,8 @@ static int fill(object_cache *oc, const char *key, const char *final_path, walfs
     if (fd < 0)
         return walfs_err_set(err, -EIO, "creating a cache file in %s: %s", oc->dir,
                              strerror(errno));
-    char label[PATH_MAX];
-    snprintf(label, sizeof label, "%s/%s", oc->st->url ? oc->st->url : "", key);
     decode_target out = {.fd = fd, .path = tmp, .err = err};
-    fetch_ctx f = {.dec = lzop_decoder_new(label), .out = &out, .err = err};
-    int rc = f.dec ? 0 : walfs_err_set(err, -ENOMEM, "out of memory");
-    if (!rc)
-        rc = store_get(oc->st, key, 0, 0, feed_decoder, &f, err);
-    if (!rc)
-        rc = lzop_decoder_finish(f.dec, err);
-    lzop_decoder_free(f.dec);
+    int rc = lzop_object_read(oc->st, key, write_decoded, &out, err);
     if (close(fd) != 0 && !rc)
         rc = walfs_err_set(err, -EIO, "writing cache file %s: %s", tmp, strerror(errno));
     if (!rc && rename(tmp, final_path) != 0)

@@ -8,6 +8,7 @@
 
 #include "codec/lzop.h"
 #include "common/log.h"
+#include "fs/lzop_object.h"
 
 enum { SPOOL_CHUNK = 1024 * 1024 };
 
@@ -95,30 +96,13 @@ static int compare_decoded(void *ctx, const void *data, size_t n)
     return 0;
 }
 
-typedef struct compare_feed {
-    lzop_decoder *dec;
-    compare_ctx *cmp;
-    walfs_err *err;
-} compare_feed;
-
-static int feed_compare(void *ctx, const void *data, size_t len)
-{
-    compare_feed *f = ctx;
-    return lzop_decoder_feed(f->dec, data, len, compare_decoded, f->cmp, f->err);
-}
-
 /* 0 = identical, 1 = different, <0 = error reading the stored object. */
 static int stored_differs(store *st, const char *key, int fd, uint64_t len, walfs_err *err)
 {
     compare_ctx cmp = {.fd = fd, .len = len, .key = key, .err = err,
                        .chunk = malloc(LZOP_BLOCK_SIZE)};
-    compare_feed f = {.dec = lzop_decoder_new(key), .cmp = &cmp, .err = err};
-    int rc = cmp.chunk && f.dec ? 0 : walfs_err_set(err, -ENOMEM, "out of memory");
-    if (!rc)
-        rc = store_get(st, key, 0, 0, feed_compare, &f, err);
-    if (!rc)
-        rc = lzop_decoder_finish(f.dec, err);
-    lzop_decoder_free(f.dec);
+    int rc = cmp.chunk ? lzop_object_read(st, key, compare_decoded, &cmp, err)
+                       : walfs_err_set(err, -ENOMEM, "out of memory");
     free(cmp.chunk);
     if (rc)
         return rc;

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "fs/background_compressor.h"
+#include "fs/backup_view.h"
 #include "fs/object_cache.h"
 #include "fs/wal_upload.h"
 
@@ -21,9 +22,16 @@
 #define BASEBACKUP_DIR "basebackups_005"
 #define LZO_SUFFIX ".lzo"
 
-typedef enum node_kind { NODE_ROOT, NODE_WAL_DIR, NODE_BASEBACKUP_DIR, NODE_WAL_FILE, NODE_NONE } node_kind;
+typedef enum node_kind {
+    NODE_ROOT,
+    NODE_WAL_DIR,
+    NODE_WAL_FILE,
+    NODE_BACKUPS,   /* /basebackups_005 and everything below it */
+    NODE_NONE,
+} node_kind;
 
 typedef struct wal_handle {
+    handle_kind kind;       /* HANDLE_WAL; first, see backup_view.h */
     int writable;
     int fd;                 /* verified decompressed copy (read) or spool (write) */
     char *name;             /* file name inside wal_005 */
@@ -41,6 +49,7 @@ typedef struct wal_handle {
 struct walfs_fs {
     walfs_fs_config cfg;
     object_cache *cache;
+    backup_view *backups;
     char *spool_dir;
     pthread_mutex_t writers_lock;
     wal_handle *writers;    /* files being written, so getattr sees them before upload */
@@ -51,6 +60,8 @@ struct walfs_fs {
 
 static walfs_fs *current_fs(void) { return fuse_get_context()->private_data; }
 
+/* *name is the file name for NODE_WAL_FILE and the path relative to
+ * /basebackups_005 for NODE_BACKUPS. */
 static node_kind classify(const char *path, const char **name)
 {
     *name = NULL;
@@ -58,8 +69,15 @@ static node_kind classify(const char *path, const char **name)
         return NODE_ROOT;
     if (strcmp(path, "/" WAL_DIR) == 0)
         return NODE_WAL_DIR;
-    if (strcmp(path, "/" BASEBACKUP_DIR) == 0)
-        return NODE_BASEBACKUP_DIR;
+    if (strcmp(path, "/" BASEBACKUP_DIR) == 0) {
+        *name = "";
+        return NODE_BACKUPS;
+    }
+    const char *backup_prefix = "/" BASEBACKUP_DIR "/";
+    if (strncmp(path, backup_prefix, strlen(backup_prefix)) == 0) {
+        *name = path + strlen(backup_prefix);
+        return NODE_BACKUPS;
+    }
     const char *wal_prefix = "/" WAL_DIR "/";
     size_t plen = strlen(wal_prefix);
     if (strncmp(path, wal_prefix, plen) == 0) {
@@ -70,6 +88,11 @@ static node_kind classify(const char *path, const char **name)
         }
     }
     return NODE_NONE;
+}
+
+static handle_kind kind_of(const struct fuse_file_info *fi)
+{
+    return fi && fi->fh ? *(const handle_kind *)(uintptr_t)fi->fh : 0;
 }
 
 static char *wal_key(const char *name)
@@ -129,7 +152,7 @@ static wal_handle *find_writer(walfs_fs *fs, const char *name)
 static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
     walfs_fs *fs = current_fs();
-    if (fi && fi->fh) {
+    if (kind_of(fi) == HANDLE_WAL) {
         wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
         pthread_mutex_lock(&h->lock);
         fill_file_stat(fs, st, h->size, time(NULL), h->mode);
@@ -140,9 +163,10 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
     switch (classify(path, &name)) {
     case NODE_ROOT:
     case NODE_WAL_DIR:
-    case NODE_BASEBACKUP_DIR:
         fill_dir_stat(fs, st);
         return 0;
+    case NODE_BACKUPS:
+        return backup_view_getattr(fs->backups, name, st);
     case NODE_NONE:
         return -ENOENT;
     case NODE_WAL_FILE:
@@ -212,8 +236,8 @@ static int walfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, of
         filler(buf, BASEBACKUP_DIR, &st, 0, 0);
         return 0;
     }
-    if (kind == NODE_BASEBACKUP_DIR)
-        return 0;
+    if (kind == NODE_BACKUPS)
+        return backup_view_readdir(fs->backups, name, buf, filler);
     walfs_err err = {0};
     fill_ctx f = {.buf = buf, .filler = filler};
     int rc = store_list(fs->cfg.st, WAL_DIR "/", add_wal_entry, &f, &err);
@@ -227,6 +251,7 @@ static wal_handle *handle_new(const char *name)
     wal_handle *h = calloc(1, sizeof *h);
     if (!h)
         return NULL;
+    h->kind = HANDLE_WAL;
     h->fd = -1;
     h->name = strdup(name);
     h->key = wal_key(name);
@@ -302,6 +327,10 @@ static int walfs_create(const char *path, mode_t mode, struct fuse_file_info *fi
     walfs_fs *fs = current_fs();
     const char *name;
     node_kind kind = classify(path, &name);
+    if (kind == NODE_BACKUPS) {
+        log_error("create %s refused: base backups are read-only", path);
+        return -EROFS;
+    }
     if (kind != NODE_WAL_FILE) {
         log_error("create %s refused: files can only be written into /%s/", path, WAL_DIR);
         return -EPERM;
@@ -313,7 +342,19 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
 {
     walfs_fs *fs = current_fs();
     const char *name;
-    if (classify(path, &name) != NODE_WAL_FILE)
+    node_kind kind = classify(path, &name);
+    if (kind == NODE_BACKUPS) {
+        if ((fi->flags & O_ACCMODE) != O_RDONLY)
+            return -EROFS;
+        void *handle;
+        int rc = backup_view_open(fs->backups, name, &handle);
+        if (rc)
+            return rc;
+        fi->fh = (uint64_t)(uintptr_t)handle;
+        fi->keep_cache = 1; /* a backup never changes */
+        return 0;
+    }
+    if (kind != NODE_WAL_FILE)
         return -ENOENT;
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
         if (!(fi->flags & O_TRUNC)) {
@@ -344,6 +385,8 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
 static int walfs_read(const char *path, char *buf, size_t size, off_t off,
                       struct fuse_file_info *fi)
 {
+    if (kind_of(fi) == HANDLE_BACKUP_MEMBER)
+        return backup_view_read(current_fs()->backups, (void *)(uintptr_t)fi->fh, buf, size, off);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
     size_t got = 0;
     while (got < size) {
@@ -365,7 +408,7 @@ static int walfs_write(const char *path, const char *buf, size_t size, off_t off
                        struct fuse_file_info *fi)
 {
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
-    if (!h->writable)
+    if (kind_of(fi) != HANDLE_WAL || !h->writable)
         return -EBADF;
     size_t done = 0;
     while (done < size) {
@@ -421,7 +464,7 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
 static int walfs_flush(const char *path, struct fuse_file_info *fi)
 {
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
-    if (!h->writable)
+    if (kind_of(fi) != HANDLE_WAL || !h->writable)
         return 0;
     return sync_handle(h, path, "archive");
 }
@@ -429,7 +472,7 @@ static int walfs_flush(const char *path, struct fuse_file_info *fi)
 static int walfs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
-    if (!h->writable)
+    if (kind_of(fi) != HANDLE_WAL || !h->writable)
         return 0;
     return sync_handle(h, path, "archive (fsync)");
 }
@@ -437,6 +480,10 @@ static int walfs_fsync(const char *path, int datasync, struct fuse_file_info *fi
 static int walfs_release(const char *path, struct fuse_file_info *fi)
 {
     walfs_fs *fs = current_fs();
+    if (kind_of(fi) == HANDLE_BACKUP_MEMBER) {
+        backup_view_release(fs->backups, (void *)(uintptr_t)fi->fh);
+        return 0;
+    }
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
     if (h->writable) {
         /* The kernel ignores release's result, so this is only a last
@@ -457,7 +504,7 @@ static int walfs_release(const char *path, struct fuse_file_info *fi)
 
 static int walfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
-    if (fi && fi->fh) {
+    if (kind_of(fi) == HANDLE_WAL) {
         wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
         if (h->writable) {
             if (ftruncate(h->fd, size) != 0)
@@ -503,9 +550,33 @@ static int walfs_utimens(const char *path, const struct timespec tv[2], struct f
 {
     /* Timestamps are the store's; accept the request on a file being
      * written (tools set them after copying) and ignore it. */
-    if (fi && fi->fh && ((wal_handle *)(uintptr_t)fi->fh)->writable)
+    if (kind_of(fi) == HANDLE_WAL && ((wal_handle *)(uintptr_t)fi->fh)->writable)
         return 0;
     return refuse("utimens", path);
+}
+
+static int walfs_readlink(const char *path, char *buf, size_t size)
+{
+    const char *name;
+    if (classify(path, &name) != NODE_BACKUPS)
+        return -EINVAL;
+    return backup_view_readlink(current_fs()->backups, name, buf, size);
+}
+
+static int walfs_getxattr(const char *path, const char *attr, char *value, size_t size)
+{
+    const char *name;
+    if (classify(path, &name) != NODE_BACKUPS)
+        return -ENODATA;
+    return backup_view_getxattr(current_fs()->backups, name, attr, value, size);
+}
+
+static int walfs_listxattr(const char *path, char *list, size_t size)
+{
+    const char *name;
+    if (classify(path, &name) != NODE_BACKUPS)
+        return 0;
+    return backup_view_listxattr(current_fs()->backups, name, list, size);
 }
 
 static int walfs_statfs(const char *path, struct statvfs *sv)
@@ -556,6 +627,9 @@ static const struct fuse_operations operations = {
     .link = walfs_link,
     .utimens = walfs_utimens,
     .statfs = walfs_statfs,
+    .readlink = walfs_readlink,
+    .getxattr = walfs_getxattr,
+    .listxattr = walfs_listxattr,
 };
 
 const struct fuse_operations *walfs_fs_operations(void) { return &operations; }
@@ -590,7 +664,10 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
         return NULL;
     }
     fs->cache = object_cache_new(cfg->st, cfg->cache_dir, cfg->cache_max_bytes, err);
-    if (!fs->cache) {
+    if (fs->cache)
+        fs->backups = backup_view_new(cfg->st, cfg->cache_dir, fs->uid, fs->gid, fs->mount_time,
+                                      err);
+    if (!fs->cache || !fs->backups) {
         walfs_fs_free(fs);
         return NULL;
     }
@@ -601,6 +678,7 @@ void walfs_fs_free(walfs_fs *fs)
 {
     if (!fs)
         return;
+    backup_view_free(fs->backups);
     object_cache_free(fs->cache);
     pthread_mutex_destroy(&fs->writers_lock);
     free(fs->spool_dir);

@@ -48,6 +48,14 @@ static int errno_result(walfs_err *err, int e, const char *what, const char *pat
     return walfs_err_set(err, -e, "%s %s: %s%s", what, path, strerror(e), hint);
 }
 
+/* Changes whenever the file is replaced (rename gives a new inode) or
+ * rewritten in place. */
+static void format_etag(const struct stat *sb, char *out, size_t len)
+{
+    snprintf(out, len, "%" PRIx64 "-%" PRIx64 "-%lx-%lx", (uint64_t)sb->st_ino,
+             (uint64_t)sb->st_size, (long)sb->st_mtim.tv_sec, (long)sb->st_mtim.tv_nsec);
+}
+
 static int local_stat(store *st, const char *key, store_stat *out, walfs_err *err)
 {
     local_store *ls = (local_store *)st;
@@ -63,8 +71,7 @@ static int local_stat(store *st, const char *key, store_stat *out, walfs_err *er
     memset(out, 0, sizeof *out);
     out->size = (uint64_t)sb.st_size;
     out->mtime = sb.st_mtime;
-    snprintf(out->etag, sizeof out->etag, "%" PRIx64 "-%" PRIx64 "-%lx-%lx", (uint64_t)sb.st_ino,
-             (uint64_t)sb.st_size, (long)sb.st_mtim.tv_sec, (long)sb.st_mtim.tv_nsec);
+    format_etag(&sb, out->etag, sizeof out->etag);
     out->uncompressed_size = -1;
     char buf[32];
     ssize_t n = getxattr(path, XATTR_UNCOMPRESSED, buf, sizeof buf - 1);
@@ -245,8 +252,11 @@ static int local_list(store *st, const char *dir_prefix, store_list_fn fn, void 
         struct stat sb;
         if (fstatat(dirfd(d), de->d_name, &sb, 0) != 0)
             continue; /* removed while listing */
+        char etag[128];
+        format_etag(&sb, etag, sizeof etag);
         store_entry e = {.name = de->d_name, .is_dir = S_ISDIR(sb.st_mode),
-                         .size = (uint64_t)sb.st_size, .mtime = sb.st_mtime};
+                         .size = (uint64_t)sb.st_size, .mtime = sb.st_mtime,
+                         .etag = S_ISDIR(sb.st_mode) ? NULL : etag};
         if (!e.is_dir && !S_ISREG(sb.st_mode))
             continue;
         rc = fn(ctx, &e);

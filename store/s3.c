@@ -116,7 +116,7 @@ static int adapt_entry(void *ctx, const s3_list_entry *e)
     memcpy(name, e->key + a->strip, nlen);
     name[nlen] = '\0';
     store_entry se = {.name = name, .is_dir = e->is_prefix, .size = e->size,
-                      .mtime = e->last_modified};
+                      .mtime = e->last_modified, .etag = e->is_prefix ? NULL : e->etag};
     return a->fn(a->ctx, &se);
 }
 

@@ -29,6 +29,7 @@ typedef struct store_entry {
     int is_dir;                 /* a common prefix (sub-"directory") */
     uint64_t size;
     time_t mtime;
+    const char *etag;           /* same value store_stat gives; NULL for directories */
 } store_entry;
 
 /* Returns 0 to continue, non-zero to stop the listing (that value is returned). */

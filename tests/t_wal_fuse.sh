@@ -141,6 +141,27 @@ check "the same cp succeeds once RGW is back" as_pg cp "$SRC/0000000100000000000
 
 check "walfs unmounts cleanly (exit 0, no sanitizer report)" walfs_umount "$MNT"
 
+# --- configured the WAL-E way: envdir with WALE_S3_PREFIX, WALE_S3_ENDPOINT, ... ---
+ENVD=$SCRATCH/envdir
+mkdir -p "$ENVD"
+echo "s3://$BUCKET/pgdb" > "$ENVD/WALE_S3_PREFIX"
+echo "http+path://127.0.0.1:$RGW_PORT" > "$ENVD/WALE_S3_ENDPOINT"
+echo "$RGW_ACCESS_KEY" > "$ENVD/AWS_ACCESS_KEY_ID"
+echo "$RGW_SECRET_KEY" > "$ENVD/AWS_SECRET_ACCESS_KEY"
+echo STANDARD > "$ENVD/WALE_S3_STORAGE_CLASS"
+chmod -R a+rX "$ENVD"
+if (unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY; WALFS_WRAPPER="envdir $ENVD" walfs_mount "$MNT" - --sse=AES256); then
+    ok "envdir /etc/wal-e/env-style mount (WALE_S3_PREFIX, WALE_S3_ENDPOINT, credentials from files)"
+    check "... lists the archive" [ "$(ls "$MNT/wal_005" | grep -c .)" -ge 5 ]
+    printf 'archived with SSE and a storage class\n' > "$SRC/000000010000000000000040"
+    chmod 0644 "$SRC/000000010000000000000040"
+    check "cp with --sse=AES256 and WALE_S3_STORAGE_CLASS succeeds" as_pg cp "$SRC/000000010000000000000040" "$MNT/wal_005/000000010000000000000040"
+    check "... and reads back" cmp -s "$SRC/000000010000000000000040" "$MNT/wal_005/000000010000000000000040"
+    check "the envdir mount unmounts cleanly" walfs_umount "$MNT"
+else
+    not_ok "envdir /etc/wal-e/env-style mount"
+fi
+
 # --- rejected credentials ---
 out=$(AWS_SECRET_ACCESS_KEY=wrong-secret-for-test setpriv --reuid=postgres --regid=postgres --init-groups \
       env HOME="$WALFS_SCRATCH" "$WALFS_BIN" -f "s3://$BUCKET/pgdb" "$MNT" --cache-dir="$WALFS_SCRATCH/c-bad" "${MOUNT_OPTS[@]}" 2>&1)

@@ -4,6 +4,8 @@
 # its log in a file.  Every mount made here is unmounted by walfs_cleanup.
 #
 #   walfs_mount MNT PREFIX [walfs options...]   mount, wait until it serves
+#                                               (PREFIX "-": none, from the environment;
+#                                               WALFS_WRAPPER="envdir DIR" runs walfs under it)
 #   walfs_umount MNT                            unmount, wait for the daemon,
 #                                               fail if it exited non-zero or a
 #                                               sanitizer reported anything
@@ -42,9 +44,13 @@ walfs_mount() {
     local cache="$WALFS_SCRATCH/cache-$n"
     _WALFS_LOG[$mnt]=$log
     # setpriv execs walfs itself, so $! is the daemon and its exit status ours.
+    local prefix_arg=("$prefix")
+    [[ $prefix == - ]] && prefix_arg=()
+    local wrapper=()
+    [[ -n ${WALFS_WRAPPER:-} ]] && read -r -a wrapper <<<"$WALFS_WRAPPER"
     setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
-        env HOME="$WALFS_SCRATCH" "$WALFS_BIN" -f -o allow_other,default_permissions "$prefix" "$mnt" \
-        --cache-dir="$cache" "$@" \
+        env HOME="$WALFS_SCRATCH" "${wrapper[@]}" "$WALFS_BIN" -f -o allow_other,default_permissions \
+        "${prefix_arg[@]}" "$mnt" --cache-dir="$cache" "$@" \
         >"$log" 2>&1 &
     _WALFS_PID[$mnt]=$!
     _WALFS_MOUNTS+=("$mnt")

@@ -1,0 +1,1555 @@
+/* Base backup index: tar members of every partition, where their data lives
+ * in the decompressed partition, and the lzop block table to get there
+ * (format: docs/wal-e-format.md §1.2, §2, §3.9). */
+#include "backup/backup_index.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+#define TAR_PARTS_DIR "tar_partitions/"
+#define INDEX_FORMAT "walfs-backup-index"
+#define INDEX_VERSION 1
+/* A FUSE path beyond these cannot be looked up anyway. */
+#define MAX_PATH_LEN 4095
+#define MAX_NAME_LEN 255
+
+#define CORRUPT_TODO "the object is damaged or was not written by WAL-E: restore it from another copy " \
+                     "or take a new base backup"
+
+static uint64_t round_up_512(uint64_t n)
+{
+    return (n + 511u) & ~(uint64_t)511u;
+}
+
+/* Backup names become key components: refuse anything that could change
+ * the key's meaning ('/', "..") rather than trust the caller. */
+static int check_backup_name(const char *name, walfs_err *err)
+{
+    if (!name || !*name || strlen(name) > 200 || strchr(name, '/') || name[0] == '.')
+        return walfs_err_set(err, -EINVAL, "invalid base backup name \"%s\": expected base_<24 hex>_<8 chars>",
+                             name ? name : "(null)");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ paths */
+
+char *backup_normalize_path(const char *name, int *escapes)
+{
+    int esc_dummy;
+    if (!escapes)
+        escapes = &esc_dummy;
+    *escapes = 0;
+    if (!name)
+        return NULL;
+    size_t n = strlen(name);
+    char *out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0, depth = 0;
+    int dotdot = 0;
+    const char *p = name;
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        size_t len = strcspn(p, "/");
+        if (len == 1 && p[0] == '.') {
+            p += len;
+            continue;
+        }
+        if (len == 2 && p[0] == '.' && p[1] == '.') {
+            /* Even a ".." that stays inside the root is refused: tar would
+             * resolve it against directories of the extraction target that
+             * may be symlinks, so its meaning is not the lexical one. */
+            dotdot = 1;
+            if (depth == 0)
+                *escapes = 1;
+            else
+                depth--;
+            p += len;
+            continue;
+        }
+        if (o)
+            out[o++] = '/';
+        memcpy(out + o, p, len);
+        o += len;
+        depth++;
+        p += len;
+    }
+    out[o] = '\0';
+    /* WAL-E writes only relative names; the root directory's own entry is
+     * the one exception ("/"). Any other absolute name was not written by
+     * WAL-E and would be extracted outside the data directory by careless
+     * tools, so it is refused like a climbing "..". */
+    if (dotdot || (name[0] == '/' && o > 0)) {
+        if (name[0] == '/' && o > 0)
+            *escapes = 1;
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* Names the FUSE layer could never serve are not worth indexing. */
+static int path_fits(const char *path)
+{
+    if (strlen(path) > MAX_PATH_LEN)
+        return 0;
+    for (const char *c = path; *c;) {
+        size_t len = strcspn(c, "/");
+        if (len > MAX_NAME_LEN)
+            return 0;
+        c += len;
+        if (*c == '/')
+            c++;
+    }
+    return 1;
+}
+
+/* -------------------------------------------------------------- listing */
+
+typedef struct list_ctx {
+    const char *backup;
+    backup_partition_listing *v;
+    size_t n, cap;
+    uint32_t *nums;
+    int oom;
+} list_ctx;
+
+/* part_%08d.tar.lzo exactly, as WAL-E's uploader names them. */
+static int parse_part_name(const char *name, uint32_t *num)
+{
+    if (strlen(name) != 21 || strncmp(name, "part_", 5) != 0 || strcmp(name + 13, ".tar.lzo") != 0)
+        return 0;
+    uint32_t v = 0;
+    for (int i = 5; i < 13; i++) {
+        if (name[i] < '0' || name[i] > '9')
+            return 0;
+        v = v * 10 + (uint32_t)(name[i] - '0');
+    }
+    *num = v;
+    return 1;
+}
+
+static int list_cb(void *ctx, const store_entry *e)
+{
+    list_ctx *lc = ctx;
+    uint32_t num;
+    if (e->is_dir || !parse_part_name(e->name, &num)) {
+        log_warn("backup %s: ignoring %s%s in tar_partitions/: not a part_NNNNNNNN.tar.lzo partition",
+                 lc->backup, e->name, e->is_dir ? "/" : "");
+        return 0;
+    }
+    if (lc->n == lc->cap) {
+        size_t cap = lc->cap ? lc->cap * 2 : 8;
+        backup_partition_listing *nv = realloc(lc->v, cap * sizeof *nv);
+        if (!nv) {
+            lc->oom = 1;
+            return -ENOMEM;
+        }
+        lc->v = nv;
+        uint32_t *nn = realloc(lc->nums, cap * sizeof *nn);
+        if (!nn) {
+            lc->oom = 1;
+            return -ENOMEM;
+        }
+        lc->nums = nn;
+        lc->cap = cap;
+    }
+    backup_partition_listing *l = &lc->v[lc->n];
+    memset(l, 0, sizeof *l);
+    l->size = e->size;
+    if (e->etag)
+        snprintf(l->etag, sizeof l->etag, "%s", e->etag);
+    if (asprintf(&l->key, BASEBACKUP_DIR "/%s/" TAR_PARTS_DIR "%s", lc->backup, e->name) < 0) {
+        l->key = NULL;
+        lc->oom = 1;
+        return -ENOMEM;
+    }
+    lc->nums[lc->n] = num;
+    lc->n++;
+    return 0;
+}
+
+void backup_partition_listing_free(backup_partition_listing *l, size_t n)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(l[i].key);
+    free(l);
+}
+
+int backup_list_partitions(store *st, const char *backup_name, backup_partition_listing **out,
+                           size_t *n_out, walfs_err *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    int rc = check_backup_name(backup_name, err);
+    if (rc)
+        return rc;
+    char prefix[512];
+    snprintf(prefix, sizeof prefix, BASEBACKUP_DIR "/%s/" TAR_PARTS_DIR, backup_name);
+    list_ctx lc = {.backup = backup_name};
+    rc = store_list(st, prefix, list_cb, &lc, err);
+    if (lc.oom)
+        rc = walfs_err_set(err, -ENOMEM, "out of memory listing %s", prefix);
+    if (rc)
+        goto fail;
+    /* The listing comes in key order from S3 and in no order from a local
+     * directory; sort by number (an insertion sort: a backup has a handful). */
+    for (size_t i = 1; i < lc.n; i++) {
+        for (size_t j = i; j > 0 && lc.nums[j - 1] > lc.nums[j]; j--) {
+            backup_partition_listing t = lc.v[j];
+            lc.v[j] = lc.v[j - 1];
+            lc.v[j - 1] = t;
+            uint32_t tn = lc.nums[j];
+            lc.nums[j] = lc.nums[j - 1];
+            lc.nums[j - 1] = tn;
+        }
+    }
+    if (lc.n == 0) {
+        rc = walfs_err_set(err, -EIO, "backup %s: no tar partitions under %s (part_00000000.tar.lzo is "
+                           "missing): the backup is incomplete or was deleted; use another backup",
+                           backup_name, prefix);
+        goto fail;
+    }
+    for (size_t i = 0; i < lc.n; i++) {
+        if (lc.nums[i] != i) {
+            rc = walfs_err_set(err, -EIO, "backup %s: partition %spart_%08zu.tar.lzo is missing (found %zu "
+                               "partitions, numbered up to %08" PRIu32 "): the backup is incomplete; "
+                               "use another backup", backup_name, prefix, i, lc.n, lc.nums[lc.n - 1]);
+            goto fail;
+        }
+    }
+    /* The ETag is what proves a cached index still matches the objects;
+     * listings carry it, and a backend that does not costs a HEAD each. */
+    for (size_t i = 0; i < lc.n; i++) {
+        if (lc.v[i].etag[0])
+            continue;
+        store_stat sst;
+        rc = store_stat_key(st, lc.v[i].key, &sst, err);
+        if (rc)
+            goto fail;
+        lc.v[i].size = sst.size;
+        snprintf(lc.v[i].etag, sizeof lc.v[i].etag, "%s", sst.etag);
+    }
+    free(lc.nums);
+    *out = lc.v;
+    *n_out = lc.n;
+    return 0;
+fail:
+    free(lc.nums);
+    backup_partition_listing_free(lc.v, lc.n);
+    return rc;
+}
+
+/* ------------------------------------------------------------ index core */
+
+static void member_fini(backup_member *m)
+{
+    free(m->path);
+    free(m->link_target);
+    m->path = m->link_target = NULL;
+}
+
+void backup_index_free(backup_index *idx)
+{
+    if (!idx)
+        return;
+    for (size_t i = 0; i < idx->n_partitions; i++) {
+        free(idx->partitions[i].key);
+        lzop_index_free(&idx->partitions[i].blocks);
+    }
+    free(idx->partitions);
+    for (size_t i = 0; i < idx->n_members; i++)
+        member_fini(&idx->members[i]);
+    free(idx->members);
+    free(idx->backup_name);
+    free(idx);
+}
+
+const backup_member *backup_index_find(const backup_index *idx, const char *path)
+{
+    size_t lo = 0, hi = idx->n_members;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(idx->members[mid].path, path);
+        if (c == 0)
+            return &idx->members[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+int backup_index_matches(const backup_index *idx, const backup_partition_listing *parts,
+                         size_t n_parts)
+{
+    if (!idx || idx->n_partitions != n_parts)
+        return 0;
+    for (size_t i = 0; i < n_parts; i++) {
+        const backup_partition *p = &idx->partitions[i];
+        if (strcmp(p->key, parts[i].key) != 0 || p->object_size != parts[i].size ||
+            strcmp(p->etag, parts[i].etag) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Members while building, in tar order (partition by partition). */
+typedef struct mvec {
+    backup_member *v;
+    size_t n, cap;
+} mvec;
+
+static int mvec_push(mvec *mv, const backup_member *m)
+{
+    if (mv->n == mv->cap) {
+        size_t cap = mv->cap ? mv->cap * 2 : 256;
+        backup_member *nv = realloc(mv->v, cap * sizeof *nv);
+        if (!nv)
+            return -ENOMEM;
+        mv->v = nv;
+        mv->cap = cap;
+    }
+    mv->v[mv->n++] = *m;
+    return 0;
+}
+
+static void mvec_free(mvec *mv)
+{
+    for (size_t i = 0; i < mv->n; i++)
+        member_fini(&mv->v[i]);
+    free(mv->v);
+    memset(mv, 0, sizeof *mv);
+}
+
+/* ------------------------------------------------------- partition stream */
+
+/* Producer thread: GET the object, feed the block scanner (block table)
+ * and the decoder (checksums), and send the decoded tar to the consumer
+ * over a socket, so libarchive (which pulls) can read what store_get
+ * (which pushes) delivers, with memory bounded by the socket buffer. */
+typedef struct producer {
+    store *st;
+    const char *key;
+    int fd;
+    lzop_scanner *sc;
+    lzop_decoder *dec;
+    lzop_index blocks;
+    int rc;
+    int peer_gone;          /* the consumer gave up first: its error is the real one */
+    walfs_err err;
+} producer;
+
+static int producer_send(void *ctx, const void *data, size_t len)
+{
+    producer *p = ctx;
+    const char *c = data;
+    while (len > 0) {
+        /* MSG_NOSIGNAL: a consumer that stopped reading must surface as
+         * EPIPE here, not as a process-wide SIGPIPE. */
+        ssize_t w = send(p->fd, c, len, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EPIPE || errno == ECONNRESET)
+                p->peer_gone = 1;
+            return walfs_err_set(&p->err, -EIO, "%s: tar reader stopped: %s", p->key, strerror(errno));
+        }
+        c += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static int producer_feed(void *ctx, const void *data, size_t len)
+{
+    producer *p = ctx;
+    int rc = lzop_scanner_feed(p->sc, data, len, &p->err);
+    if (rc)
+        return rc;
+    return lzop_decoder_feed(p->dec, data, len, producer_send, p, &p->err);
+}
+
+static void *producer_main(void *arg)
+{
+    producer *p = arg;
+    int rc = store_get(p->st, p->key, 0, 0, producer_feed, p, &p->err);
+    if (!rc)
+        rc = lzop_decoder_finish(p->dec, &p->err);
+    if (!rc)
+        rc = lzop_scanner_finish(p->sc, &p->blocks, &p->err);
+    if (rc && p->err.code == 0)
+        walfs_err_set(&p->err, rc, "%s: reading the object failed", p->key);
+    p->rc = rc;
+    /* EOF for the consumer; the descriptor itself is closed after join. */
+    shutdown(p->fd, SHUT_WR);
+    return NULL;
+}
+
+typedef struct consumer {
+    int fd;
+    uint64_t total;
+    char buf[64 * 1024];
+} consumer;
+
+static la_ssize_t consumer_read(struct archive *a, void *ctx, const void **out)
+{
+    consumer *c = ctx;
+    for (;;) {
+        ssize_t n = read(c->fd, c->buf, sizeof c->buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            archive_set_error(a, errno, "reading the decompressed stream: %s", strerror(errno));
+            return -1;
+        }
+        c->total += (uint64_t)n;
+        *out = c->buf;
+        return n;
+    }
+}
+
+/* State of the tar walk of one partition. */
+typedef struct tar_walk {
+    const char *backup;
+    const char *key;
+    uint32_t part;
+    mvec *mv;
+    /* The entry before the current one: its data ends where the current
+     * header chain starts (minus padding). */
+    int have_prev;
+    size_t prev_member;     /* index in mv, or SIZE_MAX when it was not kept as a file */
+    uint64_t prev_size;
+    uint64_t prev_header_pos;
+    uint64_t prev_data_pos;  /* consumed position right after its header chain */
+} tar_walk;
+
+static void skip_member(const tar_walk *w, const char *name, const char *why)
+{
+    log_warn("backup %s, partition %s: skipping member \"%s\": %s", w->backup, w->key, name, why);
+}
+
+/* Fills the previous file's data offset now that the next header position
+ * (or the end-of-archive position) is known. */
+static int settle_prev(tar_walk *w, uint64_t next_header_pos, walfs_err *err)
+{
+    if (!w->have_prev)
+        return 0;
+    w->have_prev = 0;
+    uint64_t padded = round_up_512(w->prev_size);
+    if (padded < w->prev_size || next_header_pos < padded ||
+        next_header_pos - padded < w->prev_header_pos + 512)
+        return walfs_err_set(err, -EIO, "%s: tar member at offset %" PRIu64 " claims %" PRIu64 " bytes of data "
+                             "but the next header starts at %" PRIu64 "; %s", w->key, w->prev_header_pos,
+                             w->prev_size, next_header_pos, CORRUPT_TODO);
+    uint64_t off = next_header_pos - padded;
+    /* Cross-check against where libarchive stood after the header chain:
+     * two independent derivations must agree, or offsets would silently
+     * serve the wrong bytes. */
+    if (off != w->prev_data_pos)
+        return walfs_err_set(err, -EIO, "%s: tar member at offset %" PRIu64 ": data offset %" PRIu64 " derived "
+                             "from the next header disagrees with %" PRIu64 " after its header; the tar "
+                             "is malformed or this libarchive reports positions differently; %s",
+                             w->key, w->prev_header_pos, off, w->prev_data_pos, CORRUPT_TODO);
+    if (w->prev_member != SIZE_MAX)
+        w->mv->v[w->prev_member].data_offset = off;
+    return 0;
+}
+
+static char *entry_text(const char *mbs, const char *utf8)
+{
+    /* libarchive converts pax UTF-8 names to the locale; when that fails
+     * (C locale, non-ASCII) the UTF-8 form is still the stored name. */
+    return strdup(mbs ? mbs : utf8 ? utf8 : "");
+}
+
+/* Turns one libarchive entry into a member (or a logged skip). */
+static int take_entry(tar_walk *w, struct archive_entry *e, walfs_err *err)
+{
+    int rc = 0;
+    char *raw = entry_text(archive_entry_pathname(e), archive_entry_pathname_utf8(e));
+    if (!raw)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    backup_member m;
+    memset(&m, 0, sizeof m);
+    m.partition = w->part;
+
+    if (archive_entry_sparse_count(e) > 0) {
+        rc = walfs_err_set(err, -EIO, "%s: member \"%s\" is a sparse file, which WAL-E never writes and "
+                           "walfs cannot serve; this is not a WAL-E backup", w->key, raw);
+        goto out;
+    }
+    int escapes = 0;
+    m.path = backup_normalize_path(raw, &escapes);
+    if (!m.path) {
+        skip_member(w, raw, escapes ? "its name leaves the backup root (absolute or \"..\")"
+                                    : "its name contains \"..\"");
+        goto out;
+    }
+    if (!path_fits(m.path)) {
+        skip_member(w, raw, "its name is too long to be served");
+        goto out;
+    }
+    la_int64_t uid = archive_entry_uid(e), gid = archive_entry_gid(e);
+    if (uid < 0 || uid > UINT32_MAX || gid < 0 || gid > UINT32_MAX) {
+        skip_member(w, raw, "uid or gid out of range");
+        goto out;
+    }
+    m.uid = (uint32_t)uid;
+    m.gid = (uint32_t)gid;
+    m.mode = (uint32_t)archive_entry_perm(e) & 07777;
+    m.mtime_sec = (int64_t)archive_entry_mtime(e);
+    long ns = archive_entry_mtime_nsec(e);
+    m.mtime_nsec = ns >= 0 && ns < 1000000000L ? (uint32_t)ns : 0;
+
+    const char *hl = archive_entry_hardlink(e);
+    if (!hl)
+        hl = archive_entry_hardlink_utf8(e);
+    if (hl) {
+        /* Checked against the whole backup once every partition is read. */
+        m.type = MEMBER_HARDLINK;
+        m.link_target = backup_normalize_path(hl, &escapes);
+        if (!m.link_target || !*m.link_target) {
+            skip_member(w, raw, "hard link to a name outside the backup");
+            goto out;
+        }
+    } else {
+        switch (archive_entry_filetype(e)) {
+        case AE_IFREG:
+            m.type = MEMBER_FILE;
+            m.size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0
+                         ? (uint64_t)archive_entry_size(e) : 0;
+            break;
+        case AE_IFDIR:
+            m.type = MEMBER_DIR;
+            break;
+        case AE_IFLNK: {
+            /* Kept verbatim, even absolute: it is what the symlink is, and
+             * the kernel resolves it on the client, not in the backup. */
+            const char *t = archive_entry_symlink(e);
+            if (!t)
+                t = archive_entry_symlink_utf8(e);
+            if (!t || !*t) {
+                skip_member(w, raw, "symlink without a target");
+                goto out;
+            }
+            m.type = MEMBER_SYMLINK;
+            m.link_target = strdup(t);
+            if (!m.link_target) {
+                rc = walfs_err_set(err, -ENOMEM, "out of memory");
+                goto out;
+            }
+            break;
+        }
+        case AE_IFIFO:
+            m.type = MEMBER_FIFO;
+            break;
+        case AE_IFCHR:
+        case AE_IFBLK:
+            m.type = archive_entry_filetype(e) == AE_IFCHR ? MEMBER_CHARDEV : MEMBER_BLOCKDEV;
+            m.rdev_major = (uint32_t)archive_entry_rdevmajor(e);
+            m.rdev_minor = (uint32_t)archive_entry_rdevminor(e);
+            break;
+        default:
+            skip_member(w, raw, "unsupported member type");
+            goto out;
+        }
+    }
+    if (m.path[0] == '\0' && m.type != MEMBER_DIR) {
+        skip_member(w, raw, "the backup root must be a directory");
+        goto out;
+    }
+    if (m.type == MEMBER_FILE)
+        w->prev_member = w->mv->n;
+    rc = mvec_push(w->mv, &m);
+    if (rc) {
+        w->prev_member = SIZE_MAX;
+        rc = walfs_err_set(err, -ENOMEM, "out of memory indexing %s", w->key);
+        goto out;
+    }
+    memset(&m, 0, sizeof m);
+out:
+    member_fini(&m);
+    free(raw);
+    return rc;
+}
+
+/* Reads the tar from the consumer side; returns the consumer's verdict. */
+static int walk_tar(tar_walk *w, consumer *c, walfs_err *err)
+{
+    struct archive *a = archive_read_new();
+    if (!a)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    /* tar only: gnutar, pax and ustar share that reader; "all" formats
+     * would let a garbage partition be taken for some other archive. */
+    archive_read_support_format_tar(a);
+    int rc = 0;
+    if (archive_read_open(a, c, NULL, consumer_read, NULL) != ARCHIVE_OK) {
+        rc = walfs_err_set(err, -EIO, "%s: not a tar archive (%s); %s", w->key, archive_error_string(a),
+                           CORRUPT_TODO);
+        goto done;
+    }
+    for (;;) {
+        struct archive_entry *e;
+        int r = archive_read_next_header(a, &e);
+        /* Negative (an error code) once libarchive has failed. */
+        la_int64_t hp = archive_read_header_position(a);
+        uint64_t header_pos = hp > 0 ? (uint64_t)hp : 0;
+        if (r == ARCHIVE_OK || r == ARCHIVE_WARN || r == ARCHIVE_EOF) {
+            rc = settle_prev(w, header_pos, err);
+            if (rc)
+                break;
+        }
+        if (r == ARCHIVE_EOF) {
+            if (header_pos + 512 > c->total) {
+                /* libarchive accepts a stream that stops at a header
+                 * boundary; WAL-E always writes the end-of-archive blocks,
+                 * so their absence means the tar was cut before lzop. */
+                /* c->total is only what was read so far: drain first. */
+                char tmp[4096];
+                ssize_t n;
+                while ((n = read(c->fd, tmp, sizeof tmp)) > 0 || (n < 0 && errno == EINTR))
+                    if (n > 0)
+                        c->total += (uint64_t)n;
+                if (header_pos + 512 > c->total)
+                    rc = walfs_err_set(err, -EIO, "%s: tar ends at offset %" PRIu64 " without the end-of-archive "
+                                       "blocks: the partition was truncated; %s", w->key, header_pos,
+                                       CORRUPT_TODO);
+            }
+            break;
+        }
+        if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
+            rc = walfs_err_set(err, -EIO, "%s: malformed tar after the member header at decompressed offset %" PRIu64 ": %s; %s", w->key,
+                               w->prev_header_pos, archive_error_string(a) ? archive_error_string(a)
+                                                                           : "unreadable header",
+                               CORRUPT_TODO);
+            break;
+        }
+        if (r == ARCHIVE_WARN)
+            log_debug("%s: libarchive: %s", w->key, archive_error_string(a));
+        w->have_prev = 1;
+        w->prev_member = SIZE_MAX;
+        w->prev_header_pos = header_pos;
+        w->prev_data_pos = (uint64_t)archive_filter_bytes(a, 0);
+        w->prev_size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0
+                           ? (uint64_t)archive_entry_size(e) : 0;
+        rc = take_entry(w, e, err);
+        if (rc)
+            break;
+    }
+done:
+    archive_read_free(a);
+    return rc;
+}
+
+static int index_partition(store *st, const char *backup, const backup_partition_listing *pl,
+                           uint32_t part_no, mvec *mv, backup_partition *out, walfs_err *err)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        return walfs_err_set(err, -errno, "%s: socketpair: %s", pl->key, strerror(errno));
+    producer p;
+    memset(&p, 0, sizeof p);
+    p.st = st;
+    p.key = pl->key;
+    p.fd = sv[0];
+    p.sc = lzop_scanner_new(pl->key);
+    p.dec = lzop_decoder_new(pl->key);
+    consumer *c = malloc(sizeof *c);
+    int rc = 0;
+    if (!p.sc || !p.dec || !c) {
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        goto out_nothread;
+    }
+    c->fd = sv[1];
+    c->total = 0;
+    pthread_t th;
+    int e = pthread_create(&th, NULL, producer_main, &p);
+    if (e) {
+        rc = walfs_err_set(err, -e, "%s: cannot start a thread: %s", pl->key, strerror(e));
+        goto out_nothread;
+    }
+    tar_walk w = {.backup = backup, .key = pl->key, .part = part_no, .mv = mv, .prev_member = SIZE_MAX};
+    walfs_err cerr;
+    walfs_err_clear(&cerr);
+    size_t n_before = mv->n;
+    int crc = walk_tar(&w, c, &cerr);
+    if (crc) {
+        /* The producer may be blocked in send(): closing our end turns
+         * that into EPIPE instead of a hang. */
+        close(sv[1]);
+        sv[1] = -1;
+    } else {
+        /* Past the end-of-archive blocks: read the rest so the decoder
+         * checks every checksum and the end of the lzop stream. */
+        char tmp[16384];
+        for (;;) {
+            ssize_t n = read(sv[1], tmp, sizeof tmp);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+            c->total += (uint64_t)n;
+        }
+    }
+    pthread_join(th, NULL);
+    if (p.rc && !(crc && p.peer_gone)) {
+        /* A decoding failure also makes the tar look truncated: the codec's
+         * message says what really happened. */
+        rc = p.rc;
+        if (err) {
+            *err = p.err;
+            err->code = rc;
+        }
+    } else if (crc) {
+        rc = crc;
+        if (err)
+            *err = cerr;
+    } else if (c->total == 0) {
+        rc = walfs_err_set(err, -EIO, "%s: the partition decompresses to nothing, not even an empty tar; %s",
+                           pl->key, CORRUPT_TODO);
+    }
+    if (rc) {
+        while (mv->n > n_before)
+            member_fini(&mv->v[--mv->n]);
+        lzop_index_free(&p.blocks);
+        goto out_nothread;
+    }
+    memset(out, 0, sizeof *out);
+    out->key = strdup(pl->key);
+    if (!out->key) {
+        lzop_index_free(&p.blocks);
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        goto out_nothread;
+    }
+    out->object_size = pl->size;
+    snprintf(out->etag, sizeof out->etag, "%s", pl->etag);
+    out->blocks = p.blocks;
+out_nothread:
+    lzop_scanner_free(p.sc);
+    lzop_decoder_free(p.dec);
+    free(c);
+    close(sv[0]);
+    if (sv[1] >= 0)
+        close(sv[1]);
+    return rc;
+}
+
+/* ------------------------------------------------------------- finishing */
+
+static int cmp_seq(const void *a, const void *b)
+{
+    const backup_member *x = a, *y = b;
+    int c = strcmp(x->path, y->path);
+    if (c)
+        return c;
+    /* Equal paths: tar order, stashed in rdev_major by finish_members. */
+    return (x->rdev_major > y->rdev_major) - (x->rdev_major < y->rdev_major);
+}
+
+static int cmp_member(const void *a, const void *b)
+{
+    return strcmp(((const backup_member *)a)->path, ((const backup_member *)b)->path);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static const backup_member *find_in(const backup_member *v, size_t n, const char *path, size_t *pos)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(v[mid].path, path);
+        if (c == 0) {
+            if (pos)
+                *pos = mid;
+            return &v[mid];
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* Sorts, applies "later entry wins", synthesizes missing parents, then
+ * drops what the filesystem could not present consistently. */
+static int finish_members(const char *backup, mvec *mv, walfs_err *err)
+{
+    /* Sorting is not stable: carry the tar order in a spare field. The
+     * real rdev values are kept aside and restored after deduplication. */
+    uint32_t *rdev = malloc((mv->n ? mv->n : 1) * sizeof *rdev);
+    if (!rdev)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < mv->n; i++) {
+        rdev[i] = mv->v[i].rdev_major;
+        mv->v[i].rdev_major = (uint32_t)i;
+    }
+    if (mv->n > UINT32_MAX) {
+        free(rdev);
+        return walfs_err_set(err, -EIO, "backup %s has too many members", backup);
+    }
+    if (mv->n)
+        qsort(mv->v, mv->n, sizeof *mv->v, cmp_seq);
+    size_t o = 0;
+    for (size_t i = 0; i < mv->n; i++) {
+        if (i + 1 < mv->n && strcmp(mv->v[i].path, mv->v[i + 1].path) == 0) {
+            member_fini(&mv->v[i]); /* replaced by a later entry */
+            continue;
+        }
+        mv->v[o] = mv->v[i];
+        mv->v[o].rdev_major = rdev[mv->v[i].rdev_major];
+        o++;
+    }
+    mv->n = o;
+    free(rdev);
+
+    /* Parents without their own entry (tablespace trees, other writers). */
+    const backup_member *root = mv->n && mv->v[0].path[0] == '\0' ? &mv->v[0] : NULL;
+    backup_member tmpl = {.type = MEMBER_DIR, .mode = 0700};
+    if (root) {
+        tmpl.uid = root->uid;
+        tmpl.gid = root->gid;
+        tmpl.mtime_sec = root->mtime_sec;
+        tmpl.mtime_nsec = root->mtime_nsec;
+    }
+    char **want = NULL;
+    size_t n_want = 0, cap_want = 0;
+    int rc = 0;
+    if (!root) {
+        want = malloc(sizeof *want);
+        if (!want || !(want[0] = strdup("")))
+            goto oom;
+        n_want = cap_want = 1;
+    }
+    size_t n_orig = mv->n;
+    for (size_t i = 0; i < n_orig; i++) {
+        const char *path = mv->v[i].path;
+        for (const char *s = strchr(path, '/'); s; s = strchr(s + 1, '/')) {
+            size_t plen = (size_t)(s - path);
+            /* Most parents exist: only collect the missing ones. */
+            char *anc = strndup(path, plen);
+            if (!anc)
+                goto oom;
+            if (find_in(mv->v, n_orig, anc, NULL)) {
+                free(anc);
+                continue;
+            }
+            if (n_want == cap_want) {
+                size_t cap = cap_want ? cap_want * 2 : 16;
+                char **nw = realloc(want, cap * sizeof *nw);
+                if (!nw) {
+                    free(anc);
+                    goto oom;
+                }
+                want = nw;
+                cap_want = cap;
+            }
+            want[n_want++] = anc;
+        }
+    }
+    if (n_want) {
+        qsort(want, n_want, sizeof *want, cmp_str);
+        const char *last = NULL;
+        for (size_t i = 0; i < n_want; i++) {
+            if (last && strcmp(want[i], last) == 0)
+                continue;
+            last = want[i];
+            backup_member m = tmpl;
+            m.path = want[i];
+            want[i] = NULL;
+            if (mvec_push(mv, &m) != 0) {
+                free(m.path);
+                goto oom;
+            }
+        }
+        qsort(mv->v, mv->n, sizeof *mv->v, cmp_member);
+    }
+    for (size_t i = 0; i < n_want; i++)
+        free(want[i]);
+    free(want);
+    want = NULL;
+
+    /* A parent that is not a directory (a file or symlink replaced a
+     * directory, or a symlink was placed to redirect later members) cannot
+     * hold children: drop them. Parents sort before their children, so one
+     * pass in order sees each parent's verdict first. */
+    unsigned char *drop = calloc(mv->n ? mv->n : 1, 1);
+    if (!drop)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < mv->n; i++) {
+        const char *path = mv->v[i].path;
+        if (!*path)
+            continue;
+        const char *slash = strrchr(path, '/');
+        char *parent = strndup(path, slash ? (size_t)(slash - path) : 0);
+        if (!parent) {
+            free(drop);
+            return walfs_err_set(err, -ENOMEM, "out of memory");
+        }
+        size_t pos;
+        const backup_member *pm = find_in(mv->v, mv->n, parent, &pos);
+        if (!pm || drop[pos] || pm->type != MEMBER_DIR) {
+            log_warn("backup %s: skipping member \"%s\": its parent \"%s\" is not a directory", backup, path,
+                     parent);
+            drop[i] = 1;
+        }
+        free(parent);
+    }
+    /* Hard links name the first archived copy, possibly in an earlier
+     * partition; point them straight at the file holding the data. */
+    for (size_t i = 0; i < mv->n; i++) {
+        backup_member *m = &mv->v[i];
+        if (drop[i] || m->type != MEMBER_HARDLINK)
+            continue;
+        const backup_member *t = NULL;
+        size_t pos = 0;
+        const char *name = m->link_target;
+        for (int hops = 0; hops < 16; hops++) {
+            t = find_in(mv->v, mv->n, name, &pos);
+            if (!t || drop[pos] || t->type != MEMBER_HARDLINK)
+                break;
+            name = t->link_target;
+        }
+        if (!t || drop[pos] || t->type != MEMBER_FILE) {
+            log_warn("backup %s: skipping hard link \"%s\": its target \"%s\" is %s", backup, m->path,
+                     m->link_target, !t || drop[pos] ? "not in the backup" : "not a regular file");
+            drop[i] = 1;
+            continue;
+        }
+        if (t->path != m->link_target) {
+            char *nt = strdup(t->path);
+            if (!nt) {
+                free(drop);
+                return walfs_err_set(err, -ENOMEM, "out of memory");
+            }
+            free(m->link_target);
+            m->link_target = nt;
+        }
+    }
+    o = 0;
+    for (size_t i = 0; i < mv->n; i++) {
+        if (drop[i]) {
+            member_fini(&mv->v[i]);
+            continue;
+        }
+        mv->v[o++] = mv->v[i];
+    }
+    mv->n = o;
+    free(drop);
+    return rc;
+oom:
+    if (want)
+        for (size_t i = 0; i < n_want; i++)
+            free(want[i]);
+    free(want);
+    return walfs_err_set(err, -ENOMEM, "out of memory");
+}
+
+int backup_index_build(store *st, const char *backup_name, const backup_partition_listing *parts,
+                       size_t n_parts, backup_index **out, walfs_err *err)
+{
+    *out = NULL;
+    int rc = check_backup_name(backup_name, err);
+    if (rc)
+        return rc;
+    if (n_parts == 0 || n_parts > UINT32_MAX)
+        return walfs_err_set(err, -EIO, "backup %s: no tar partitions: the backup is incomplete", backup_name);
+    backup_index *idx = calloc(1, sizeof *idx);
+    if (!idx)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    idx->backup_name = strdup(backup_name);
+    idx->partitions = calloc(n_parts, sizeof *idx->partitions);
+    if (!idx->backup_name || !idx->partitions) {
+        backup_index_free(idx);
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    }
+    mvec mv = {0};
+    for (size_t i = 0; i < n_parts; i++) {
+        rc = index_partition(st, backup_name, &parts[i], (uint32_t)i, &mv, &idx->partitions[i], err);
+        if (rc)
+            goto fail;
+        idx->n_partitions++;
+    }
+    rc = finish_members(backup_name, &mv, err);
+    if (rc)
+        goto fail;
+    idx->members = mv.v;
+    idx->n_members = mv.n;
+    *out = idx;
+    return 0;
+fail:
+    mvec_free(&mv);
+    backup_index_free(idx);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ JSON */
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 65536;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_puts(sbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Bytes >= 0x80 go through raw: tar names are bytes, and json-c hands
+ * them back unchanged, whereas \u escapes would re-encode them. */
+static void sb_json_str(sbuf *b, const char *s)
+{
+    sb_put(b, "\"", 1);
+    const char *run = s;
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c >= 0x20 && *c != '"' && *c != '\\')
+            continue;
+        sb_put(b, run, (size_t)((const char *)c - run));
+        char esc[8];
+        if (*c == '"' || *c == '\\')
+            snprintf(esc, sizeof esc, "\\%c", *c);
+        else
+            snprintf(esc, sizeof esc, "\\u%04x", *c);
+        sb_puts(b, esc);
+        run = (const char *)c + 1;
+    }
+    sb_puts(b, run);
+    sb_put(b, "\"", 1);
+}
+
+static const char type_codes[] = "fdlhpcb"; /* indexed by backup_member_type */
+
+static void sha256_hex(const void *a, size_t alen, const void *b, size_t blen, char hex[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(ctx, a, alen) != 1 ||
+        EVP_DigestUpdate(ctx, b, blen) != 1 || EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) {
+        /* A digest that cannot be computed must never match anything. */
+        memset(hex, 'x', 64);
+    } else {
+        for (int i = 0; i < 32; i++)
+            snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    }
+    hex[64] = '\0';
+    EVP_MD_CTX_free(ctx);
+}
+
+/* The checksum covers the serialization up to the sha256 member, closed
+ * with "}": written last, it can be checked on the raw bytes before any
+ * parsing, without depending on how a JSON library re-serializes. */
+#define SHA_TAIL_PREFIX ",\"sha256\":\""
+#define SHA_TAIL_LEN (sizeof SHA_TAIL_PREFIX - 1 + 64 + 2)
+
+int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walfs_err *err)
+{
+    *json = NULL;
+    *len = 0;
+    sbuf b = {0};
+    sb_puts(&b, "{\"format\":\"" INDEX_FORMAT "\",\"version\":1,\"backup\":");
+    sb_json_str(&b, idx->backup_name);
+    sb_puts(&b, ",\"partitions\":[");
+    for (size_t i = 0; i < idx->n_partitions; i++) {
+        const backup_partition *p = &idx->partitions[i];
+        const lzop_index *bi = &p->blocks;
+        sb_puts(&b, i ? ",{\"key\":" : "{\"key\":");
+        sb_json_str(&b, p->key);
+        sb_printf(&b, ",\"size\":%" PRIu64 ",\"etag\":", p->object_size);
+        sb_json_str(&b, p->etag);
+        sb_printf(&b, ",\"header_len\":%" PRIu32 ",\"flags\":%" PRIu32 ",\"method\":%u,\"uncomp_size\":%" PRIu64
+                  ",\"comp_size\":%" PRIu64 ",\"blocks\":[", bi->info.header_len, bi->info.flags,
+                  (unsigned)bi->info.method, bi->uncomp_size, bi->comp_size);
+        for (size_t k = 0; k < bi->n_blocks; k++) {
+            const lzop_block *bl = &bi->blocks[k];
+            sb_printf(&b, "%s[%" PRIu64 ",%" PRIu64 ",%" PRIu32 ",%" PRIu32 ",%" PRIu64 "]", k ? "," : "",
+                      bl->comp_offset, bl->data_offset, bl->comp_len, bl->uncomp_len, bl->uncomp_offset);
+        }
+        sb_puts(&b, "]}");
+    }
+    sb_puts(&b, "],\"members\":[");
+    for (size_t i = 0; i < idx->n_members; i++) {
+        const backup_member *m = &idx->members[i];
+        sb_puts(&b, i ? ",\n[" : "\n[");
+        sb_json_str(&b, m->path);
+        sb_printf(&b, ",\"%c\",%" PRIu32 ",%" PRIu32 ",%" PRIu32 ",%" PRId64 ",%" PRIu32, type_codes[m->type],
+                  m->mode, m->uid, m->gid, m->mtime_sec, m->mtime_nsec);
+        switch (m->type) {
+        case MEMBER_FILE:
+            sb_printf(&b, ",%" PRIu64 ",%" PRIu32 ",%" PRIu64, m->size, m->partition, m->data_offset);
+            break;
+        case MEMBER_SYMLINK:
+        case MEMBER_HARDLINK:
+            sb_put(&b, ",", 1);
+            sb_json_str(&b, m->link_target ? m->link_target : "");
+            break;
+        case MEMBER_CHARDEV:
+        case MEMBER_BLOCKDEV:
+            sb_printf(&b, ",%" PRIu32 ",%" PRIu32, m->rdev_major, m->rdev_minor);
+            break;
+        default:
+            break;
+        }
+        sb_put(&b, "]", 1);
+    }
+    sb_puts(&b, "]");
+    if (b.oom) {
+        free(b.p);
+        return walfs_err_set(err, -ENOMEM, "out of memory serializing the index of %s", idx->backup_name);
+    }
+    char hex[65];
+    sha256_hex(b.p, b.len, "}", 1, hex);
+    sb_puts(&b, SHA_TAIL_PREFIX);
+    sb_puts(&b, hex);
+    sb_puts(&b, "\"}\n");
+    if (b.oom) {
+        free(b.p);
+        return walfs_err_set(err, -ENOMEM, "out of memory serializing the index of %s", idx->backup_name);
+    }
+    *json = b.p;
+    *len = b.len;
+    return 0;
+}
+
+/* ---- loading: every field is checked, nothing is trusted ---- */
+
+typedef struct loader {
+    walfs_err *err;
+    const char *what;       /* current location, for messages */
+    char where[96];
+} loader;
+
+static int bad(loader *L, const char *why)
+{
+    return walfs_err_set(L->err, -EIO, "backup index JSON: %s%s%s; the cached index is corrupt or from an "
+                         "incompatible walfs: delete it so it is rebuilt from the partitions",
+                         L->where, *L->where ? ": " : "", why);
+}
+
+static int get_u64(loader *L, json_object *o, uint64_t max, uint64_t *out)
+{
+    if (!o || !json_object_is_type(o, json_type_int))
+        return bad(L, "expected an integer");
+    errno = 0;
+    int64_t v = json_object_get_int64(o);
+    /* json-c saturates out-of-range values and flags it in errno only on
+     * some paths: treat the saturated extremes as out of range too. */
+    if (v < 0 || v == INT64_MAX || (uint64_t)v > max)
+        return bad(L, "integer out of range");
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int get_i64(loader *L, json_object *o, int64_t *out)
+{
+    if (!o || !json_object_is_type(o, json_type_int))
+        return bad(L, "expected an integer");
+    int64_t v = json_object_get_int64(o);
+    if (v == INT64_MAX || v == INT64_MIN)
+        return bad(L, "integer out of range");
+    *out = v;
+    return 0;
+}
+
+static int get_str(loader *L, json_object *o, const char **out)
+{
+    if (!o || !json_object_is_type(o, json_type_string))
+        return bad(L, "expected a string");
+    const char *s = json_object_get_string(o);
+    if ((size_t)json_object_get_string_len(o) != strlen(s))
+        return bad(L, "string contains a NUL character");
+    *out = s;
+    return 0;
+}
+
+static json_object *field(json_object *obj, const char *name)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(obj, name, &v))
+        return NULL;
+    return v;
+}
+
+static int load_blocks(loader *L, json_object *arr, backup_partition *p)
+{
+    if (!arr || !json_object_is_type(arr, json_type_array))
+        return bad(L, "\"blocks\" must be an array");
+    lzop_index *bi = &p->blocks;
+    size_t n = json_object_array_length(arr);
+    if (n > 0) {
+        bi->blocks = calloc(n, sizeof *bi->blocks);
+        if (!bi->blocks)
+            return walfs_err_set(L->err, -ENOMEM, "out of memory");
+    }
+    bi->n_blocks = n;
+    uint64_t comp = bi->info.header_len, uncomp = 0;
+    uint32_t fl = bi->info.flags;
+    for (size_t k = 0; k < n; k++) {
+        json_object *e = json_object_array_get_idx(arr, k);
+        if (!e || !json_object_is_type(e, json_type_array) || json_object_array_length(e) != 5)
+            return bad(L, "a block must be an array of 5 integers");
+        uint64_t v[5];
+        for (size_t j = 0; j < 5; j++) {
+            int rc = get_u64(L, json_object_array_get_idx(e, j), (uint64_t)INT64_MAX, &v[j]);
+            if (rc)
+                return rc;
+        }
+        lzop_block *bl = &bi->blocks[k];
+        if (v[2] == 0 || v[3] == 0 || v[3] > LZOP_BLOCK_SIZE || v[2] > v[3])
+            return bad(L, "block lengths out of range");
+        bl->comp_offset = v[0];
+        bl->data_offset = v[1];
+        bl->comp_len = (uint32_t)v[2];
+        bl->uncomp_len = (uint32_t)v[3];
+        bl->uncomp_offset = v[4];
+        /* Same rule as the codec: the payload follows the 8-byte header
+         * and the checksums the flags announce. */
+        uint64_t sums = !!(fl & 0x1u) + !!(fl & 0x100u);
+        if (bl->comp_len < bl->uncomp_len)
+            sums += !!(fl & 0x2u) + !!(fl & 0x200u);
+        if (bl->comp_offset != comp || bl->data_offset != comp + 8 + 4 * sums || bl->uncomp_offset != uncomp)
+            return bad(L, "blocks are not contiguous");
+        comp = bl->data_offset + bl->comp_len;
+        uncomp += bl->uncomp_len;
+    }
+    if (bi->uncomp_size != uncomp)
+        return bad(L, "uncomp_size is not the sum of the blocks");
+    if (bi->comp_size != comp + 4 || bi->comp_size > p->object_size)
+        return bad(L, "comp_size does not end with the blocks' end marker inside the object");
+    return 0;
+}
+
+static int load_partition(loader *L, json_object *o, size_t i, const char *backup, backup_partition *p)
+{
+    if (!json_object_is_type(o, json_type_object))
+        return bad(L, "a partition must be an object");
+    const char *key, *etag;
+    int rc = get_str(L, field(o, "key"), &key);
+    if (rc)
+        return rc;
+    char want[512];
+    snprintf(want, sizeof want, BASEBACKUP_DIR "/%s/" TAR_PARTS_DIR "part_%08zu.tar.lzo", backup, i);
+    if (strcmp(key, want) != 0)
+        return bad(L, "partition key does not match the backup and its position");
+    p->key = strdup(key);
+    if (!p->key)
+        return walfs_err_set(L->err, -ENOMEM, "out of memory");
+    if ((rc = get_str(L, field(o, "etag"), &etag)))
+        return rc;
+    if (strlen(etag) >= sizeof p->etag)
+        return bad(L, "etag too long");
+    snprintf(p->etag, sizeof p->etag, "%s", etag);
+    uint64_t v;
+    if ((rc = get_u64(L, field(o, "size"), (uint64_t)INT64_MAX - 1, &p->object_size)))
+        return rc;
+    if ((rc = get_u64(L, field(o, "flags"), UINT32_MAX, &v)))
+        return rc;
+    p->blocks.info.flags = (uint32_t)v;
+    if ((rc = get_u64(L, field(o, "method"), 3, &v)))
+        return rc;
+    if (v < 1)
+        return bad(L, "unknown lzop method");
+    p->blocks.info.method = (uint8_t)v;
+    if ((rc = get_u64(L, field(o, "header_len"), 4096, &v)))
+        return rc;
+    if (v < 29)
+        return bad(L, "lzop header length too small");
+    p->blocks.info.header_len = (uint32_t)v;
+    if ((rc = get_u64(L, field(o, "uncomp_size"), (uint64_t)INT64_MAX - 1, &p->blocks.uncomp_size)))
+        return rc;
+    if ((rc = get_u64(L, field(o, "comp_size"), (uint64_t)INT64_MAX - 1, &p->blocks.comp_size)))
+        return rc;
+    return load_blocks(L, field(o, "blocks"), p);
+}
+
+static int load_member(loader *L, json_object *e, const backup_index *idx, backup_member *m)
+{
+    if (!json_object_is_type(e, json_type_array))
+        return bad(L, "a member must be an array");
+    size_t n = json_object_array_length(e);
+    if (n < 7)
+        return bad(L, "member array too short");
+    const char *path, *tc;
+    int rc = get_str(L, json_object_array_get_idx(e, 0), &path);
+    if (rc)
+        return rc;
+    m->path = strdup(path);
+    if (!m->path)
+        return walfs_err_set(L->err, -ENOMEM, "out of memory");
+    char *norm = backup_normalize_path(path, NULL);
+    int ok = norm && strcmp(norm, path) == 0 && path_fits(path);
+    free(norm);
+    if (!ok)
+        return bad(L, "member path is not normalized");
+    if ((rc = get_str(L, json_object_array_get_idx(e, 1), &tc)))
+        return rc;
+    const char *tp = strlen(tc) == 1 ? strchr(type_codes, tc[0]) : NULL;
+    if (!tp)
+        return bad(L, "unknown member type");
+    m->type = (backup_member_type)(tp - type_codes);
+    uint64_t v;
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 2), 07777, &v)))
+        return rc;
+    m->mode = (uint32_t)v;
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 3), UINT32_MAX, &v)))
+        return rc;
+    m->uid = (uint32_t)v;
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 4), UINT32_MAX, &v)))
+        return rc;
+    m->gid = (uint32_t)v;
+    if ((rc = get_i64(L, json_object_array_get_idx(e, 5), &m->mtime_sec)))
+        return rc;
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 6), 999999999, &v)))
+        return rc;
+    m->mtime_nsec = (uint32_t)v;
+    size_t want = m->type == MEMBER_FILE                                        ? 10
+                  : m->type == MEMBER_SYMLINK || m->type == MEMBER_HARDLINK     ? 8
+                  : m->type == MEMBER_CHARDEV || m->type == MEMBER_BLOCKDEV     ? 9
+                                                                                : 7;
+    if (n != want)
+        return bad(L, "member array has the wrong length for its type");
+    switch (m->type) {
+    case MEMBER_FILE: {
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 7), (uint64_t)INT64_MAX - 1, &m->size)))
+            return rc;
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), UINT32_MAX, &v)))
+            return rc;
+        if (v >= idx->n_partitions)
+            return bad(L, "member names a partition that does not exist");
+        m->partition = (uint32_t)v;
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 9), (uint64_t)INT64_MAX - 1, &m->data_offset)))
+            return rc;
+        uint64_t usz = idx->partitions[m->partition].blocks.uncomp_size;
+        if (m->data_offset > usz || m->size > usz - m->data_offset)
+            return bad(L, "member data lies outside its partition");
+        break;
+    }
+    case MEMBER_SYMLINK:
+    case MEMBER_HARDLINK: {
+        const char *t;
+        if ((rc = get_str(L, json_object_array_get_idx(e, 7), &t)))
+            return rc;
+        if (!*t)
+            return bad(L, "empty link target");
+        m->link_target = strdup(t);
+        if (!m->link_target)
+            return walfs_err_set(L->err, -ENOMEM, "out of memory");
+        break;
+    }
+    case MEMBER_CHARDEV:
+    case MEMBER_BLOCKDEV:
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 7), UINT32_MAX, &v)))
+            return rc;
+        m->rdev_major = (uint32_t)v;
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), UINT32_MAX, &v)))
+            return rc;
+        m->rdev_minor = (uint32_t)v;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* The invariants the builder guarantees, checked again on what was read. */
+static int check_tree(loader *L, const backup_index *idx)
+{
+    if (idx->n_members == 0 || idx->members[0].path[0] != '\0' || idx->members[0].type != MEMBER_DIR)
+        return bad(L, "no root directory entry");
+    for (size_t i = 1; i < idx->n_members; i++) {
+        const backup_member *m = &idx->members[i];
+        snprintf(L->where, sizeof L->where, "member %zu", i);
+        if (strcmp(idx->members[i - 1].path, m->path) >= 0)
+            return bad(L, "members are not sorted by path or are duplicated");
+        const char *slash = strrchr(m->path, '/');
+        char *parent = strndup(m->path, slash ? (size_t)(slash - m->path) : 0);
+        if (!parent)
+            return walfs_err_set(L->err, -ENOMEM, "out of memory");
+        const backup_member *pm = backup_index_find(idx, parent);
+        free(parent);
+        if (!pm || pm->type != MEMBER_DIR)
+            return bad(L, "member's parent is not a directory in the index");
+        if (m->type == MEMBER_HARDLINK) {
+            char *norm = backup_normalize_path(m->link_target, NULL);
+            int ok = norm && strcmp(norm, m->link_target) == 0;
+            free(norm);
+            const backup_member *t = ok ? backup_index_find(idx, m->link_target) : NULL;
+            if (!t || t->type != MEMBER_FILE)
+                return bad(L, "hard link does not name a regular file of the index");
+        }
+    }
+    L->where[0] = '\0';
+    return 0;
+}
+
+int backup_index_from_json(const char *json, size_t len, backup_index **out, walfs_err *err)
+{
+    *out = NULL;
+    loader L = {.err = err};
+    L.where[0] = '\0';
+    size_t end = len;
+    while (end > 0 && (json[end - 1] == '\n' || json[end - 1] == ' ' || json[end - 1] == '\r' ||
+                       json[end - 1] == '\t'))
+        end--;
+    if (end < SHA_TAIL_LEN + 2 || len > (size_t)INT_MAX)
+        return bad(&L, "too short or too long to be an index");
+    const char *tail = json + end - SHA_TAIL_LEN;
+    if (memcmp(tail, SHA_TAIL_PREFIX, sizeof SHA_TAIL_PREFIX - 1) != 0 || memcmp(json + end - 2, "\"}", 2) != 0)
+        return bad(&L, "no sha256 at the end: the file is truncated");
+    char hex[65];
+    sha256_hex(json, (size_t)(tail - json), "}", 1, hex);
+    if (memcmp(hex, tail + sizeof SHA_TAIL_PREFIX - 1, 64) != 0)
+        return bad(&L, "sha256 mismatch: the file was altered or damaged");
+
+    json_tokener *tok = json_tokener_new_ex(16);
+    if (!tok)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    json_object *root = json_tokener_parse_ex(tok, json, (int)end);
+    enum json_tokener_error jerr = json_tokener_get_error(tok);
+    size_t used = root ? json_tokener_get_parse_end(tok) : 0;
+    json_tokener_free(tok);
+    if (!root || jerr != json_tokener_success || used != end) {
+        json_object_put(root);
+        return bad(&L, root ? "trailing data after the JSON object" : "not valid JSON");
+    }
+    backup_index *idx = calloc(1, sizeof *idx);
+    int rc;
+    if (!idx) {
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (!json_object_is_type(root, json_type_object)) {
+        rc = bad(&L, "not a JSON object");
+        goto fail;
+    }
+    const char *s;
+    uint64_t ver;
+    if ((rc = get_str(&L, field(root, "format"), &s)))
+        goto fail;
+    if (strcmp(s, INDEX_FORMAT) != 0) {
+        rc = bad(&L, "not a walfs backup index");
+        goto fail;
+    }
+    if ((rc = get_u64(&L, field(root, "version"), UINT32_MAX, &ver)))
+        goto fail;
+    if (ver != INDEX_VERSION) {
+        rc = bad(&L, "unsupported index version");
+        goto fail;
+    }
+    if ((rc = get_str(&L, field(root, "backup"), &s)))
+        goto fail;
+    if (check_backup_name(s, NULL) != 0) {
+        rc = bad(&L, "invalid backup name");
+        goto fail;
+    }
+    idx->backup_name = strdup(s);
+    if (!idx->backup_name) {
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    json_object *parts = field(root, "partitions"), *mems = field(root, "members");
+    if (!parts || !json_object_is_type(parts, json_type_array) || json_object_array_length(parts) == 0 ||
+        json_object_array_length(parts) > UINT32_MAX) {
+        rc = bad(&L, "\"partitions\" must be a non-empty array");
+        goto fail;
+    }
+    size_t np = json_object_array_length(parts);
+    idx->partitions = calloc(np, sizeof *idx->partitions);
+    if (!idx->partitions) {
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < np; i++) {
+        snprintf(L.where, sizeof L.where, "partition %zu", i);
+        idx->n_partitions = i + 1;
+        if ((rc = load_partition(&L, json_object_array_get_idx(parts, i), i, idx->backup_name,
+                                 &idx->partitions[i])))
+            goto fail;
+    }
+    L.where[0] = '\0';
+    if (!mems || !json_object_is_type(mems, json_type_array)) {
+        rc = bad(&L, "\"members\" must be an array");
+        goto fail;
+    }
+    size_t nm = json_object_array_length(mems);
+    idx->members = calloc(nm ? nm : 1, sizeof *idx->members);
+    if (!idx->members) {
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < nm; i++) {
+        snprintf(L.where, sizeof L.where, "member %zu", i);
+        idx->n_members = i + 1;
+        if ((rc = load_member(&L, json_object_array_get_idx(mems, i), idx, &idx->members[i])))
+            goto fail;
+    }
+    L.where[0] = '\0';
+    if ((rc = check_tree(&L, idx)))
+        goto fail;
+    json_object_put(root);
+    *out = idx;
+    return 0;
+fail:
+    json_object_put(root);
+    backup_index_free(idx);
+    return rc;
+}

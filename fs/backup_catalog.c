@@ -1,0 +1,507 @@
+#include "fs/backup_catalog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+#define SENTINEL_SUFFIX "_backup_stop_sentinel.json"
+#define MAX_LOADED 16
+#define LISTING_TTL_SECONDS 1
+#define SMALL_OBJECT_MAX (1024 * 1024)
+
+typedef struct loaded_index {
+    backup_index *idx;
+    int refs;
+    unsigned long last_used;
+} loaded_index;
+
+struct backup_catalog {
+    store *st;
+    char *index_dir;
+    pthread_mutex_t lock;           /* listing cache and loaded indexes */
+    pthread_mutex_t build_lock;     /* one index load/build at a time */
+    backup_entry *listing;
+    size_t n_listing;
+    int latest;
+    time_t listed_at;
+    loaded_index loaded[MAX_LOADED];
+    unsigned long use_clock;
+};
+
+static int is_hex_upper(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'F')))
+            return 0;
+    return 1;
+}
+
+/* WAL-E's COMPLETE_BASE_BACKUP_REGEXP: base_<24 hex>_<8 hex-ish chars>. */
+static int is_backup_name(const char *name, size_t len)
+{
+    return len == 5 + 24 + 1 + 8 && strncmp(name, "base_", 5) == 0 &&
+           is_hex_upper(name + 5, 24) && name[29] == '_' && is_hex_upper(name + 30, 8);
+}
+
+backup_catalog *backup_catalog_new(store *st, const char *cache_dir, walfs_err *err)
+{
+    backup_catalog *cat = calloc(1, sizeof *cat);
+    if (!cat) {
+        walfs_err_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    cat->st = st;
+    if (asprintf(&cat->index_dir, "%s/index", cache_dir) < 0) {
+        free(cat);
+        walfs_err_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (mkdir(cat->index_dir, 0700) != 0 && errno != EEXIST) {
+        walfs_err_set(err, -errno, "cannot create index cache %s: %s", cat->index_dir,
+                      strerror(errno));
+        free(cat->index_dir);
+        free(cat);
+        return NULL;
+    }
+    cat->latest = -1;
+    pthread_mutex_init(&cat->lock, NULL);
+    pthread_mutex_init(&cat->build_lock, NULL);
+    return cat;
+}
+
+void backup_catalog_free(backup_catalog *cat)
+{
+    if (!cat)
+        return;
+    for (int i = 0; i < MAX_LOADED; i++)
+        backup_index_free(cat->loaded[i].idx);
+    free(cat->listing);
+    free(cat->index_dir);
+    pthread_mutex_destroy(&cat->lock);
+    pthread_mutex_destroy(&cat->build_lock);
+    free(cat);
+}
+
+typedef struct listing_builder {
+    backup_entry *items;
+    size_t n, cap;
+} listing_builder;
+
+static int collect_sentinel(void *ctx, const store_entry *e)
+{
+    listing_builder *b = ctx;
+    size_t len = strlen(e->name), sl = strlen(SENTINEL_SUFFIX);
+    if (e->is_dir || len <= sl || strcmp(e->name + len - sl, SENTINEL_SUFFIX) != 0)
+        return 0;
+    if (!is_backup_name(e->name, len - sl))
+        return 0; /* WAL-G or foreign names: not a WAL-E backup walfs can serve */
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 16;
+        backup_entry *grown = realloc(b->items, cap * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        b->items = grown;
+        b->cap = cap;
+    }
+    backup_entry *be = &b->items[b->n++];
+    memset(be, 0, sizeof *be);
+    memcpy(be->name, e->name, len - sl);
+    be->sentinel_mtime = e->mtime;
+    return 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const backup_entry *)a)->name, ((const backup_entry *)b)->name);
+}
+
+static int refresh_listing(backup_catalog *cat, walfs_err *err)
+{
+    listing_builder b = {0};
+    int rc = store_list(cat->st, BASEBACKUP_DIR "/", collect_sentinel, &b, err);
+    if (rc) {
+        free(b.items);
+        return rc == -ENOMEM ? walfs_err_set(err, rc, "out of memory listing backups") : rc;
+    }
+    qsort(b.items, b.n, sizeof *b.items, by_name);
+    /* LATEST: newest sentinel; on a tie the later name, as WAL-E's stable
+     * sort over key order picks it. */
+    int latest = -1;
+    for (size_t i = 0; i < b.n; i++)
+        if (latest < 0 || b.items[i].sentinel_mtime >= b.items[latest].sentinel_mtime)
+            latest = (int)i;
+    free(cat->listing);
+    cat->listing = b.items;
+    cat->n_listing = b.n;
+    cat->latest = latest;
+    cat->listed_at = time(NULL);
+    return 0;
+}
+
+int backup_catalog_list(backup_catalog *cat, backup_entry **out, size_t *n, int *latest,
+                        walfs_err *err)
+{
+    pthread_mutex_lock(&cat->lock);
+    int rc = 0;
+    if (!cat->listing || time(NULL) - cat->listed_at >= LISTING_TTL_SECONDS)
+        rc = refresh_listing(cat, err);
+    if (!rc) {
+        *out = malloc((cat->n_listing ? cat->n_listing : 1) * sizeof **out);
+        if (!*out) {
+            rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        } else {
+            if (cat->n_listing)
+                memcpy(*out, cat->listing, cat->n_listing * sizeof **out);
+            *n = cat->n_listing;
+            *latest = cat->latest;
+        }
+    }
+    pthread_mutex_unlock(&cat->lock);
+    return rc;
+}
+
+int backup_catalog_find(backup_catalog *cat, const char *name, backup_entry *out, walfs_err *err)
+{
+    if (!is_backup_name(name, strlen(name)))
+        return -ENOENT;
+    backup_entry *list;
+    size_t n;
+    int latest;
+    int rc = backup_catalog_list(cat, &list, &n, &latest, err);
+    if (rc)
+        return rc;
+    backup_entry key;
+    memset(&key, 0, sizeof key);
+    snprintf(key.name, sizeof key.name, "%s", name);
+    backup_entry *hit = bsearch(&key, list, n, sizeof *list, by_name);
+    if (hit)
+        *out = *hit;
+    free(list);
+    return hit ? 0 : -ENOENT;
+}
+
+typedef struct small_buffer {
+    char *data;
+    size_t len, cap;
+} small_buffer;
+
+static int append_small(void *ctx, const void *data, size_t len)
+{
+    small_buffer *b = ctx;
+    if (b->len + len > SMALL_OBJECT_MAX)
+        return -EFBIG;
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = (b->len + len + 1) * 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown)
+            return -ENOMEM;
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+/* Fetches a small object whole (sentinels, version text, indexes are
+ * bounded by max, so a hostile object cannot exhaust memory). */
+static int fetch_object(store *st, const char *key, size_t max, small_buffer *out, walfs_err *err)
+{
+    memset(out, 0, sizeof *out);
+    int rc = store_get(st, key, 0, 0, append_small, out, err);
+    if (rc == -EFBIG || (!rc && out->len > max))
+        rc = walfs_err_set(err, -EIO, "%s is larger than expected; it is not what walfs wrote",
+                           key);
+    else if (rc == -ENOMEM)
+        rc = walfs_err_set(err, -ENOMEM, "out of memory reading %s", key);
+    if (rc) {
+        free(out->data);
+        out->data = NULL;
+    }
+    return rc;
+}
+
+int backup_catalog_details(backup_catalog *cat, const char *name, backup_details *out,
+                           walfs_err *err)
+{
+    backup_entry entry;
+    int rc = backup_catalog_find(cat, name, &entry, err);
+    if (rc)
+        return rc;
+    memset(out, 0, sizeof *out);
+    memcpy(out->start_segment, name + 5, 24);
+    memcpy(out->start_offset, name + 30, 8);
+    out->expanded_size_bytes = -1;
+    out->sentinel_mtime = entry.sentinel_mtime;
+    char key[256];
+    snprintf(key, sizeof key, BASEBACKUP_DIR "/%s" SENTINEL_SUFFIX, name);
+    small_buffer buf;
+    rc = fetch_object(cat->st, key, 64 * 1024, &buf, err);
+    if (rc)
+        return rc;
+    struct json_tokener *tok = json_tokener_new();
+    json_object *root = tok ? json_tokener_parse_ex(tok, buf.data, (int)buf.len) : NULL;
+    if (tok)
+        json_tokener_free(tok);
+    free(buf.data);
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        json_object_put(root);
+        return walfs_err_set(err, -EIO, "sentinel %s is not a JSON object; the backup's "
+                             "metadata is damaged", key);
+    }
+    json_object *v;
+    if (json_object_object_get_ex(root, "wal_segment_backup_stop", &v) &&
+        json_object_is_type(v, json_type_string))
+        snprintf(out->stop_segment, sizeof out->stop_segment, "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(root, "wal_segment_offset_backup_stop", &v) &&
+        json_object_is_type(v, json_type_string))
+        snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
+        json_object_is_type(v, json_type_int))
+        out->expanded_size_bytes = json_object_get_int64(v);
+    json_object_put(root);
+
+    snprintf(key, sizeof key, BASEBACKUP_DIR "/%s/extended_version.txt", name);
+    walfs_err verr = {0};
+    if (fetch_object(cat->st, key, sizeof out->pg_version - 1, &buf, &verr) == 0) {
+        size_t n = buf.len;
+        while (n > 0 && (buf.data[n - 1] == '\n' || buf.data[n - 1] == '\r'))
+            n--;
+        memcpy(out->pg_version, buf.data, n);
+        out->pg_version[n] = '\0';
+        free(buf.data);
+    }
+    return 0;
+}
+
+/* ---- indexes ---- */
+
+static void local_index_path(const backup_catalog *cat, const char *name, char *out, size_t len)
+{
+    /* One cache directory may serve several archives: key by store URL too. */
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0;
+    const char *url = cat->st->url ? cat->st->url : "";
+    EVP_Digest(url, strlen(url), digest, &dlen, EVP_sha256(), NULL);
+    snprintf(out, len, "%s/%s-%02x%02x%02x%02x%02x%02x.json", cat->index_dir, name, digest[0],
+             digest[1], digest[2], digest[3], digest[4], digest[5]);
+}
+
+static int read_local_file(const char *path, small_buffer *out)
+{
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || sb.st_size < 0 || sb.st_size > (off_t)1 << 31) {
+        close(fd);
+        return -EIO;
+    }
+    out->data = malloc((size_t)sb.st_size + 1);
+    if (!out->data) {
+        close(fd);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    while (got < (size_t)sb.st_size) {
+        ssize_t n = read(fd, out->data + got, (size_t)sb.st_size - got);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    out->len = got;
+    out->data[got] = '\0';
+    return 0;
+}
+
+static void write_local_file(const char *path, const char *data, size_t len)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, data + done, len - done);
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    int ok = done == len && close(fd) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        log_warn("could not cache the index at %s; it will be fetched again next mount", path);
+    }
+}
+
+/* An index is trusted only if it parses, passes its own checksum, and
+ * describes exactly the partitions the store has now. */
+static backup_index *load_candidate(const char *what, const char *name, const small_buffer *buf,
+                                    const backup_partition_listing *parts, size_t n_parts)
+{
+    backup_index *idx = NULL;
+    walfs_err err = {0};
+    if (backup_index_from_json(buf->data, buf->len, &idx, &err) != 0) {
+        log_warn("%s index of %s is unusable (%s); rebuilding it", what, name, err.msg);
+        return NULL;
+    }
+    if (strcmp(idx->backup_name, name) != 0 || !backup_index_matches(idx, parts, n_parts)) {
+        log_warn("%s index of %s does not match the backup's partitions; rebuilding it", what,
+                 name);
+        backup_index_free(idx);
+        return NULL;
+    }
+    return idx;
+}
+
+static int obtain_index(backup_catalog *cat, const char *name, backup_index **out, walfs_err *err)
+{
+    backup_partition_listing *parts = NULL;
+    size_t n_parts = 0;
+    int rc = backup_list_partitions(cat->st, name, &parts, &n_parts, err);
+    if (rc)
+        return rc;
+    char local_path[PATH_MAX];
+    local_index_path(cat, name, local_path, sizeof local_path);
+    char stored_key[256];
+    snprintf(stored_key, sizeof stored_key, BASEBACKUP_DIR "/%s/" BACKUP_INDEX_OBJECT, name);
+
+    backup_index *idx = NULL;
+    small_buffer buf;
+    if (read_local_file(local_path, &buf) == 0) {
+        idx = load_candidate("cached", name, &buf, parts, n_parts);
+        free(buf.data);
+        if (idx)
+            log_info("using cached index for %s", name);
+    }
+    if (!idx) {
+        walfs_err gerr = {0};
+        int grc = fetch_object(cat->st, stored_key, (size_t)1 << 30, &buf, &gerr);
+        if (grc == 0) {
+            idx = load_candidate("stored", name, &buf, parts, n_parts);
+            if (idx) {
+                log_info("using stored index for %s", name);
+                write_local_file(local_path, buf.data, buf.len);
+            }
+            free(buf.data);
+        } else if (grc != -ENOENT) {
+            log_warn("could not read the stored index of %s (%s); rebuilding it", name, gerr.msg);
+        }
+    }
+    if (!idx) {
+        log_info("indexing %s (%zu partitions): reading the backup once", name, n_parts);
+        rc = backup_index_build(cat->st, name, parts, n_parts, &idx, err);
+        if (!rc) {
+            char *json = NULL;
+            size_t len = 0;
+            walfs_err jerr = {0};
+            if (backup_index_to_json(idx, &json, &len, &jerr) == 0) {
+                write_local_file(local_path, json, len);
+                walfs_err perr = {0};
+                if (store_put(cat->st, stored_key, json, len, -1, &perr) != 0)
+                    log_warn("could not store the index of %s in the archive (%s); other "
+                             "machines will index the backup themselves", name, perr.msg);
+                free(json);
+            } else {
+                log_warn("could not serialize the index of %s: %s", name, jerr.msg);
+            }
+            log_info("indexed %s: %zu members", name, idx->n_members);
+        }
+    }
+    backup_partition_listing_free(parts, n_parts);
+    *out = idx;
+    return rc;
+}
+
+int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_index **out,
+                           walfs_err *err)
+{
+    pthread_mutex_lock(&cat->lock);
+    for (int i = 0; i < MAX_LOADED; i++) {
+        if (cat->loaded[i].idx && strcmp(cat->loaded[i].idx->backup_name, name) == 0) {
+            cat->loaded[i].refs++;
+            cat->loaded[i].last_used = ++cat->use_clock;
+            *out = cat->loaded[i].idx;
+            pthread_mutex_unlock(&cat->lock);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&cat->lock);
+
+    backup_entry entry;
+    int rc = backup_catalog_find(cat, name, &entry, err);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&cat->build_lock);
+    /* Another thread may have loaded it while this one waited. */
+    pthread_mutex_lock(&cat->lock);
+    for (int i = 0; i < MAX_LOADED; i++) {
+        if (cat->loaded[i].idx && strcmp(cat->loaded[i].idx->backup_name, name) == 0) {
+            cat->loaded[i].refs++;
+            cat->loaded[i].last_used = ++cat->use_clock;
+            *out = cat->loaded[i].idx;
+            pthread_mutex_unlock(&cat->lock);
+            pthread_mutex_unlock(&cat->build_lock);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&cat->lock);
+    backup_index *idx = NULL;
+    rc = obtain_index(cat, name, &idx, err);
+    if (!rc) {
+        pthread_mutex_lock(&cat->lock);
+        int slot = -1;
+        for (int i = 0; i < MAX_LOADED; i++) {
+            if (!cat->loaded[i].idx) {
+                slot = i;
+                break;
+            }
+            if (cat->loaded[i].refs == 0 &&
+                (slot < 0 || cat->loaded[i].last_used < cat->loaded[slot].last_used))
+                slot = i;
+        }
+        if (slot < 0) {
+            /* Every slot is held by open files; memory stays bounded. */
+            rc = walfs_err_set(err, -EMFILE, "too many base backups open at once (%d); close "
+                               "some files and retry", MAX_LOADED);
+            backup_index_free(idx);
+        } else {
+            backup_index_free(cat->loaded[slot].idx);
+            cat->loaded[slot].idx = idx;
+            cat->loaded[slot].refs = 1;
+            cat->loaded[slot].last_used = ++cat->use_clock;
+            *out = idx;
+        }
+        pthread_mutex_unlock(&cat->lock);
+    }
+    pthread_mutex_unlock(&cat->build_lock);
+    return rc;
+}
+
+void backup_catalog_release(backup_catalog *cat, const backup_index *idx)
+{
+    if (!idx)
+        return;
+    pthread_mutex_lock(&cat->lock);
+    for (int i = 0; i < MAX_LOADED; i++)
+        if (cat->loaded[i].idx == idx && cat->loaded[i].refs > 0)
+            cat->loaded[i].refs--;
+    pthread_mutex_unlock(&cat->lock);
+}

@@ -1,0 +1,441 @@
+#include "fs/backup_view.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysmacros.h>
+
+#include "backup/block_reader.h"
+#include "common/log.h"
+#include "fs/backup_catalog.h"
+
+#define LATEST "LATEST"
+#define HARDLINK_HOPS_MAX 16
+#define BLOCK_CACHE_BYTES (48u * 1024 * 1024)
+#define READAHEAD_WORKERS 4
+#define READAHEAD_BYTES (16u * 1024 * 1024)
+
+struct backup_view {
+    backup_catalog *catalog;
+    block_reader *reader;
+    uid_t uid;
+    gid_t gid;
+    time_t mount_time;
+};
+
+typedef struct member_handle {
+    handle_kind kind;               /* HANDLE_BACKUP_MEMBER */
+    const backup_index *idx;        /* held from open to release */
+    const backup_member *member;    /* the member holding the data (hard links resolved) */
+    const backup_partition *partition;
+    uint64_t next_sequential;       /* where a sequential reader reads next */
+} member_handle;
+
+backup_view *backup_view_new(store *st, const char *cache_dir, uid_t uid, gid_t gid,
+                             time_t mount_time, walfs_err *err)
+{
+    backup_view *bv = calloc(1, sizeof *bv);
+    if (!bv) {
+        walfs_err_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    bv->uid = uid;
+    bv->gid = gid;
+    bv->mount_time = mount_time;
+    bv->catalog = backup_catalog_new(st, cache_dir, err);
+    if (bv->catalog)
+        bv->reader = block_reader_new(st, BLOCK_CACHE_BYTES, READAHEAD_WORKERS, READAHEAD_BYTES,
+                                      err);
+    if (!bv->catalog || !bv->reader) {
+        backup_view_free(bv);
+        return NULL;
+    }
+    return bv;
+}
+
+void backup_view_free(backup_view *bv)
+{
+    if (!bv)
+        return;
+    block_reader_free(bv->reader);
+    backup_catalog_free(bv->catalog);
+    free(bv);
+}
+
+static int report(int rc, const walfs_err *err, const char *op, const char *rel)
+{
+    if (rc == -ENOENT)
+        return rc;
+    log_error("%s basebackups_005/%s failed: %s", op, rel,
+              err && err->msg[0] ? err->msg : strerror(-rc));
+    return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
+}
+
+/* Splits "base_X_Y/some/path" into the backup name and the member path. */
+static int split(const char *rel, char name[64], const char **member)
+{
+    const char *slash = strchr(rel, '/');
+    size_t n = slash ? (size_t)(slash - rel) : strlen(rel);
+    if (n == 0 || n >= 64)
+        return -ENOENT;
+    memcpy(name, rel, n);
+    name[n] = '\0';
+    *member = slash ? slash + 1 : "";
+    return 0;
+}
+
+static const backup_member *resolve_hardlink(const backup_index *idx, const backup_member *m)
+{
+    for (int hops = 0; m && m->type == MEMBER_HARDLINK; hops++) {
+        if (hops == HARDLINK_HOPS_MAX)
+            return NULL;
+        m = backup_index_find(idx, m->link_target);
+    }
+    return m;
+}
+
+static void fill_member_stat(const backup_member *m, const backup_member *data, struct stat *st)
+{
+    memset(st, 0, sizeof *st);
+    mode_t type = S_IFREG;
+    switch (data->type) {
+    case MEMBER_DIR: type = S_IFDIR; break;
+    case MEMBER_SYMLINK: type = S_IFLNK; break;
+    case MEMBER_FIFO: type = S_IFIFO; break;
+    case MEMBER_CHARDEV: type = S_IFCHR; break;
+    case MEMBER_BLOCKDEV: type = S_IFBLK; break;
+    default: break;
+    }
+    /* A hard link shows its own name's metadata over the shared data. */
+    st->st_mode = type | (m->mode & 07777);
+    st->st_nlink = type == S_IFDIR ? 2 : 1;
+    st->st_uid = m->uid;
+    st->st_gid = m->gid;
+    st->st_size = (off_t)(data->type == MEMBER_SYMLINK && data->link_target
+                              ? strlen(data->link_target)
+                              : data->size);
+    st->st_blocks = (blkcnt_t)((data->size + 511) / 512);
+    st->st_blksize = 1024 * 1024;
+    st->st_mtim.tv_sec = m->mtime_sec;
+    st->st_mtim.tv_nsec = m->mtime_nsec;
+    st->st_atim = st->st_ctim = st->st_mtim;
+    if (type == S_IFCHR || type == S_IFBLK)
+        st->st_rdev = makedev(data->rdev_major, data->rdev_minor);
+}
+
+static void fill_dir(const backup_view *bv, struct stat *st, time_t mtime, mode_t mode)
+{
+    memset(st, 0, sizeof *st);
+    st->st_mode = S_IFDIR | mode;
+    st->st_nlink = 2;
+    st->st_uid = bv->uid;
+    st->st_gid = bv->gid;
+    st->st_mtime = st->st_ctime = st->st_atime = mtime;
+}
+
+int backup_view_getattr(backup_view *bv, const char *rel, struct stat *st)
+{
+    walfs_err err = {0};
+    if (rel[0] == '\0') {
+        fill_dir(bv, st, bv->mount_time, 0755);
+        return 0;
+    }
+    if (strcmp(rel, LATEST) == 0) {
+        backup_entry *list;
+        size_t n;
+        int latest;
+        int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, &err);
+        if (rc)
+            return report(rc, &err, "lookup", rel);
+        if (latest < 0) {
+            free(list);
+            return -ENOENT;
+        }
+        memset(st, 0, sizeof *st);
+        st->st_mode = S_IFLNK | 0777;
+        st->st_nlink = 1;
+        st->st_uid = bv->uid;
+        st->st_gid = bv->gid;
+        st->st_size = (off_t)strlen(list[latest].name);
+        st->st_mtime = st->st_ctime = st->st_atime = list[latest].sentinel_mtime;
+        free(list);
+        return 0;
+    }
+    char name[64];
+    const char *member;
+    if (split(rel, name, &member) != 0)
+        return -ENOENT;
+    if (member[0] == '\0') {
+        /* The backup directory itself: no need to index it to stat it. */
+        backup_entry entry;
+        int rc = backup_catalog_find(bv->catalog, name, &entry, &err);
+        if (rc)
+            return report(rc, &err, "lookup", rel);
+        fill_dir(bv, st, entry.sentinel_mtime, 0700);
+        return 0;
+    }
+    const backup_index *idx;
+    int rc = backup_catalog_acquire(bv->catalog, name, &idx, &err);
+    if (rc)
+        return report(rc, &err, "lookup", rel);
+    const backup_member *m = backup_index_find(idx, member);
+    const backup_member *data = m ? resolve_hardlink(idx, m) : NULL;
+    if (data)
+        fill_member_stat(m, data, st);
+    backup_catalog_release(bv->catalog, idx);
+    return data ? 0 : -ENOENT;
+}
+
+/* Index of the first member whose path is >= "<dir>/". */
+static size_t first_with_prefix(const backup_index *idx, const char *dir, size_t len)
+{
+    size_t lo = 0, hi = idx->n_members;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *p = idx->members[mid].path;
+        int c = strncmp(p, dir, len);
+        if (c == 0)
+            c = (unsigned char)p[len] < '/' ? -1 : p[len] == '/' ? 0 : 1;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+int backup_view_readdir(backup_view *bv, const char *rel, void *buf, fuse_fill_dir_t filler)
+{
+    walfs_err err = {0};
+    if (rel[0] == '\0') {
+        backup_entry *list;
+        size_t n;
+        int latest;
+        int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, &err);
+        if (rc)
+            return report(rc, &err, "list", rel);
+        struct stat st = {.st_mode = S_IFDIR | 0700};
+        for (size_t i = 0; i < n; i++)
+            filler(buf, list[i].name, &st, 0, 0);
+        if (latest >= 0) {
+            struct stat lst = {.st_mode = S_IFLNK | 0777};
+            filler(buf, LATEST, &lst, 0, 0);
+        }
+        free(list);
+        return 0;
+    }
+    char name[64];
+    const char *member;
+    if (split(rel, name, &member) != 0)
+        return -ENOENT;
+    const backup_index *idx;
+    int rc = backup_catalog_acquire(bv->catalog, name, &idx, &err);
+    if (rc)
+        return report(rc, &err, "list", rel);
+    const backup_member *dir = backup_index_find(idx, member);
+    if (!dir || dir->type != MEMBER_DIR) {
+        backup_catalog_release(bv->catalog, idx);
+        return dir ? -ENOTDIR : -ENOENT;
+    }
+    /* Members are sorted by path, so a directory's descendants are the one
+     * run of paths starting with "dir/" (not necessarily right after "dir":
+     * "dir.x" sorts between them). */
+    size_t plen = strlen(member);
+    size_t i = plen ? first_with_prefix(idx, member, plen) : 1;
+    for (; i < idx->n_members; i++) {
+        const char *p = idx->members[i].path;
+        if (plen > 0 && (strncmp(p, member, plen) != 0 || p[plen] != '/'))
+            break;
+        const char *child = plen > 0 ? p + plen + 1 : p;
+        if (strchr(child, '/'))
+            continue;
+        const backup_member *data = resolve_hardlink(idx, &idx->members[i]);
+        if (!data)
+            continue;
+        struct stat st;
+        fill_member_stat(&idx->members[i], data, &st);
+        filler(buf, child, &st, 0, 0);
+    }
+    backup_catalog_release(bv->catalog, idx);
+    return 0;
+}
+
+int backup_view_readlink(backup_view *bv, const char *rel, char *buf, size_t size)
+{
+    walfs_err err = {0};
+    const char *target = NULL;
+    char latest_name[64];
+    const backup_index *idx = NULL;
+    if (strcmp(rel, LATEST) == 0) {
+        backup_entry *list;
+        size_t n;
+        int latest;
+        int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, &err);
+        if (rc)
+            return report(rc, &err, "readlink", rel);
+        if (latest >= 0) {
+            snprintf(latest_name, sizeof latest_name, "%s", list[latest].name);
+            target = latest_name;
+        }
+        free(list);
+        if (!target)
+            return -ENOENT;
+    } else {
+        char name[64];
+        const char *member;
+        if (split(rel, name, &member) != 0 || member[0] == '\0')
+            return -EINVAL;
+        int rc = backup_catalog_acquire(bv->catalog, name, &idx, &err);
+        if (rc)
+            return report(rc, &err, "readlink", rel);
+        const backup_member *m = backup_index_find(idx, member);
+        if (!m || m->type != MEMBER_SYMLINK || !m->link_target) {
+            backup_catalog_release(bv->catalog, idx);
+            return m ? -EINVAL : -ENOENT;
+        }
+        target = m->link_target;
+    }
+    snprintf(buf, size, "%s", target);
+    backup_catalog_release(bv->catalog, idx);
+    return 0;
+}
+
+int backup_view_open(backup_view *bv, const char *rel, void **handle)
+{
+    walfs_err err = {0};
+    char name[64];
+    const char *member;
+    if (split(rel, name, &member) != 0 || member[0] == '\0')
+        return -EISDIR;
+    const backup_index *idx;
+    int rc = backup_catalog_acquire(bv->catalog, name, &idx, &err);
+    if (rc)
+        return report(rc, &err, "open", rel);
+    const backup_member *m = backup_index_find(idx, member);
+    const backup_member *data = m ? resolve_hardlink(idx, m) : NULL;
+    if (!data || data->type != MEMBER_FILE) {
+        backup_catalog_release(bv->catalog, idx);
+        return !data ? -ENOENT : data->type == MEMBER_DIR ? -EISDIR : -EACCES;
+    }
+    member_handle *h = calloc(1, sizeof *h);
+    if (!h) {
+        backup_catalog_release(bv->catalog, idx);
+        return -ENOMEM;
+    }
+    h->kind = HANDLE_BACKUP_MEMBER;
+    h->idx = idx;
+    h->member = data;
+    h->partition = &idx->partitions[data->partition];
+    *handle = h;
+    return 0;
+}
+
+int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_t off)
+{
+    member_handle *h = handle;
+    const backup_member *m = h->member;
+    if (off < 0 || (uint64_t)off >= m->size)
+        return 0;
+    uint64_t want = m->size - (uint64_t)off < size ? m->size - (uint64_t)off : size;
+    uint64_t start = m->data_offset + (uint64_t)off;
+    /* Sequential readers (rsync, cp) get the rest of the file fetched ahead. */
+    if ((uint64_t)off == h->next_sequential)
+        block_reader_readahead(bv->reader, h->partition, start + want,
+                               m->data_offset + m->size);
+    walfs_err err = {0};
+    ssize_t n = block_reader_read(bv->reader, h->partition, start, buf, (size_t)want, &err);
+    if (n < 0) {
+        log_error("read %s (backup %s) failed: %s", m->path, h->idx->backup_name,
+                  err.msg[0] ? err.msg : strerror((int)-n));
+        return n == -ENOMEM ? -ENOMEM : -EIO;
+    }
+    if ((uint64_t)n != want) {
+        log_error("read %s (backup %s): partition %s ended early; the backup is damaged",
+                  m->path, h->idx->backup_name, h->partition->key);
+        return -EIO;
+    }
+    h->next_sequential = (uint64_t)off + want;
+    return (int)n;
+}
+
+void backup_view_release(backup_view *bv, void *handle)
+{
+    member_handle *h = handle;
+    backup_catalog_release(bv->catalog, h->idx);
+    free(h);
+}
+
+/* What `wal-e backup-list --detail` prints, as extended attributes of each
+ * backup directory: `getfattr -d -m - basebackups_005/base_...`. */
+static const char *const xattr_names[] = {
+    "user.walfs.wal_segment_backup_start", "user.walfs.wal_segment_offset_backup_start",
+    "user.walfs.wal_segment_backup_stop",  "user.walfs.wal_segment_offset_backup_stop",
+    "user.walfs.expanded_size_bytes",      "user.walfs.pg_version",
+    "user.walfs.last_modified",
+};
+#define N_XATTRS (sizeof xattr_names / sizeof xattr_names[0])
+
+static int is_backup_dir(const char *rel)
+{
+    return rel[0] && !strchr(rel, '/') && strcmp(rel, LATEST) != 0;
+}
+
+int backup_view_getxattr(backup_view *bv, const char *rel, const char *name, char *value,
+                         size_t size)
+{
+    if (!is_backup_dir(rel))
+        return -ENODATA;
+    size_t which = N_XATTRS;
+    for (size_t i = 0; i < N_XATTRS; i++)
+        if (strcmp(name, xattr_names[i]) == 0)
+            which = i;
+    if (which == N_XATTRS)
+        return -ENODATA;
+    walfs_err err = {0};
+    backup_details d;
+    int rc = backup_catalog_details(bv->catalog, rel, &d, &err);
+    if (rc)
+        return report(rc, &err, "getxattr", rel);
+    char text[600];
+    struct tm tm;
+    switch (which) {
+    case 0: snprintf(text, sizeof text, "%s", d.start_segment); break;
+    case 1: snprintf(text, sizeof text, "%s", d.start_offset); break;
+    case 2: snprintf(text, sizeof text, "%s", d.stop_segment); break;
+    case 3: snprintf(text, sizeof text, "%s", d.stop_offset); break;
+    case 4: snprintf(text, sizeof text, "%lld", d.expanded_size_bytes); break;
+    case 5: snprintf(text, sizeof text, "%s", d.pg_version); break;
+    default:
+        gmtime_r(&d.sentinel_mtime, &tm);
+        strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        break;
+    }
+    size_t len = strlen(text);
+    if (size == 0)
+        return (int)len;
+    if (size < len)
+        return -ERANGE;
+    memcpy(value, text, len);
+    return (int)len;
+}
+
+int backup_view_listxattr(backup_view *bv, const char *rel, char *list, size_t size)
+{
+    if (!is_backup_dir(rel))
+        return 0;
+    size_t total = 0;
+    for (size_t i = 0; i < N_XATTRS; i++)
+        total += strlen(xattr_names[i]) + 1;
+    if (size == 0)
+        return (int)total;
+    if (size < total)
+        return -ERANGE;
+    char *p = list;
+    for (size_t i = 0; i < N_XATTRS; i++) {
+        size_t l = strlen(xattr_names[i]) + 1;
+        memcpy(p, xattr_names[i], l);
+        p += l;
+    }
+    return (int)total;
+}
