@@ -322,6 +322,9 @@ def cmd_push(a):
     bdir = backup_dir(a.out, a.name)
     if os.path.exists(sentinel_path(a.out, a.name)):
         die('backup %s already complete in %s' % (a.name, a.out))
+    # Leftovers of an earlier, failed push under the same name would be read
+    # as partitions of this one.
+    shutil.rmtree(os.path.join(bdir, 'tar_partitions'), ignore_errors=True)
     os.makedirs(os.path.join(bdir, 'tar_partitions'), exist_ok=True)
     # 1.9: extended_version.txt first, then the partitions, then the sentinel.
     write_file_atomic(os.path.join(bdir, 'extended_version.txt'),
