@@ -9,8 +9,9 @@
  *
  * Entries are reference counted so eviction never has to wait for a reader:
  * an evicted block that a reader is still copying from is freed by that
- * reader.  Memory is therefore the cache bound plus at most one block per
- * concurrent reader plus one raw block per fetch in progress.
+ * reader.  Memory is therefore the cache bound plus, at most, one decoded
+ * block per concurrent reader and one raw plus one decoded block per fetch
+ * in progress.
  *
  * A fetch is one ranged GET for a run of adjacent blocks; the stream is cut
  * into blocks as it arrives and each block is published as soon as it is
@@ -268,7 +269,7 @@ static void fail_entry(block_reader *br, entry *e, int code, const walfs_err *wh
     e->err_msg = msg;
     if (e->in_table) {
         table_remove(br, e);
-        entry_unref(br, e); /* the table's */
+        e->refs--; /* the table's: cannot be the last, the fetcher holds one */
     }
     entry_unref(br, e); /* the fetcher's */
     pthread_cond_broadcast(&br->cv_done);
