@@ -339,8 +339,12 @@ int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_
         return 0;
     uint64_t want = m->size - (uint64_t)off < size ? m->size - (uint64_t)off : size;
     uint64_t start = m->data_offset + (uint64_t)off;
-    /* Sequential readers (rsync, cp) get the rest of the file fetched ahead. */
-    if ((uint64_t)off == h->next_sequential)
+    /* Sequential readers (rsync, cp) get the rest of the file fetched
+     * ahead.  The kernel's own read-ahead sends requests from several threads
+     * that arrive slightly out of order, so "sequential" means moving forward
+     * from where the last read was. */
+    if ((uint64_t)off + READAHEAD_BYTES >= h->next_sequential &&
+        (uint64_t)off <= h->next_sequential + READAHEAD_BYTES)
         block_reader_readahead(bv->reader, h->partition, start + want,
                                m->data_offset + m->size);
     walfs_err err = {0};
@@ -355,7 +359,8 @@ int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_
                   m->path, h->idx->backup_name, h->partition->key);
         return -EIO;
     }
-    h->next_sequential = (uint64_t)off + want;
+    if ((uint64_t)off + want > h->next_sequential)
+        h->next_sequential = (uint64_t)off + want;
     return (int)n;
 }
 
