@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "codec/lzop.h"
@@ -138,9 +139,14 @@ int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mo
         return rc;
     }
     rc = out.data ? 0 : compress_spool(key, spool_fd, len, mode, mtime, &out, err);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (!rc)
         rc = store_put(st, key, out.data, out.len, (int64_t)len, err);
     free(out.data);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    log_debug("%s: PUT of %zu bytes took %.1f ms", key, out.len,
+              (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
     if (rc)
         return rc;
     /* A PUT can be acknowledged by a proxy or a buggy server without the

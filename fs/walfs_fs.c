@@ -447,13 +447,20 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
     pthread_mutex_unlock(&h->lock);
     char *compressed = NULL;
     size_t compressed_len = 0;
+    struct timespec t0, t1, t2;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (bc && dirty && !background_compressor_finish(bc, size, &compressed, &compressed_len))
         compressed = NULL;
     background_compressor_free(bc);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (dirty) {
         walfs_err err = {0};
         int rc = wal_upload(fs->cfg.st, h->key, h->fd, size, h->mode, time(NULL), compressed,
                             compressed_len, &err);
+        clock_gettime(CLOCK_MONOTONIC, &t2);
+        log_debug("%s: %.1f ms finishing compression, %.1f ms storing", h->key,
+                  (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
+                  (t2.tv_sec - t1.tv_sec) * 1e3 + (t2.tv_nsec - t1.tv_nsec) / 1e6);
         h->latched_error = rc ? report(rc, &err, op, path) : 0;
     }
     int rc = h->latched_error;
