@@ -344,39 +344,259 @@ static void mvec_free(mvec *mv)
 
 /* ------------------------------------------------------- partition stream */
 
-/* Producer thread: GET the object, feed the block scanner (block table)
- * and the decoder (checksums), and send the decoded tar to the consumer
- * over a socket, so libarchive (which pulls) can read what store_get
- * (which pushes) delivers, with memory bounded by the socket buffer. */
-typedef struct producer {
+/* Indexing needs only the tar headers, a few blocks out of thousands: member
+ * data is skipped without being decompressed (its checksums are verified by
+ * the block reader whenever it is read).  A producer thread downloads the
+ * object, lets the scanner validate the stream structure and build the block
+ * table, and cuts the stream into whole compressed blocks queued for the
+ * consumer; libarchive, in the consumer, pulls decoded bytes through a read
+ * callback that decodes blocks on demand, and moves past member data through
+ * a skip callback that drops whole blocks undecoded. */
+
+/* Compressed bytes in flight between download and tar walk: keeps the two
+ * overlapped through uneven progress on either side, and bounds memory
+ * whatever the partition size. */
+#define INFLIGHT_MAX (16u << 20)
+
+/* lzop header flags that decide where blocks start; the codec owns the
+ * format and checks every field before this file looks at it. */
+#define LZOP_F_ADLER32_D     0x00000001u
+#define LZOP_F_ADLER32_C     0x00000002u
+#define LZOP_F_H_EXTRA_FIELD 0x00000040u
+#define LZOP_F_CRC32_D       0x00000100u
+#define LZOP_F_CRC32_C       0x00000200u
+#define LZOP_F_H_FILTER      0x00000800u
+
+/* Enough for the longest header prefix that tells the header's length:
+ * the fixed fields, a 255-byte name, its checksum and an extra-field length. */
+#define LZOP_HDR_PREFIX_MAX 320
+
+static _Atomic uint64_t stat_decoded_blocks, stat_skipped_blocks;
+
+void backup_index_get_stats(backup_index_stats *out)
+{
+    out->decoded_blocks = atomic_load(&stat_decoded_blocks);
+    out->skipped_blocks = atomic_load(&stat_skipped_blocks);
+}
+
+/* One compressed block: its bytes from the block header through the payload,
+ * exactly what lzop_decode_block takes. */
+typedef struct qblock {
+    struct qblock *next;
+    lzop_block b;
+    size_t raw_len, have;
+    unsigned char raw[];
+} qblock;
+
+typedef struct producer producer;
+
+typedef struct bqueue {
+    pthread_mutex_t mu;
+    pthread_cond_t more, room;
+    qblock *head, *tail;
+    size_t bytes;
+    lzop_stream_info info;  /* set before the first block is queued */
+    int done;               /* the producer has finished: its rc and err are final */
+    int stop;               /* the consumer gave up: the producer must stop too */
+} bqueue;
+
+struct producer {
     store *st;
     const char *key;
-    int fd;
     lzop_scanner *sc;
-    lzop_decoder *dec;
+    bqueue *q;
     lzop_index blocks;
+    /* Block framing, a step behind the scanner on the same bytes. */
+    enum { FR_HEADER, FR_HEADER_REST, FR_BLK_HDR, FR_BLK_BODY, FR_END } fr;
+    unsigned char fbuf[LZOP_HDR_PREFIX_MAX];
+    size_t fhave;
+    uint64_t rest;          /* header bytes (name, extra field) still to pass over */
+    uint64_t off;           /* stream offset of the next byte */
+    uint64_t blk_off, uncomp_off, n_framed;
+    lzop_stream_info info;
+    qblock *cur;
     int rc;
     int peer_gone;          /* the consumer gave up first: its error is the real one */
     walfs_err err;
-} producer;
+};
 
-static int producer_send(void *ctx, const void *data, size_t len)
+static uint32_t be16(const unsigned char *p)
 {
-    producer *p = ctx;
-    const char *c = data;
+    return (uint32_t)p[0] << 8 | p[1];
+}
+
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The header's total length once h holds enough of it to tell, else 0.
+ * Layout only: the scanner has already rejected bad values. */
+static uint64_t lzop_header_len(const unsigned char *h, size_t n, lzop_stream_info *info)
+{
+    if (n < 13)
+        return 0;
+    uint32_t version = be16(h + 9);
+    size_t p = 13 + (version >= 0x0940 ? 2 : 0);
+    uint8_t method = h[p];
+    p += 1 + (version >= 0x0940 ? 1 : 0);
+    if (n < p + 4)
+        return 0;
+    uint32_t flags = be32(h + p);
+    p += 4 + (flags & LZOP_F_H_FILTER ? 4 : 0) + 8 + (version >= 0x0940 ? 4 : 0);
+    if (n < p + 1)
+        return 0;
+    uint64_t len = p + 1 + (uint64_t)h[p] + 4;
+    if (flags & LZOP_F_H_EXTRA_FIELD) {
+        if (n < len + 4)
+            return 0;
+        len += 4 + (uint64_t)be32(h + len) + 4;
+    }
+    info->flags = flags;
+    info->method = method;
+    info->header_len = (uint32_t)len;
+    return len;
+}
+
+static size_t block_header_len(uint32_t flags, uint32_t src_len, uint32_t dst_len)
+{
+    size_t n = !!(flags & LZOP_F_ADLER32_D) + !!(flags & LZOP_F_CRC32_D);
+    if (src_len < dst_len)
+        n += !!(flags & LZOP_F_ADLER32_C) + !!(flags & LZOP_F_CRC32_C);
+    return 8 + 4 * n;
+}
+
+static int queue_put(producer *p, qblock *b)
+{
+    bqueue *q = p->q;
+    pthread_mutex_lock(&q->mu);
+    if (!q->head && !q->tail && p->n_framed == 1)
+        q->info = p->info;
+    /* One block always fits, however large the limit is exceeded by it. */
+    while (!q->stop && q->bytes > 0 && q->bytes + b->raw_len > INFLIGHT_MAX)
+        pthread_cond_wait(&q->room, &q->mu);
+    int stopped = q->stop;
+    if (!stopped) {
+        b->next = NULL;
+        if (q->tail)
+            q->tail->next = b;
+        else
+            q->head = b;
+        q->tail = b;
+        q->bytes += b->raw_len;
+        pthread_cond_signal(&q->more);
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (stopped) {
+        free(b);
+        p->peer_gone = 1;
+        return walfs_err_set(&p->err, -EIO, "%s: tar reader stopped", p->key);
+    }
+    return 0;
+}
+
+/* The block header (dst_len, src_len) is complete in fbuf. */
+static int block_begin(producer *p)
+{
+    uint32_t dst_len = be32(p->fbuf), src_len = be32(p->fbuf + 4);
+    /* The scanner rejects these first; checked again because they size an
+     * allocation. */
+    if (dst_len > LZOP_BLOCK_SIZE || src_len == 0 || src_len > dst_len)
+        return walfs_err_set(&p->err, -EIO, "%s: block at offset %" PRIu64 " has lengths %" PRIu32 "/%" PRIu32
+                             " the scanner should have refused (bug); %s", p->key, p->blk_off, dst_len,
+                             src_len, CORRUPT_TODO);
+    size_t hdr = block_header_len(p->info.flags, src_len, dst_len);
+    qblock *b = malloc(sizeof *b + hdr + src_len);
+    if (!b)
+        return walfs_err_set(&p->err, -ENOMEM, "%s: out of memory", p->key);
+    b->next = NULL;
+    b->b.comp_offset = p->blk_off;
+    b->b.data_offset = p->blk_off + hdr;
+    b->b.comp_len = src_len;
+    b->b.uncomp_len = dst_len;
+    b->b.uncomp_offset = p->uncomp_off;
+    b->raw_len = hdr + src_len;
+    memcpy(b->raw, p->fbuf, 8);
+    b->have = 8;
+    p->cur = b;
+    p->fr = FR_BLK_BODY;
+    return 0;
+}
+
+/* Cuts the stream into blocks.  Runs on bytes the scanner has accepted, so
+ * every field it acts on has passed the codec's checks (the header and
+ * extra-field checksums precede the first block). */
+static int frame(producer *p, const unsigned char *d, size_t len)
+{
     while (len > 0) {
-        /* MSG_NOSIGNAL: a consumer that stopped reading must surface as
-         * EPIPE here, not as a process-wide SIGPIPE. */
-        ssize_t w = send(p->fd, c, len, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EPIPE || errno == ECONNRESET)
-                p->peer_gone = 1;
-            return walfs_err_set(&p->err, -EIO, "%s: tar reader stopped: %s", p->key, strerror(errno));
+        size_t used;
+        int rc = 0;
+        switch (p->fr) {
+        case FR_HEADER: {
+            size_t take = sizeof p->fbuf - p->fhave;
+            if (take > len)
+                take = len;
+            memcpy(p->fbuf + p->fhave, d, take);
+            uint64_t h = lzop_header_len(p->fbuf, p->fhave + take, &p->info);
+            if (h == 0) {
+                if (p->fhave + take == sizeof p->fbuf)
+                    return walfs_err_set(&p->err, -EIO, "%s: lzop header longer than any lzop writes "
+                                         "(bug: the scanner accepted it); %s", p->key, CORRUPT_TODO);
+                used = take;
+                p->fhave += take;
+                break;
+            }
+            /* h > fhave: fewer bytes did not tell the length. */
+            used = h - p->fhave < take ? (size_t)(h - p->fhave) : take;
+            p->rest = h - p->fhave - used;
+            p->fhave = 0;
+            p->fr = p->rest ? FR_HEADER_REST : FR_BLK_HDR;
+            break;
         }
-        c += w;
-        len -= (size_t)w;
+        case FR_HEADER_REST:
+            used = p->rest < len ? (size_t)p->rest : len;
+            p->rest -= used;
+            if (!p->rest)
+                p->fr = FR_BLK_HDR;
+            break;
+        case FR_BLK_HDR: {
+            if (p->fhave == 0)
+                p->blk_off = p->off;
+            size_t want = (p->fhave < 4 ? 4 : 8) - p->fhave;
+            used = want < len ? want : len;
+            memcpy(p->fbuf + p->fhave, d, used);
+            p->fhave += used;
+            if (p->fhave == 4 && be32(p->fbuf) == 0) {
+                p->fr = FR_END; /* what follows is the scanner's to judge */
+            } else if (p->fhave == 8) {
+                p->fhave = 0;
+                rc = block_begin(p);
+            }
+            break;
+        }
+        case FR_BLK_BODY: {
+            qblock *b = p->cur;
+            used = b->raw_len - b->have < len ? b->raw_len - b->have : len;
+            memcpy(b->raw + b->have, d, used);
+            b->have += used;
+            if (b->have == b->raw_len) {
+                p->cur = NULL;
+                p->uncomp_off += b->b.uncomp_len;
+                p->n_framed++;
+                p->fr = FR_BLK_HDR;
+                rc = queue_put(p, b);
+            }
+            break;
+        }
+        default:
+            used = len;
+            break;
+        }
+        if (rc)
+            return rc;
+        p->off += used;
+        d += used;
+        len -= used;
     }
     return 0;
 }
@@ -387,7 +607,7 @@ static int producer_feed(void *ctx, const void *data, size_t len)
     int rc = lzop_scanner_feed(p->sc, data, len, &p->err);
     if (rc)
         return rc;
-    return lzop_decoder_feed(p->dec, data, len, producer_send, p, &p->err);
+    return frame(p, data, len);
 }
 
 static void *producer_main(void *arg)
@@ -395,37 +615,168 @@ static void *producer_main(void *arg)
     producer *p = arg;
     int rc = store_get(p->st, p->key, 0, 0, producer_feed, p, &p->err);
     if (!rc)
-        rc = lzop_decoder_finish(p->dec, &p->err);
-    if (!rc)
         rc = lzop_scanner_finish(p->sc, &p->blocks, &p->err);
+    /* Two readings of the same bytes must agree, or the blocks handed to
+     * libarchive are not the ones the block table describes. */
+    if (!rc && (p->fr != FR_END || p->n_framed != p->blocks.n_blocks ||
+                p->uncomp_off != p->blocks.uncomp_size || p->info.header_len != p->blocks.info.header_len ||
+                p->info.flags != p->blocks.info.flags))
+        rc = walfs_err_set(&p->err, -EIO, "%s: framed %" PRIu64 " blocks (%" PRIu64 " bytes) but the lzop "
+                           "scanner found %zu (%" PRIu64 " bytes) (bug); %s", p->key, p->n_framed,
+                           p->uncomp_off, p->blocks.n_blocks, p->blocks.uncomp_size, CORRUPT_TODO);
     if (rc && p->err.code == 0)
         walfs_err_set(&p->err, rc, "%s: reading the object failed", p->key);
+    free(p->cur);
+    p->cur = NULL;
+    bqueue *q = p->q;
+    pthread_mutex_lock(&q->mu);
     p->rc = rc;
-    /* EOF for the consumer; the descriptor itself is closed after join. */
-    shutdown(p->fd, SHUT_WR);
+    q->done = 1;
+    pthread_cond_broadcast(&q->more);
+    pthread_mutex_unlock(&q->mu);
     return NULL;
 }
 
 typedef struct consumer {
-    int fd;
-    uint64_t total;
-    char buf[64 * 1024];
+    bqueue *q;
+    producer *p;
+    const char *key;
+    lzop_stream_info info;
+    unsigned char *buf;     /* the current block, decoded */
+    size_t len, pos;        /* its length, and how much of it libarchive has had */
+    uint64_t total;         /* decompressed position: bytes handed out or skipped */
+    int failed;             /* a block failed to decode: err says why */
+    walfs_err err;
 } consumer;
+
+/* The next block, or NULL once the producer has finished and the queue is
+ * empty (the stream ended, or the producer failed: see producer_rc). */
+static qblock *queue_get(consumer *c)
+{
+    bqueue *q = c->q;
+    pthread_mutex_lock(&q->mu);
+    while (!q->head && !q->done)
+        pthread_cond_wait(&q->more, &q->mu);
+    qblock *b = q->head;
+    if (b) {
+        q->head = b->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->bytes -= b->raw_len;
+        c->info = q->info;
+        pthread_cond_signal(&q->room);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return b;
+}
+
+static int producer_rc(consumer *c)
+{
+    pthread_mutex_lock(&c->q->mu);
+    int rc = c->q->done ? c->p->rc : 0;
+    pthread_mutex_unlock(&c->q->mu);
+    return rc;
+}
+
+static void queue_stop(bqueue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    q->stop = 1;
+    pthread_cond_broadcast(&q->room);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static int consumer_decode(consumer *c, qblock *b)
+{
+    walfs_err e;
+    walfs_err_clear(&e);
+    atomic_fetch_add(&stat_decoded_blocks, 1);
+    int rc = lzop_decode_block(&c->info, &b->b, b->raw, b->raw_len, c->buf, &e);
+    free(b);
+    if (rc) {
+        c->failed = 1;
+        c->len = c->pos = 0;
+        return walfs_err_set(&c->err, rc, "%s: %s", c->key, e.msg);
+    }
+    c->len = b->b.uncomp_len;
+    c->pos = 0;
+    return 0;
+}
 
 static la_ssize_t consumer_read(struct archive *a, void *ctx, const void **out)
 {
     consumer *c = ctx;
-    for (;;) {
-        ssize_t n = read(c->fd, c->buf, sizeof c->buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            archive_set_error(a, errno, "reading the decompressed stream: %s", strerror(errno));
+    while (c->pos == c->len) {
+        if (c->failed) {
+            archive_set_error(a, EIO, "%s", c->err.msg);
             return -1;
         }
-        c->total += (uint64_t)n;
-        *out = c->buf;
-        return n;
+        qblock *b = queue_get(c);
+        if (!b) {
+            if (producer_rc(c)) {
+                /* The producer's message is the one reported. */
+                archive_set_error(a, EIO, "the compressed stream is damaged or incomplete");
+                return -1;
+            }
+            return 0;
+        }
+        consumer_decode(c, b);
+    }
+    *out = c->buf + c->pos;
+    size_t n = c->len - c->pos;
+    c->pos = c->len;
+    c->total += n;
+    return (la_ssize_t)n;
+}
+
+/* Whole blocks inside the skipped range are dropped undecoded.  Never
+ * negative: libarchive (3.6) loops on a negative skip.  A short skip makes
+ * libarchive fall back to reads, which report the end or the failure. */
+static la_int64_t consumer_skip(struct archive *a, void *ctx, la_int64_t request)
+{
+    (void)a;
+    consumer *c = ctx;
+    if (request <= 0 || c->failed)
+        return 0;
+    uint64_t left = (uint64_t)request;
+    size_t in_cur = c->len - c->pos;
+    if (in_cur > left)
+        in_cur = (size_t)left;
+    c->pos += in_cur;
+    left -= in_cur;
+    while (left > 0) {
+        qblock *b = queue_get(c);
+        if (!b)
+            break;
+        if (b->b.uncomp_len <= left) {
+            left -= b->b.uncomp_len;
+            free(b);
+            atomic_fetch_add(&stat_skipped_blocks, 1);
+            continue;
+        }
+        /* The skip ends inside this block: the next header starts here. */
+        if (consumer_decode(c, b))
+            break;
+        c->pos = (size_t)left;
+        left = 0;
+    }
+    uint64_t done = (uint64_t)request - left;
+    c->total += done;
+    return (la_int64_t)done;
+}
+
+/* Past the tar's end: the rest (zero padding) is counted, not decoded, and
+ * taking it lets the producer reach the end of the object, where the
+ * scanner checks the end marker and what follows it. */
+static void consumer_drain(consumer *c)
+{
+    c->total += c->len - c->pos;
+    c->pos = c->len;
+    qblock *b;
+    while ((b = queue_get(c)) != NULL) {
+        c->total += b->b.uncomp_len;
+        free(b);
+        atomic_fetch_add(&stat_skipped_blocks, 1);
     }
 }
 
@@ -604,11 +955,13 @@ static int walk_tar(tar_walk *w, consumer *c, walfs_err *err)
      * would let a garbage partition be taken for some other archive. */
     archive_read_support_format_tar(a);
     int rc = 0;
-    if (archive_read_open(a, c, NULL, consumer_read, NULL) != ARCHIVE_OK) {
+    if (archive_read_open2(a, c, NULL, consumer_read, consumer_skip, NULL) != ARCHIVE_OK) {
         rc = walfs_err_set(err, -EIO, "%s: not a tar archive (%s); %s", w->key, archive_error_string(a),
                            CORRUPT_TODO);
         goto done;
     }
+    /* Never archive_read_data: moving to the next header makes the tar
+     * reader skip the member's data, which is what keeps it undecoded. */
     for (;;) {
         struct archive_entry *e;
         int r = archive_read_next_header(a, &e);
@@ -625,12 +978,8 @@ static int walk_tar(tar_walk *w, consumer *c, walfs_err *err)
                 /* libarchive accepts a stream that stops at a header
                  * boundary; WAL-E always writes the end-of-archive blocks,
                  * so their absence means the tar was cut before lzop. */
-                /* c->total is only what was read so far: drain first. */
-                char tmp[4096];
-                ssize_t n;
-                while ((n = read(c->fd, tmp, sizeof tmp)) > 0 || (n < 0 && errno == EINTR))
-                    if (n > 0)
-                        c->total += (uint64_t)n;
+                /* c->total is only what was consumed so far: drain first. */
+                consumer_drain(c);
                 if (header_pos + 512 > c->total)
                     rc = walfs_err_set(err, -EIO, "%s: tar ends at offset %" PRIu64 " without the end-of-archive "
                                        "blocks: the partition was truncated; %s", w->key, header_pos,
@@ -662,27 +1011,42 @@ done:
     return rc;
 }
 
+static void queue_free(bqueue *q)
+{
+    while (q->head) {
+        qblock *b = q->head;
+        q->head = b->next;
+        free(b);
+    }
+    q->tail = NULL;
+    q->bytes = 0;
+}
+
 static int index_partition(store *st, const char *backup, const backup_partition_listing *pl,
                            uint32_t part_no, mvec *mv, backup_partition *out, walfs_err *err)
 {
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        return walfs_err_set(err, -errno, "%s: socketpair: %s", pl->key, strerror(errno));
+    bqueue q;
+    memset(&q, 0, sizeof q);
+    pthread_mutex_init(&q.mu, NULL);
+    pthread_cond_init(&q.more, NULL);
+    pthread_cond_init(&q.room, NULL);
     producer p;
     memset(&p, 0, sizeof p);
     p.st = st;
     p.key = pl->key;
-    p.fd = sv[0];
+    p.q = &q;
     p.sc = lzop_scanner_new(pl->key);
-    p.dec = lzop_decoder_new(pl->key);
-    consumer *c = malloc(sizeof *c);
+    consumer *c = calloc(1, sizeof *c);
+    unsigned char *buf = malloc(LZOP_BLOCK_SIZE);
     int rc = 0;
-    if (!p.sc || !p.dec || !c) {
+    if (!p.sc || !c || !buf) {
         rc = walfs_err_set(err, -ENOMEM, "out of memory");
         goto out_nothread;
     }
-    c->fd = sv[1];
-    c->total = 0;
+    c->q = &q;
+    c->p = &p;
+    c->key = pl->key;
+    c->buf = buf;
     pthread_t th;
     int e = pthread_create(&th, NULL, producer_main, &p);
     if (e) {
@@ -694,27 +1058,13 @@ static int index_partition(store *st, const char *backup, const backup_partition
     walfs_err_clear(&cerr);
     size_t n_before = mv->n;
     int crc = walk_tar(&w, c, &cerr);
-    if (crc) {
-        /* The producer may be blocked in send(): closing our end turns
-         * that into EPIPE instead of a hang. */
-        close(sv[1]);
-        sv[1] = -1;
-    } else {
-        /* Past the end-of-archive blocks: read the rest so the decoder
-         * checks every checksum and the end of the lzop stream. */
-        char tmp[16384];
-        for (;;) {
-            ssize_t n = read(sv[1], tmp, sizeof tmp);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                break;
-            c->total += (uint64_t)n;
-        }
-    }
+    if (crc)
+        queue_stop(&q); /* wakes a producer waiting for room */
+    else
+        consumer_drain(c);
     pthread_join(th, NULL);
     if (p.rc && !(crc && p.peer_gone)) {
-        /* A decoding failure also makes the tar look truncated: the codec's
+        /* A stream failure also makes the tar look truncated: the codec's
          * message says what really happened. */
         rc = p.rc;
         if (err) {
@@ -723,11 +1073,18 @@ static int index_partition(store *st, const char *backup, const backup_partition
         }
     } else if (crc) {
         rc = crc;
+        /* A block that fails its checksums surfaces in libarchive as a
+         * read error; the codec's message is the precise one. */
         if (err)
-            *err = cerr;
-    } else if (c->total == 0) {
+            *err = c->failed ? c->err : cerr;
+        if (c->failed)
+            rc = c->err.code;
+    } else if (p.blocks.uncomp_size == 0) {
         rc = walfs_err_set(err, -EIO, "%s: the partition decompresses to nothing, not even an empty tar; %s",
                            pl->key, CORRUPT_TODO);
+    } else if (c->total != p.blocks.uncomp_size) {
+        rc = walfs_err_set(err, -EIO, "%s: the tar walk accounted for %" PRIu64 " decompressed bytes of %" PRIu64
+                           " (bug); %s", pl->key, c->total, p.blocks.uncomp_size, CORRUPT_TODO);
     }
     if (rc) {
         while (mv->n > n_before)
@@ -746,12 +1103,14 @@ static int index_partition(store *st, const char *backup, const backup_partition
     snprintf(out->etag, sizeof out->etag, "%s", pl->etag);
     out->blocks = p.blocks;
 out_nothread:
+    queue_free(&q);
+    free(p.cur);
     lzop_scanner_free(p.sc);
-    lzop_decoder_free(p.dec);
+    free(buf);
     free(c);
-    close(sv[0]);
-    if (sv[1] >= 0)
-        close(sv[1]);
+    pthread_cond_destroy(&q.room);
+    pthread_cond_destroy(&q.more);
+    pthread_mutex_destroy(&q.mu);
     return rc;
 }
 

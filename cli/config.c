@@ -14,7 +14,7 @@
  * against a "--name %s" template and keep the '='. */
 typedef struct raw_options {
     char *endpoint, *region, *addressing, *cache_dir, *cache_size, *connect_timeout,
-        *deadline, *low_speed_time, *attr_timeout, *sse, *storage_class, *ca_file, *log_level;
+        *deadline, *low_speed_time, *attr_timeout, *prefetch, *sse, *storage_class, *ca_file, *log_level;
     int help, version, skip_check;
     char *positional[2];
     int n_positional;
@@ -31,6 +31,7 @@ static const struct fuse_opt option_spec[] = {
     OPT("--deadline=%s", deadline),
     OPT("--low-speed-time=%s", low_speed_time),
     OPT("--attr-timeout=%s", attr_timeout),
+    OPT("--prefetch=%s", prefetch),
     OPT("--sse=%s", sse),
     OPT("--storage-class=%s", storage_class),
     OPT("--ca-file=%s", ca_file),
@@ -94,6 +95,8 @@ void walfs_print_usage(const char *prog)
            "                          after it the operation fails with EIO (default 60)\n"
            "  --low-speed-time=SEC    abort a transfer stalled below 1 KiB/s this long (default 15)\n"
            "  --attr-timeout=SEC      kernel attribute cache for existing files (default 1)\n"
+           "  --prefetch=N            WAL segments fetched ahead of a restoring reader\n"
+           "                          into the cache (default 4; 0 disables)\n"
            "  --sse=AES256            server-side encryption header on uploads ($WALFS_S3_SSE)\n"
            "  --storage-class=CLASS   storage class of uploads ($WALE_S3_STORAGE_CLASS)\n"
            "  --ca-file=FILE          CA bundle for TLS (certificates are always verified)\n"
@@ -220,6 +223,17 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
             goto out;
         s->low_speed_time_s = v < 1 ? 1 : (long)v;
     }
+    s->prefetch_segments = 4;
+    if (r.prefetch) {
+        char *end;
+        long n = strtol(r.prefetch, &end, 10);
+        if (end == r.prefetch || *end != '\0' || n < 0 || n > 32) {
+            rc = walfs_err_set(err, -EINVAL, "--prefetch must be a number of segments from 0 "
+                               "to 32, not '%s'", r.prefetch);
+            goto out;
+        }
+        s->prefetch_segments = (int)n;
+    }
     s->attr_timeout = 1.0;
     if (r.attr_timeout && (rc = parse_seconds(r.attr_timeout, "--attr-timeout", &s->attr_timeout, err)))
         goto out;
@@ -249,7 +263,7 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
     }
 out:
     free(r.endpoint); free(r.region); free(r.addressing); free(r.cache_dir); free(r.cache_size);
-    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout);
+    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch);
     free(r.sse); free(r.storage_class); free(r.ca_file); free(r.log_level);
     free(r.positional[0]); free(r.positional[1]);
     return rc;

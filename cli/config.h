@@ -22,6 +22,7 @@ typedef struct walfs_settings {
     long deadline_ms;
     long low_speed_time_s;
     double attr_timeout;
+    int prefetch_segments;
     char *sse;
     char *storage_class;
     char *ca_file;

@@ -86,6 +86,7 @@ int main(int argc, char *argv[])
         .cache_dir = settings.cache_dir,
         .cache_max_bytes = settings.cache_max_bytes,
         .attr_timeout = settings.attr_timeout,
+        .prefetch_segments = settings.prefetch_segments,
     };
     fs = walfs_fs_new(&fscfg, &err);
     if (!fs) {

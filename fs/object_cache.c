@@ -226,6 +226,7 @@ static int fill(object_cache *oc, const char *key, const char *final_path, walfs
     if (fd < 0)
         return walfs_err_set(err, -EIO, "creating a cache file in %s: %s", oc->dir,
                              strerror(errno));
+    log_debug("fetching %s into the cache", key);
     decode_target out = {.fd = fd, .path = tmp, .err = err};
     int rc = lzop_object_read(oc->st, key, write_decoded, &out, err);
     if (close(fd) != 0 && !rc)

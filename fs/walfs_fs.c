@@ -16,6 +16,7 @@
 #include "fs/background_compressor.h"
 #include "fs/backup_view.h"
 #include "fs/object_cache.h"
+#include "fs/wal_prefetch.h"
 #include "fs/wal_upload.h"
 
 #define WAL_DIR "wal_005"
@@ -49,6 +50,7 @@ typedef struct wal_handle {
 struct walfs_fs {
     walfs_fs_config cfg;
     object_cache *cache;
+    wal_prefetch *prefetch;
     backup_view *backups;
     char *spool_dir;
     pthread_mutex_t writers_lock;
@@ -377,6 +379,7 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
         return report(rc, &err, "open", path);
     }
     h->mode = 0644;
+    wal_prefetch_after(fs->prefetch, name, h->size);
     fi->fh = (uint64_t)(uintptr_t)h;
     fi->keep_cache = 1; /* archived objects never change under the same ETag */
     return 0;
@@ -672,6 +675,8 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
     }
     fs->cache = object_cache_new(cfg->st, cfg->cache_dir, cfg->cache_max_bytes, err);
     if (fs->cache)
+        fs->prefetch = wal_prefetch_new(cfg->st, fs->cache, cfg->prefetch_segments);
+    if (fs->cache)
         fs->backups = backup_view_new(cfg->st, cfg->cache_dir, fs->uid, fs->gid, fs->mount_time,
                                       err);
     if (!fs->cache || !fs->backups) {
@@ -686,6 +691,7 @@ void walfs_fs_free(walfs_fs *fs)
     if (!fs)
         return;
     backup_view_free(fs->backups);
+    wal_prefetch_free(fs->prefetch);
     object_cache_free(fs->cache);
     pthread_mutex_destroy(&fs->writers_lock);
     free(fs->spool_dir);

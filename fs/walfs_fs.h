@@ -19,6 +19,7 @@ typedef struct walfs_fs_config {
     const char *cache_dir;  /* decompressed copies and write spools */
     uint64_t cache_max_bytes;
     double attr_timeout;    /* seconds the kernel may cache a file's attributes */
+    int prefetch_segments;  /* WAL segments fetched ahead of a restoring reader; 0 = off */
 } walfs_fs_config;
 
 typedef struct walfs_fs walfs_fs;

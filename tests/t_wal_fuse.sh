@@ -141,6 +141,20 @@ check "the same cp succeeds once RGW is back" as_pg cp "$SRC/0000000100000000000
 
 check "walfs unmounts cleanly (exit 0, no sanitizer report)" walfs_umount "$MNT"
 
+# --- restore read-ahead: the segments after the one read are fetched in the background ---
+if walfs_mount "$MNT" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" --log-level=debug --prefetch=3; then
+    LOG=$(walfs_log "$MNT")
+    as_pg cat "$MNT/wal_005/000000010000000000000001" > /dev/null
+    for i in $(seq 50); do grep -q "prefetched wal_005/000000010000000000000003.lzo" "$LOG" && break; sleep 0.1; done
+    check "reading segment 1 prefetches segment 3" grep -q "prefetched wal_005/000000010000000000000003.lzo" "$LOG"
+    check "a segment not yet archived is not prefetched (no error)" bash -c "! grep -q 'prefetch of .*000000010000000000000005' '$LOG'"
+    check "the prefetched segment reads back right" [ "$(as_pg sha256sum < "$MNT/wal_005/000000010000000000000003" | cut -d' ' -f1)" == "$(grep -P '^pgdb/wal_005/000000010000000000000003.lzo\t' "$MANIFEST" | cut -f5)" ]
+    check "... without being downloaded again" [ "$(grep -c 'fetching wal_005/000000010000000000000003.lzo' "$LOG")" -eq 1 ]
+    check "the prefetching mount unmounts cleanly" walfs_umount "$MNT"
+else
+    not_ok "prefetching mount"
+fi
+
 # --- configured the WAL-E way: envdir with WALE_S3_PREFIX, WALE_S3_ENDPOINT, ... ---
 ENVD=$SCRATCH/envdir
 mkdir -p "$ENVD"
