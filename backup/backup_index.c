@@ -2,6 +2,7 @@
  * in the decompressed partition, and the lzop block table to get there
  * (format: docs/wal-e-format.md §1.2, §2, §3.9). */
 #include "backup/backup_index.h"
+#include "backup/backup_index_internal.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -12,11 +13,10 @@
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "common/log.h"
 
@@ -470,7 +470,7 @@ static int queue_put(producer *p, qblock *b)
 {
     bqueue *q = p->q;
     pthread_mutex_lock(&q->mu);
-    if (!q->head && !q->tail && p->n_framed == 1)
+    if (p->n_framed == 1)
         q->info = p->info;
     /* One block always fits, however large the limit is exceeded by it. */
     while (!q->stop && q->bytes > 0 && q->bytes + b->raw_len > INFLIGHT_MAX)
@@ -692,13 +692,14 @@ static int consumer_decode(consumer *c, qblock *b)
     walfs_err_clear(&e);
     atomic_fetch_add(&stat_decoded_blocks, 1);
     int rc = lzop_decode_block(&c->info, &b->b, b->raw, b->raw_len, c->buf, &e);
+    uint32_t len = b->b.uncomp_len;
     free(b);
     if (rc) {
         c->failed = 1;
         c->len = c->pos = 0;
         return walfs_err_set(&c->err, rc, "%s: %s", c->key, e.msg);
     }
-    c->len = b->b.uncomp_len;
+    c->len = len;
     c->pos = 0;
     return 0;
 }

@@ -1,9 +1,11 @@
 /* The index of one WAL-E base backup: which tar member lives where.
  *
- * Built once by streaming every tar partition (lzop blocks walked for the
- * block table, data decompressed and verified, tar headers read with
- * libarchive), then cached locally and in the bucket next to the backup as
- * JSON, so later mounts list the backup without reading the partitions.
+ * Built once by streaming every tar partition: the lzop block table is
+ * walked, and only the blocks holding tar headers are decompressed (and
+ * verified) for libarchive; member data is skipped, so indexing runs at the
+ * speed of the download, and is verified block by block when it is read.
+ * The index is cached locally and in the bucket next to the backup as JSON,
+ * so later mounts list the backup without reading the partitions.
  * Knows the store and the codec; nothing of FUSE. */
 #ifndef WALFS_BACKUP_BACKUP_INDEX_H
 #define WALFS_BACKUP_BACKUP_INDEX_H

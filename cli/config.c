@@ -14,7 +14,7 @@
  * against a "--name %s" template and keep the '='. */
 typedef struct raw_options {
     char *endpoint, *region, *addressing, *cache_dir, *cache_size, *connect_timeout,
-        *deadline, *low_speed_time, *attr_timeout, *prefetch, *sse, *storage_class, *ca_file, *log_level;
+        *deadline, *low_speed_time, *attr_timeout, *prefetch, *spool_size, *part_bytes, *part_members, *sse, *storage_class, *ca_file, *log_level;
     int help, version, skip_check;
     char *positional[2];
     int n_positional;
@@ -32,6 +32,9 @@ static const struct fuse_opt option_spec[] = {
     OPT("--low-speed-time=%s", low_speed_time),
     OPT("--attr-timeout=%s", attr_timeout),
     OPT("--prefetch=%s", prefetch),
+    OPT("--spool-size=%s", spool_size),
+    OPT("--backup-partition-bytes=%s", part_bytes),
+    OPT("--backup-partition-members=%s", part_members),
     OPT("--sse=%s", sse),
     OPT("--storage-class=%s", storage_class),
     OPT("--ca-file=%s", ca_file),
@@ -63,12 +66,12 @@ static const char *env(const char *name)
     return v && *v ? v : NULL;
 }
 
-static int parse_seconds(const char *text, const char *what, double *out, walfs_err *err)
+static int parse_number(const char *text, const char *what, double *out, walfs_err *err)
 {
     char *end;
     double v = strtod(text, &end);
     if (end == text || *end != '\0' || v < 0)
-        return walfs_err_set(err, -EINVAL, "%s: '%s' is not a number of seconds", what, text);
+        return walfs_err_set(err, -EINVAL, "%s: '%s' is not a non-negative number", what, text);
     *out = v;
     return 0;
 }
@@ -97,6 +100,11 @@ void walfs_print_usage(const char *prog)
            "  --attr-timeout=SEC      kernel attribute cache for existing files (default 1)\n"
            "  --prefetch=N            WAL segments fetched ahead of a restoring reader\n"
            "                          into the cache (default 4; 0 disables)\n"
+           "  --spool-size=MIB        local spool for files of a base backup push that wait\n"
+           "                          for backup_label or completion (default 4096)\n"
+           "  --backup-partition-bytes=N    member data per pushed tar partition\n"
+           "                          (default WAL-E's 1610612736)\n"
+           "  --backup-partition-members=N  members per pushed tar partition (default 6144)\n"
            "  --sse=AES256            server-side encryption header on uploads ($WALFS_S3_SSE)\n"
            "  --storage-class=CLASS   storage class of uploads ($WALE_S3_STORAGE_CLASS)\n"
            "  --ca-file=FILE          CA bundle for TLS (certificates are always verified)\n"
@@ -201,25 +209,25 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
     double v = 0;
     s->cache_max_bytes = 1024ull << 20;
     if (r.cache_size) {
-        if ((rc = parse_seconds(r.cache_size, "--cache-size", &v, err)))
+        if ((rc = parse_number(r.cache_size, "--cache-size", &v, err)))
             goto out;
         s->cache_max_bytes = (uint64_t)(v * 1024 * 1024);
     }
     s->connect_timeout_ms = 5000;
     if (r.connect_timeout) {
-        if ((rc = parse_seconds(r.connect_timeout, "--connect-timeout", &v, err)))
+        if ((rc = parse_number(r.connect_timeout, "--connect-timeout", &v, err)))
             goto out;
         s->connect_timeout_ms = (long)(v * 1000);
     }
     s->deadline_ms = 60000;
     if (r.deadline) {
-        if ((rc = parse_seconds(r.deadline, "--deadline", &v, err)))
+        if ((rc = parse_number(r.deadline, "--deadline", &v, err)))
             goto out;
         s->deadline_ms = (long)(v * 1000);
     }
     s->low_speed_time_s = 15;
     if (r.low_speed_time) {
-        if ((rc = parse_seconds(r.low_speed_time, "--low-speed-time", &v, err)))
+        if ((rc = parse_number(r.low_speed_time, "--low-speed-time", &v, err)))
             goto out;
         s->low_speed_time_s = v < 1 ? 1 : (long)v;
     }
@@ -234,8 +242,24 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
         }
         s->prefetch_segments = (int)n;
     }
+    s->push_spool_bytes = 4096ull << 20;
+    if (r.spool_size) {
+        if ((rc = parse_number(r.spool_size, "--spool-size", &v, err)))
+            goto out;
+        s->push_spool_bytes = (uint64_t)(v * 1024 * 1024);
+    }
+    if (r.part_bytes) {
+        if ((rc = parse_number(r.part_bytes, "--backup-partition-bytes", &v, err)))
+            goto out;
+        s->backup_partition_bytes = (uint64_t)v;
+    }
+    if (r.part_members) {
+        if ((rc = parse_number(r.part_members, "--backup-partition-members", &v, err)))
+            goto out;
+        s->backup_partition_members = (uint32_t)v;
+    }
     s->attr_timeout = 1.0;
-    if (r.attr_timeout && (rc = parse_seconds(r.attr_timeout, "--attr-timeout", &s->attr_timeout, err)))
+    if (r.attr_timeout && (rc = parse_number(r.attr_timeout, "--attr-timeout", &s->attr_timeout, err)))
         goto out;
 
     const char *sse = r.sse ? r.sse : env("WALFS_S3_SSE");
@@ -263,7 +287,7 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
     }
 out:
     free(r.endpoint); free(r.region); free(r.addressing); free(r.cache_dir); free(r.cache_size);
-    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch);
+    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch); free(r.spool_size); free(r.part_bytes); free(r.part_members);
     free(r.sse); free(r.storage_class); free(r.ca_file); free(r.log_level);
     free(r.positional[0]); free(r.positional[1]);
     return rc;

@@ -23,6 +23,9 @@ typedef struct walfs_settings {
     long low_speed_time_s;
     double attr_timeout;
     int prefetch_segments;
+    uint64_t push_spool_bytes;
+    uint64_t backup_partition_bytes;
+    uint32_t backup_partition_members;
     char *sse;
     char *storage_class;
     char *ca_file;

@@ -87,6 +87,9 @@ int main(int argc, char *argv[])
         .cache_max_bytes = settings.cache_max_bytes,
         .attr_timeout = settings.attr_timeout,
         .prefetch_segments = settings.prefetch_segments,
+        .push_spool_bytes = settings.push_spool_bytes,
+        .push_limits = {.max_partition_bytes = settings.backup_partition_bytes,
+                        .max_partition_members = settings.backup_partition_members},
     };
     fs = walfs_fs_new(&fscfg, &err);
     if (!fs) {

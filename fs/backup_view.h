@@ -16,7 +16,7 @@
 
 /* The first field of every FUSE file handle walfs hands out, so release and
  * read can tell a WAL file from a backup member. */
-typedef enum handle_kind { HANDLE_WAL = 1, HANDLE_BACKUP_MEMBER = 2 } handle_kind;
+typedef enum handle_kind { HANDLE_WAL = 1, HANDLE_BACKUP_MEMBER = 2, HANDLE_PUSH_FILE = 3 } handle_kind;
 
 typedef struct backup_view backup_view;
 

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "fs/background_compressor.h"
 #include "fs/backup_view.h"
+#include "fs/push_session.h"
 #include "fs/object_cache.h"
 #include "fs/wal_prefetch.h"
 #include "fs/wal_upload.h"
@@ -52,6 +53,7 @@ struct walfs_fs {
     object_cache *cache;
     wal_prefetch *prefetch;
     backup_view *backups;
+    push_registry *pushes;
     char *spool_dir;
     pthread_mutex_t writers_lock;
     wal_handle *writers;    /* files being written, so getattr sees them before upload */
@@ -90,6 +92,12 @@ static node_kind classify(const char *path, const char **name)
         }
     }
     return NODE_NONE;
+}
+
+/* Paths under /basebackups_005 that belong to a push being written. */
+static int in_push(walfs_fs *fs, const char *rel)
+{
+    return rel[0] && push_is_session(fs->pushes, rel);
 }
 
 static handle_kind kind_of(const struct fuse_file_info *fi)
@@ -168,6 +176,8 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
         fill_dir_stat(fs, st);
         return 0;
     case NODE_BACKUPS:
+        if (in_push(fs, name))
+            return push_getattr(fs->pushes, name, st);
         return backup_view_getattr(fs->backups, name, st);
     case NODE_NONE:
         return -ENOENT;
@@ -238,8 +248,13 @@ static int walfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, of
         filler(buf, BASEBACKUP_DIR, &st, 0, 0);
         return 0;
     }
-    if (kind == NODE_BACKUPS)
+    if (kind == NODE_BACKUPS && in_push(fs, name))
+        return push_readdir(fs->pushes, name, buf, filler);
+    if (kind == NODE_BACKUPS) {
+        if (name[0] == '\0')
+            push_list_sessions(fs->pushes, buf, filler);
         return backup_view_readdir(fs->backups, name, buf, filler);
+    }
     walfs_err err = {0};
     fill_ctx f = {.buf = buf, .filler = filler};
     int rc = store_list(fs->cfg.st, WAL_DIR "/", add_wal_entry, &f, &err);
@@ -329,8 +344,16 @@ static int walfs_create(const char *path, mode_t mode, struct fuse_file_info *fi
     walfs_fs *fs = current_fs();
     const char *name;
     node_kind kind = classify(path, &name);
+    if (kind == NODE_BACKUPS && in_push(fs, name)) {
+        void *handle;
+        int rc = push_create(fs->pushes, name, mode, &handle);
+        if (rc == 0)
+            fi->fh = (uint64_t)(uintptr_t)handle;
+        return rc;
+    }
     if (kind == NODE_BACKUPS) {
-        log_error("create %s refused: base backups are read-only", path);
+        log_error("create %s refused: finished base backups are read-only; push a new one "
+                  "into a new directory", path);
         return -EROFS;
     }
     if (kind != NODE_WAL_FILE) {
@@ -345,6 +368,15 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
     walfs_fs *fs = current_fs();
     const char *name;
     node_kind kind = classify(path, &name);
+    if (kind == NODE_BACKUPS && in_push(fs, name)) {
+        void *handle;
+        int rc = push_open(fs->pushes, name, fi->flags, &handle);
+        if (rc == 0) {
+            fi->fh = (uint64_t)(uintptr_t)handle;
+            fi->direct_io = 1; /* a file being pushed changes under the same name */
+        }
+        return rc;
+    }
     if (kind == NODE_BACKUPS) {
         if ((fi->flags & O_ACCMODE) != O_RDONLY)
             return -EROFS;
@@ -390,6 +422,8 @@ static int walfs_read(const char *path, char *buf, size_t size, off_t off,
 {
     if (kind_of(fi) == HANDLE_BACKUP_MEMBER)
         return backup_view_read(current_fs()->backups, (void *)(uintptr_t)fi->fh, buf, size, off);
+    if (kind_of(fi) == HANDLE_PUSH_FILE)
+        return push_read(current_fs()->pushes, (void *)(uintptr_t)fi->fh, buf, size, off);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
     size_t got = 0;
     while (got < size) {
@@ -410,6 +444,8 @@ static int walfs_read(const char *path, char *buf, size_t size, off_t off,
 static int walfs_write(const char *path, const char *buf, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
+    if (kind_of(fi) == HANDLE_PUSH_FILE)
+        return push_write(current_fs()->pushes, (void *)(uintptr_t)fi->fh, buf, size, off);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
     if (kind_of(fi) != HANDLE_WAL || !h->writable)
         return -EBADF;
@@ -473,6 +509,8 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
 
 static int walfs_flush(const char *path, struct fuse_file_info *fi)
 {
+    if (kind_of(fi) == HANDLE_PUSH_FILE)
+        return push_flush(current_fs()->pushes, (void *)(uintptr_t)fi->fh);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
     if (kind_of(fi) != HANDLE_WAL || !h->writable)
         return 0;
@@ -481,6 +519,8 @@ static int walfs_flush(const char *path, struct fuse_file_info *fi)
 
 static int walfs_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 {
+    if (kind_of(fi) == HANDLE_PUSH_FILE)
+        return push_flush(current_fs()->pushes, (void *)(uintptr_t)fi->fh);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
     if (kind_of(fi) != HANDLE_WAL || !h->writable)
         return 0;
@@ -492,6 +532,10 @@ static int walfs_release(const char *path, struct fuse_file_info *fi)
     walfs_fs *fs = current_fs();
     if (kind_of(fi) == HANDLE_BACKUP_MEMBER) {
         backup_view_release(fs->backups, (void *)(uintptr_t)fi->fh);
+        return 0;
+    }
+    if (kind_of(fi) == HANDLE_PUSH_FILE) {
+        push_release(fs->pushes, (void *)(uintptr_t)fi->fh);
         return 0;
     }
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
@@ -514,6 +558,11 @@ static int walfs_release(const char *path, struct fuse_file_info *fi)
 
 static int walfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 {
+    const char *name;
+    if (classify(path, &name) == NODE_BACKUPS && in_push(current_fs(), name))
+        return push_truncate(current_fs()->pushes, name,
+                             kind_of(fi) == HANDLE_PUSH_FILE ? (void *)(uintptr_t)fi->fh : NULL,
+                             size);
     if (kind_of(fi) == HANDLE_WAL) {
         wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
         if (h->writable) {
@@ -538,23 +587,80 @@ static int refuse(const char *op, const char *path)
     return -EPERM;
 }
 
-static int walfs_unlink(const char *path) { return refuse("unlink", path); }
-static int walfs_mkdir(const char *path, mode_t mode) { return refuse("mkdir", path); }
-static int walfs_rmdir(const char *path) { return refuse("rmdir", path); }
+/* The name under /basebackups_005 when path is inside a push, else NULL. */
+static const char *push_path(const char *path)
+{
+    const char *name;
+    if (classify(path, &name) == NODE_BACKUPS && in_push(current_fs(), name))
+        return name;
+    return NULL;
+}
+
+static int walfs_unlink(const char *path)
+{
+    const char *rel = push_path(path);
+    return rel ? push_unlink(current_fs()->pushes, rel) : refuse("unlink", path);
+}
+
+static int walfs_mkdir(const char *path, mode_t mode)
+{
+    walfs_fs *fs = current_fs();
+    const char *name;
+    if (classify(path, &name) != NODE_BACKUPS || name[0] == '\0')
+        return refuse("mkdir", path);
+    if (!in_push(fs, name)) {
+        /* A new directory directly under basebackups_005 starts a push,
+         * unless the name is taken by a finished backup or LATEST. */
+        struct stat st;
+        if (strchr(name, '/') || backup_view_getattr(fs->backups, name, &st) == 0) {
+            log_error("mkdir %s refused: %s", path, strchr(name, '/')
+                          ? "finished base backups are read-only"
+                          : "a backup or LATEST already has that name; push into a new directory");
+            return strchr(name, '/') ? -EROFS : -EEXIST;
+        }
+    }
+    return push_mkdir(fs->pushes, name, mode);
+}
+
+static int walfs_rmdir(const char *path)
+{
+    const char *rel = push_path(path);
+    return rel ? push_rmdir(current_fs()->pushes, rel) : refuse("rmdir", path);
+}
+
 static int walfs_rename(const char *from, const char *to, unsigned int flags)
 {
-    return refuse("rename", from);
+    const char *rel = push_path(from);
+    const char *to_name;
+    if (!rel || classify(to, &to_name) != NODE_BACKUPS || flags != 0)
+        return refuse("rename", from);
+    return push_rename(current_fs()->pushes, rel, to_name);
 }
+
 static int walfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-    return refuse("chmod", path);
+    const char *rel = push_path(path);
+    return rel ? push_chmod(current_fs()->pushes, rel, mode) : refuse("chmod", path);
 }
+
 static int walfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
-    return refuse("chown", path);
+    const char *rel = push_path(path);
+    return rel ? push_chown(current_fs()->pushes, rel, uid, gid) : refuse("chown", path);
 }
-static int walfs_symlink(const char *target, const char *path) { return refuse("symlink", path); }
-static int walfs_link(const char *from, const char *to) { return refuse("link", to); }
+
+static int walfs_symlink(const char *target, const char *path)
+{
+    const char *rel = push_path(path);
+    return rel ? push_symlink(current_fs()->pushes, target, rel) : refuse("symlink", path);
+}
+
+static int walfs_link(const char *from, const char *to)
+{
+    const char *rel_from = push_path(from), *rel_to = push_path(to);
+    return rel_from && rel_to ? push_link(current_fs()->pushes, rel_from, rel_to)
+                              : refuse("link", to);
+}
 
 static int walfs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
 {
@@ -562,7 +668,8 @@ static int walfs_utimens(const char *path, const struct timespec tv[2], struct f
      * written (tools set them after copying) and ignore it. */
     if (kind_of(fi) == HANDLE_WAL && ((wal_handle *)(uintptr_t)fi->fh)->writable)
         return 0;
-    return refuse("utimens", path);
+    const char *rel = push_path(path);
+    return rel ? push_utimens(current_fs()->pushes, rel, tv) : refuse("utimens", path);
 }
 
 static int walfs_readlink(const char *path, char *buf, size_t size)
@@ -570,6 +677,8 @@ static int walfs_readlink(const char *path, char *buf, size_t size)
     const char *name;
     if (classify(path, &name) != NODE_BACKUPS)
         return -EINVAL;
+    if (in_push(current_fs(), name))
+        return push_readlink(current_fs()->pushes, name, buf, size);
     return backup_view_readlink(current_fs()->backups, name, buf, size);
 }
 
@@ -679,7 +788,12 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
     if (fs->cache)
         fs->backups = backup_view_new(cfg->st, cfg->cache_dir, fs->uid, fs->gid, fs->mount_time,
                                       err);
-    if (!fs->cache || !fs->backups) {
+    if (fs->backups) {
+        push_settings ps = {.spool_dir = fs->spool_dir, .spool_max_bytes = cfg->push_spool_bytes,
+                            .limits = cfg->push_limits};
+        fs->pushes = push_registry_new(cfg->st, &ps, fs->uid, fs->gid, err);
+    }
+    if (!fs->cache || !fs->backups || !fs->pushes) {
         walfs_fs_free(fs);
         return NULL;
     }
@@ -690,6 +804,7 @@ void walfs_fs_free(walfs_fs *fs)
 {
     if (!fs)
         return;
+    push_registry_free(fs->pushes);
     backup_view_free(fs->backups);
     wal_prefetch_free(fs->prefetch);
     object_cache_free(fs->cache);

@@ -12,6 +12,7 @@
 #include <fuse.h>
 #include <stdint.h>
 
+#include "backup/backup_writer.h"
 #include "store/store.h"
 
 typedef struct walfs_fs_config {
@@ -20,6 +21,8 @@ typedef struct walfs_fs_config {
     uint64_t cache_max_bytes;
     double attr_timeout;    /* seconds the kernel may cache a file's attributes */
     int prefetch_segments;  /* WAL segments fetched ahead of a restoring reader; 0 = off */
+    uint64_t push_spool_bytes;          /* files of a push waiting locally, at most */
+    backup_writer_limits push_limits;   /* partition limits of pushed backups (0 = WAL-E's) */
 } walfs_fs_config;
 
 typedef struct walfs_fs walfs_fs;

@@ -217,6 +217,109 @@ fail:
     return rc;
 }
 
+/* A streaming upload writes a hidden temporary file next to the target, so
+ * listings never show it and the final rename is atomic. */
+typedef struct local_upload {
+    local_store *ls;
+    char path[PATH_MAX];
+    char tmp[PATH_MAX];
+    int fd;
+} local_upload;
+
+static int local_upload_begin(store *st, const char *key, store_upload **out, walfs_err *err)
+{
+    /* Two uploads of one key from the same process must not share a file. */
+    static unsigned long seq;
+    local_store *ls = (local_store *)st;
+    *out = NULL;
+    local_upload *up = calloc(1, sizeof *up);
+    if (!up)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    up->ls = ls;
+    up->fd = -1;
+    int rc = join(ls, key, up->path, sizeof up->path, err);
+    if (rc)
+        goto fail;
+    if (mkdirs(up->path) != 0) {
+        rc = errno_result(err, errno, "create directories for", up->path);
+        goto fail;
+    }
+    char *slash = strrchr(up->path, '/');
+    int n = snprintf(up->tmp, sizeof up->tmp, "%.*s/" TMP_MARKER "%s.%ld.%lu",
+                     (int)(slash - up->path), up->path, slash + 1, (long)getpid(),
+                     __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED));
+    if (n < 0 || (size_t)n >= sizeof up->tmp) {
+        rc = walfs_err_set(err, -ENAMETOOLONG, "key too long: %s", key);
+        goto fail;
+    }
+    up->fd = open(up->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (up->fd < 0) {
+        rc = errno_result(err, errno, "create", up->tmp);
+        goto fail;
+    }
+    *out = (store_upload *)up;
+    return 0;
+fail:
+    free(up);
+    return rc;
+}
+
+static int local_upload_part(store_upload *u, const void *data, size_t len, walfs_err *err)
+{
+    local_upload *up = (local_upload *)u;
+    const char *p = data;
+    while (len > 0) {
+        ssize_t w = write(up->fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno_result(err, errno, "write", up->tmp);
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static void local_upload_abort(store_upload *u)
+{
+    local_upload *up = (local_upload *)u;
+    if (!up)
+        return;
+    if (up->fd >= 0)
+        close(up->fd);
+    unlink(up->tmp);
+    free(up);
+}
+
+static int local_upload_commit(store_upload *u, walfs_err *err)
+{
+    local_upload *up = (local_upload *)u;
+    int rc = 0;
+    if (fsync(up->fd) != 0) {
+        rc = errno_result(err, errno, "fsync", up->tmp);
+        goto fail;
+    }
+    int fd = up->fd;
+    up->fd = -1;
+    if (close(fd) != 0) {
+        rc = errno_result(err, errno, "close", up->tmp);
+        goto fail;
+    }
+    if (rename(up->tmp, up->path) != 0) {
+        rc = errno_result(err, errno, "rename into place", up->path);
+        goto fail;
+    }
+    int r = fsync_dir_of(up->path);
+    if (r)
+        rc = errno_result(err, -r, "fsync directory of", up->path);
+    free(up);
+    return rc;
+fail:
+    local_upload_abort(u);
+    return rc;
+}
+
 static int local_remove(store *st, const char *key, walfs_err *err)
 {
     local_store *ls = (local_store *)st;
@@ -278,6 +381,8 @@ static void local_destroy(store *st)
 static const store_ops local_ops = {
     .stat = local_stat, .get = local_get, .put = local_put,
     .remove = local_remove, .list = local_list, .destroy = local_destroy,
+    .upload_begin = local_upload_begin, .upload_part = local_upload_part,
+    .upload_commit = local_upload_commit, .upload_abort = local_upload_abort,
 };
 
 int store_local_open(const char *root_dir, store **out, walfs_err *err)

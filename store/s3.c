@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "s3/s3_client.h"
 
 #define META_UNCOMPRESSED "walfs-uncompressed-size"
@@ -95,6 +96,77 @@ static int s3s_remove(store *st, const char *key, walfs_err *err)
     return rc;
 }
 
+/* A streaming upload is a multipart upload numbered as the parts arrive. */
+typedef struct s3_upload {
+    s3_multipart *mp;
+    int next_part;
+} s3_upload;
+
+static int s3s_upload_begin(store *st, const char *key, store_upload **out, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    *out = NULL;
+    s3_upload *up = calloc(1, sizeof *up);
+    char *k = full_key(ss, key);
+    if (!up || !k) {
+        free(up);
+        free(k);
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    }
+    int rc = s3_multipart_begin(ss->client, k, NULL, 0, &up->mp, err);
+    free(k);
+    if (rc) {
+        free(up);
+        return rc;
+    }
+    up->next_part = 1;
+    *out = (store_upload *)up;
+    return 0;
+}
+
+static int s3s_upload_part(store_upload *u, const void *data, size_t len, walfs_err *err)
+{
+    s3_upload *up = (s3_upload *)u;
+    int rc = s3_multipart_upload_part(up->mp, up->next_part, data, len, err);
+    if (rc == 0)
+        up->next_part++;
+    return rc;
+}
+
+static void s3s_upload_abort(store_upload *u)
+{
+    s3_upload *up = (s3_upload *)u;
+    if (!up)
+        return;
+    walfs_err e;
+    walfs_err_clear(&e);
+    /* An upload left open keeps its parts billed and invisible: say so. */
+    if (s3_multipart_abort(up->mp, &e) != 0)
+        log_warn("s3: could not abort an incomplete multipart upload (%s); a bucket lifecycle "
+                 "rule for incomplete multipart uploads will remove its parts",
+                 e.msg);
+    s3_multipart_free(up->mp);
+    free(up);
+}
+
+static int s3s_upload_commit(store_upload *u, walfs_err *err)
+{
+    s3_upload *up = (s3_upload *)u;
+    int rc = 0;
+    /* S3 wants at least one part, and an empty one is a valid last part. */
+    if (up->next_part == 1)
+        rc = s3s_upload_part(u, "", 0, err);
+    if (rc == 0)
+        rc = s3_multipart_complete(up->mp, err);
+    if (rc) {
+        s3s_upload_abort(u);
+        return rc;
+    }
+    s3_multipart_free(up->mp);
+    free(up);
+    return 0;
+}
+
 typedef struct list_adapter {
     store_list_fn fn;
     void *ctx;
@@ -145,6 +217,8 @@ static void s3s_destroy(store *st)
 static const store_ops s3_store_ops = {
     .stat = s3s_stat, .get = s3s_get, .put = s3s_put,
     .remove = s3s_remove, .list = s3s_list, .destroy = s3s_destroy,
+    .upload_begin = s3s_upload_begin, .upload_part = s3s_upload_part,
+    .upload_commit = s3s_upload_commit, .upload_abort = s3s_upload_abort,
 };
 
 int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,

@@ -16,6 +16,7 @@
 #include "common/err.h"
 
 typedef struct store store;
+typedef struct store_upload store_upload;
 
 typedef struct store_stat {
     uint64_t size;              /* stored (compressed) bytes */
@@ -50,6 +51,14 @@ typedef struct store_ops {
     /* One level under dir_prefix ("wal_005/"), paging through as needed. */
     int (*list)(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err);
     void (*destroy)(store *st);
+    /* Streaming upload of an object too large to hold: parts arrive in
+     * order; nothing is visible under key until commit succeeds, and abort
+     * leaves nothing behind.  (S3: multipart upload; local: temporary file
+     * renamed into place.)  Each part but the last is >= 5 MiB. */
+    int (*upload_begin)(store *st, const char *key, store_upload **out, walfs_err *err);
+    int (*upload_part)(store_upload *up, const void *data, size_t len, walfs_err *err);
+    int (*upload_commit)(store_upload *up, walfs_err *err);   /* frees up */
+    void (*upload_abort)(store_upload *up);                   /* frees up */
 } store_ops;
 
 struct store {
@@ -74,6 +83,16 @@ static inline int store_remove(store *st, const char *key, walfs_err *err)
 static inline int store_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
                              walfs_err *err)
 { return st->ops->list(st, dir_prefix, fn, ctx, err); }
+static inline int store_upload_begin(store *st, const char *key, store_upload **out,
+                                     walfs_err *err)
+{ return st->ops->upload_begin(st, key, out, err); }
+static inline int store_upload_part(store *st, store_upload *up, const void *data, size_t len,
+                                    walfs_err *err)
+{ return st->ops->upload_part(up, data, len, err); }
+static inline int store_upload_commit(store *st, store_upload *up, walfs_err *err)
+{ return st->ops->upload_commit(up, err); }
+static inline void store_upload_abort(store *st, store_upload *up)
+{ st->ops->upload_abort(up); }
 void store_close(store *st);
 
 /* Backends (store/local.c, store/s3.c). */

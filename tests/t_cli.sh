@@ -46,7 +46,7 @@ fails_saying "a missing archive directory is explained" "create it first" \
     "$BIN" "file://$SCRATCH/does-not-exist" "$SCRATCH/m"
 fails_saying "--sse accepts only AES256" "AES256" \
     env AWS_ACCESS_KEY_ID=a AWS_SECRET_ACCESS_KEY=b "$BIN" --sse=aws:kms s3://b/p "$SCRATCH/m"
-fails_saying "a malformed --deadline is explained" "not a number of seconds" \
+fails_saying "a malformed --deadline is explained" "is not a non-negative number" \
     "$BIN" --deadline=soon "file://$SCRATCH" "$SCRATCH/m"
 
 # --- local-directory backend: write-once and corrupt objects ---

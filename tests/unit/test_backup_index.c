@@ -2,8 +2,11 @@
  * MANIFEST, synthesized GNU/PAX/ustar backups, hostile members and broken
  * partitions, and the JSON cache (round trip, tampering, truncation).
  * Data offsets are checked against the bytes `lzop -dc` produces and the
- * member contents Python's tarfile extracts.  Run from the repository root. */
+ * member contents Python's tarfile extracts.  Indexing must decode only the
+ * lzop blocks that hold tar headers; counters in backup_index_internal.h
+ * prove the rest is skipped.  Run from the repository root. */
 #include "backup/backup_index.h"
+#include "backup/backup_index_internal.h"
 #include "common/log.h"
 #include "tests/unit/tap.h"
 
@@ -157,6 +160,13 @@ static const char *gen_py =
     "        ti('u/' + 'p' * 90 + '/' + 'q' * 80, data=b'ustar prefix', mtime=1500000001), ti('hl', tarfile.LNKTYPE, link='orig', mtime=1500000002),\n"
     "        ti('dup', data=b'second', mtime=1500000003), ti('fifo', tarfile.FIFOTYPE, mtime=1500000004),\n"
     "        ti('hl2', tarfile.LNKTYPE, link='dup', mtime=1500000005), ti('u/zero', mtime=1500000006)]))\n"
+    "elif scen == 'onebig':\n"
+    "    rows = b''.join(b'%8d|%8d|%8d|%s\\n' % (i, i % 10, 0, b' ' * 84) for i in range(8 * 1024 * 1024 // 112 + 1))\n"
+    "    put(0, tar_bytes(tarfile.PAX_FORMAT, [d('/'), d('base/'), ti('base/16384', data=rows[:8 << 20]), ti('base/after', data=b'after')]))\n"
+    "elif scen == 'bigrand':\n"
+    "    put(0, tar_bytes(tarfile.PAX_FORMAT, [d('/'), ti('first', data=b'1'), ti('rand', data=os.urandom(22 << 20)), ti('last', data=b'2' * 1000)]))\n"
+    "elif scen == 'notar_big':\n"
+    "    put(0, os.urandom(24 << 20))\n"
     "elif scen == 'hostile':\n"
     "    put(0, tar_bytes(tarfile.GNU_FORMAT, [d('/'), ti('ok', data=b'fine'), ti('../../etc/x', data=b'evil1'), ti('/abs/path', data=b'evil2'),\n"
     "        ti('a/../../x', data=b'evil3'), ti('a/../b', data=b'evil4'), ti('hl', tarfile.LNKTYPE, link='../x'),\n"
@@ -847,7 +857,40 @@ static void expect_fail(const char *scen, int from_list, const char *needle, con
     store_close(st);
 }
 
-/* Damages a copy of the synthesized part 0 and expects -EIO naming it. */
+/* Writes part 0 of backup SYN_BACKUP under droot with orig's bytes, one
+ * byte flipped at flip (none when flip == SIZE_MAX), cut to len, plus tail. */
+static void write_damaged(const char *droot, const char *orig, size_t len, size_t flip, const char *tail)
+{
+    char dir[700], path[800];
+    snprintf(dir, sizeof dir, "%s/basebackups_005/" SYN_BACKUP "/tar_partitions", droot);
+    sh("mkdir -p %s", dir);
+    snprintf(path, sizeof path, "%s/part_00000000.tar.lzo", dir);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        abort();
+    fwrite(orig, 1, len, f);
+    if (flip != SIZE_MAX && flip < len) {
+        fseek(f, (long)flip, SEEK_SET);
+        fputc((unsigned char)orig[flip] ^ 0x40, f);
+        fseek(f, 0, SEEK_END);
+    }
+    if (tail)
+        fputs(tail, f);
+    fclose(f);
+}
+
+/* Index of the block holding decompressed offset off. */
+static size_t block_at(const lzop_index *bi, uint64_t off)
+{
+    for (size_t i = 0; i < bi->n_blocks; i++)
+        if (off >= bi->blocks[i].uncomp_offset && off < bi->blocks[i].uncomp_offset + bi->blocks[i].uncomp_len)
+            return i;
+    return SIZE_MAX;
+}
+
+/* Damages a copy of the synthesized part 0 and expects -EIO naming it,
+ * wherever the damage is in a block that indexing must decode.  Damage in
+ * member data is not indexing's to find: the read path verifies it. */
 static void test_damaged(void)
 {
     char root[512];
@@ -856,28 +899,53 @@ static void test_damaged(void)
     snprintf(key, sizeof key, "%s/basebackups_005/" SYN_BACKUP "/tar_partitions/part_00000000.tar.lzo", root);
     size_t len;
     char *orig = read_all(key, &len);
-    CHECK(orig != NULL, "read part 0 of the synthesized backup");
-    if (!orig)
+    /* Part 0 alone, intact: the reference for the damaged copies. */
+    char groot[512];
+    snprintf(groot, sizeof groot, "%s/intact", tmpdir);
+    if (orig)
+        write_damaged(groot, orig, len, SIZE_MAX, NULL);
+    backup_index *good = NULL;
+    walfs_err gerr = {0};
+    int grc = orig ? build(groot, SYN_BACKUP, &good, &gerr) : -1;
+    CHECK(orig != NULL && grc == 0, "read and index part 0 of the synthesized backup");
+    if (!orig || grc) {
+        free(orig);
+        backup_index_free(good);
         return;
-    static const char *kinds[] = {"truncated", "corrupt", "trailing"};
-    for (int k = 0; k < 3; k++) {
-        char droot[512], dir[700], path[800];
-        snprintf(droot, sizeof droot, "%s/damaged_%s", tmpdir, kinds[k]);
-        snprintf(dir, sizeof dir, "%s/basebackups_005/" SYN_BACKUP "/tar_partitions", droot);
-        sh("mkdir -p %s", dir);
-        snprintf(path, sizeof path, "%s/part_00000000.tar.lzo", dir);
-        FILE *f = fopen(path, "wb");
-        if (k == 0) {
-            fwrite(orig, 1, len / 2, f);
-        } else if (k == 1) {
-            orig[len / 2] ^= 0x40;
-            fwrite(orig, 1, len, f);
-            orig[len / 2] ^= 0x40;
-        } else {
-            fwrite(orig, 1, len, f);
-            fputs("garbage", f);
+    }
+    const lzop_index *bi = &good->partitions[0].blocks;
+    const backup_member *big = backup_index_find(good, "big"), *after = backup_index_find(good, "after_big");
+    /* The header of after_big lies in the block where the skip over big's
+     * data ends: indexing decodes it inside the skip callback. */
+    size_t hdr_blk = after ? block_at(bi, after->data_offset - 1) : SIZE_MAX;
+    size_t data_blk = SIZE_MAX;
+    for (size_t i = 0; big && i < bi->n_blocks; i++)
+        if (bi->blocks[i].uncomp_offset >= big->data_offset &&
+            bi->blocks[i].uncomp_offset + bi->blocks[i].uncomp_len <= big->data_offset + big->size) {
+            data_blk = i;
+            break;
         }
-        fclose(f);
+    CHECK(hdr_blk != SIZE_MAX && hdr_blk > 0 && data_blk != SIZE_MAX && data_blk < hdr_blk,
+          "part 0: block %zu holds only data of \"big\", block %zu the header of \"after_big\"", data_blk, hdr_blk);
+    if (hdr_blk == SIZE_MAX || data_blk == SIZE_MAX) {
+        free(orig);
+        backup_index_free(good);
+        return;
+    }
+#define MID(b) ((size_t)(bi->blocks[b].data_offset + bi->blocks[b].comp_len / 2))
+    static const char *kinds[] = {"truncated", "corrupt first block (headers)",
+                                  "corrupt block where a skip over member data ends", "trailing"};
+    for (int k = 0; k < 4; k++) {
+        char droot[512];
+        snprintf(droot, sizeof droot, "%s/damaged_%d", tmpdir, k);
+        if (k == 0)
+            write_damaged(droot, orig, len / 2, SIZE_MAX, NULL);
+        else if (k == 1)
+            write_damaged(droot, orig, len, MID(0), NULL);
+        else if (k == 2)
+            write_damaged(droot, orig, len, MID(hdr_blk), NULL);
+        else
+            write_damaged(droot, orig, len, SIZE_MAX, "garbage");
         backup_index *idx = NULL;
         walfs_err err = {0};
         int rc = build(droot, SYN_BACKUP, &idx, &err);
@@ -885,7 +953,208 @@ static void test_damaged(void)
               kinds[k], err.msg);
         backup_index_free(idx);
     }
+
+    /* A corrupt block in the middle of big's data: indexing never decodes
+     * it, so the index comes out whole and right; the block reader runs
+     * every read through lzop_decode_block, which rejects it. */
+    char droot[512];
+    snprintf(droot, sizeof droot, "%s/damaged_data", tmpdir);
+    write_damaged(droot, orig, len, MID(data_blk), NULL);
+    backup_index_stats s0, s1;
+    backup_index_get_stats(&s0);
+    backup_index *idx = NULL;
+    walfs_err err = {0};
+    int rc = build(droot, SYN_BACKUP, &idx, &err);
+    backup_index_get_stats(&s1);
+    if (idx) /* the object changed, so its ETag did: nothing else may differ */
+        for (size_t i = 0; i < idx->n_partitions; i++)
+            memcpy(idx->partitions[i].etag, good->partitions[i].etag, sizeof idx->partitions[i].etag);
+    CHECK(rc == 0 && idx && same_index(idx, good) && s1.skipped_blocks > s0.skipped_blocks,
+          "corrupt block %zu inside member data: not decoded at index time, index identical to the intact "
+          "one: %s", data_blk, rc ? err.msg : "ok");
+    const lzop_block *b = &bi->blocks[data_blk];
+    size_t raw_len = (size_t)(b->data_offset - b->comp_offset) + b->comp_len;
+    unsigned char *out = malloc(LZOP_BLOCK_SIZE);
+    char dkey[1024];
+    snprintf(dkey, sizeof dkey, "%s/basebackups_005/" SYN_BACKUP "/tar_partitions/part_00000000.tar.lzo", droot);
+    size_t dlen;
+    char *damaged = read_all(dkey, &dlen);
+    walfs_err e1 = {0}, e2 = {0};
+    int ok_rc = damaged && out ? lzop_decode_block(&bi->info, b, orig + b->comp_offset, raw_len, out, &e1) : -1;
+    int bad_rc = damaged && out ? lzop_decode_block(&bi->info, b, damaged + b->comp_offset, raw_len, out, &e2) : 0;
+    CHECK(ok_rc == 0 && bad_rc == -EIO, "the read path's lzop_decode_block rejects that block: %s", e2.msg);
+    free(damaged);
+    free(out);
+    backup_index_free(idx);
+#undef MID
+    backup_index_free(good);
     free(orig);
+}
+
+/* One 8 MiB file (32 lzop blocks of data): only the blocks holding tar
+ * headers may be decoded, and the index must still agree with tarfile. */
+static void test_skips_data(void)
+{
+    char root[512];
+    int rc = make_bucket("onebig", root, sizeof root);
+    CHECK(rc == 0, "python3 wrote a partition with one 8 MiB file");
+    backup_index_stats s0, s1;
+    backup_index_get_stats(&s0);
+    backup_index *idx = NULL;
+    walfs_err err = {0};
+    rc = build(root, SYN_BACKUP, &idx, &err);
+    backup_index_get_stats(&s1);
+    CHECK(rc == 0 && idx, "8 MiB file partition indexes: %s", rc ? err.msg : "ok");
+    if (rc)
+        return;
+    uint64_t dec = s1.decoded_blocks - s0.decoded_blocks, skip = s1.skipped_blocks - s0.skipped_blocks;
+    size_t nb = idx->partitions[0].blocks.n_blocks;
+    CHECK(nb >= 33 && dec >= 1 && dec <= 3 && dec + skip == nb,
+          "%" PRIu64 " of %zu blocks decoded (those with tar headers), %" PRIu64 " skipped undecoded", dec, nb, skip);
+    char tars[1][512];
+    rc = decompress_parts(root, idx, tars, "onebig");
+    CHECK(rc == 0, "lzop -dc size agrees with the block table");
+    recs rs = {0};
+    load_dump(&rs, tars[0], 0);
+    size_t nf = 0, nc = 0;
+    int bad = rc == 0 ? compare_with_dump(idx, &rs, tars, &nf, &nc) : 1;
+    const backup_member *m = backup_index_find(idx, "base/16384"), *a = backup_index_find(idx, "base/after");
+    CHECK(bad == 0 && nc == 4 && nf == 2 && m && m->size == 8u << 20 && a && a->size == 5,
+          "members and data offsets match tarfile (%zu members, %zu files)", nc, nf);
+    recs_free(&rs);
+    backup_index_free(idx);
+}
+
+/* A store whose GET fails after a given number of bytes (or delivers
+ * everything when fail_after is UINT64_MAX). */
+typedef struct fail_store {
+    store base;
+    store_ops ops;
+    store *inner;
+    uint64_t fail_after;
+} fail_store;
+
+typedef struct fail_sink {
+    store_sink_fn sink;
+    void *ctx;
+    uint64_t left;
+    int tripped;
+} fail_sink;
+
+static int fail_sink_fn(void *ctx, const void *data, size_t len)
+{
+    fail_sink *fs = ctx;
+    if (len > fs->left) {
+        size_t n = (size_t)fs->left;
+        fs->left = 0;
+        fs->tripped = 1;
+        int rc = n ? fs->sink(fs->ctx, data, n) : 0;
+        return rc ? rc : -ECONNRESET;
+    }
+    fs->left -= len;
+    return fs->sink(fs->ctx, data, len);
+}
+
+static int fail_get(store *st, const char *key, uint64_t off, uint64_t len, store_sink_fn sink, void *ctx,
+                    walfs_err *err)
+{
+    fail_store *f = (fail_store *)st;
+    fail_sink fs = {sink, ctx, f->fail_after, 0};
+    int rc = store_get(f->inner, key, off, len, fail_sink_fn, &fs, err);
+    if (fs.tripped && rc == -ECONNRESET)
+        return walfs_err_set(err, -EIO, "GET %s: connection reset after %" PRIu64 " bytes (injected)", key,
+                             f->fail_after);
+    return rc;
+}
+
+static int fail_stat(store *st, const char *key, store_stat *out, walfs_err *err)
+{
+    return store_stat_key(((fail_store *)st)->inner, key, out, err);
+}
+
+static int fail_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err)
+{
+    return store_list(((fail_store *)st)->inner, dir_prefix, fn, ctx, err);
+}
+
+static void fail_destroy(store *st)
+{
+    fail_store *f = (fail_store *)st;
+    store_close(f->inner);
+    free(f);
+}
+
+static store *fail_store_open(const char *root, uint64_t fail_after)
+{
+    fail_store *f = calloc(1, sizeof *f);
+    walfs_err err = {0};
+    if (!f || store_local_open(root, &f->inner, &err) != 0) {
+        free(f);
+        return NULL;
+    }
+    f->ops = *f->inner->ops;
+    /* Only what indexing calls; the rest would see the wrong store. */
+    f->ops.get = fail_get;
+    f->ops.stat = fail_stat;
+    f->ops.list = fail_list;
+    f->ops.put = NULL;
+    f->ops.remove = NULL;
+    f->ops.upload_begin = NULL;
+    f->ops.destroy = fail_destroy;
+    f->base.ops = &f->ops;
+    f->fail_after = fail_after;
+    return &f->base;
+}
+
+/* A member whose compressed data outgrows the in-flight limit: the
+ * download waits for the tar walk; failures on either side while it waits
+ * must end the build, not hang it. */
+static void test_backpressure(void)
+{
+    char root[512];
+    int rc = make_bucket("bigrand", root, sizeof root);
+    CHECK(rc == 0, "python3 wrote a partition with 22 MiB of random data");
+    backup_index *idx = NULL;
+    walfs_err err = {0};
+    rc = build(root, SYN_BACKUP, &idx, &err);
+    CHECK(rc == 0 && idx, "22 MiB incompressible member (more than the 16 MiB in flight) indexes: %s",
+          rc ? err.msg : "ok");
+    if (rc)
+        return;
+    char tars[1][512];
+    rc = decompress_parts(root, idx, tars, "bigrand");
+    recs rs = {0};
+    load_dump(&rs, tars[0], 0);
+    size_t nf = 0, nc = 0;
+    int bad = rc == 0 ? compare_with_dump(idx, &rs, tars, &nf, &nc) : 1;
+    CHECK(bad == 0 && nf == 3, "members and data offsets match tarfile (%zu files)", nf);
+    recs_free(&rs);
+    uint64_t comp = idx->partitions[0].object_size;
+    backup_index_free(idx);
+
+    static const uint64_t cuts[] = {0, 20, 100000, 262144 + 30, 17u << 20, 0};
+    int bad_cuts = 0;
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        uint64_t at = i + 1 == sizeof cuts / sizeof cuts[0] ? comp - 5 : cuts[i];
+        store *st = fail_store_open(root, at);
+        backup_partition_listing *parts = NULL;
+        size_t n = 0;
+        walfs_err e = {0};
+        int r = st ? backup_list_partitions(st, SYN_BACKUP, &parts, &n, &e) : -1;
+        backup_index *x = NULL;
+        if (!r)
+            r = backup_index_build(st, SYN_BACKUP, parts, n, &x, &e);
+        if (r != -EIO || x || !strstr(e.msg, "part_00000000.tar.lzo") || !strstr(e.msg, "injected")) {
+            printf("# store failure after %" PRIu64 " bytes: rc %d: %s\n", at, r, e.msg);
+            bad_cuts++;
+        }
+        backup_index_free(x);
+        backup_partition_listing_free(parts, n);
+        if (st)
+            store_close(st);
+    }
+    CHECK(bad_cuts == 0, "store error mid-stream (%zu points, up to 5 bytes before the end): the store's -EIO, "
+          "naming the partition, no hang", sizeof cuts / sizeof cuts[0]);
 }
 
 int main(void)
@@ -907,11 +1176,15 @@ int main(void)
     test_synthesized();
     test_hostile_members();
     test_damaged();
+    test_skips_data();
+    test_backpressure();
     expect_fail("sparse_gnu", 0, "sparse", "GNU sparse member (GNU tar --sparse)");
     expect_fail("sparse_pax", 0, "sparse", "pax GNU.sparse member (GNU tar --sparse --format=pax)");
     expect_fail("gap", 1, "part_00000001.tar.lzo is missing", "partition missing from the numbering");
     expect_fail("noparts", 1, "part_00000000.tar.lzo is missing", "no partitions at all");
     expect_fail("notar", 0, "part_00000000.tar.lzo: not a tar", "lzop'd garbage (2 MiB, producer must not hang)");
+    expect_fail("notar_big", 0, "part_00000000.tar.lzo: not a tar",
+                "24 MiB of lzop'd garbage (tar fails while the download waits for room)");
     expect_fail("zero", 0, "part_00000000.tar.lzo", "partition that decompresses to nothing");
     expect_fail("noeof", 0, "end-of-archive", "tar cut at a header boundary before compression");
     expect_fail("cutdata", 0, "part_00000000.tar.lzo", "tar cut inside member data before compression");

@@ -211,7 +211,8 @@ static void cs_destroy(store *st)
     (void)st; /* the test owns both stores */
 }
 
-static const store_ops cs_ops = {cs_stat, cs_get, cs_put, cs_remove, cs_list, cs_destroy};
+static const store_ops cs_ops = {.stat = cs_stat, .get = cs_get, .put = cs_put, .remove = cs_remove,
+                                  .list = cs_list, .destroy = cs_destroy};
 
 static void cs_init(counting_store *cs)
 {

@@ -1,0 +1,1133 @@
+#include "fs/push_session.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "fs/backup_view.h"
+
+#define MANIFEST_TMP "backup_manifest.tmp"
+#define MANIFEST "backup_manifest"
+#define LABEL "backup_label"
+#define CONTROL "global/pg_control"
+#define SMALL_FILE_MAX (16 * 1024 * 1024)
+
+typedef struct push_node {
+    char *path;                 /* relative to the push root; "" is the root */
+    backup_member_type type;
+    uint32_t mode, uid, gid;
+    int64_t mtime_sec;
+    uint32_t mtime_nsec;
+    char *link_target;
+    int fd;                     /* spool of a file until it is emitted */
+    uint64_t size;
+    int open_count;
+    int emitted;                /* in the backup (or deliberately left out) */
+    uint64_t seq;               /* creation order: files are emitted in it */
+    struct push_node *next;
+} push_node;
+
+typedef struct push_session {
+    char *dir;                  /* name under basebackups_005 */
+    push_node *nodes;
+    uint64_t next_seq;
+    uint64_t spooled_bytes;
+    backup_writer *writer;
+    char backup_name[64];
+    char start_segment[25];
+    uint64_t segment_size;
+    int failed;
+    walfs_err error;            /* latched: returned by every later close/fsync/rename */
+    int completed;
+    struct push_session *next;
+} push_session;
+
+typedef struct push_handle {
+    handle_kind kind;           /* HANDLE_PUSH_FILE; first, see backup_view.h */
+    push_session *session;
+    push_node *node;
+    int writable;
+} push_handle;
+
+struct push_registry {
+    store *st;
+    push_settings settings;
+    char *spool_dir;
+    uid_t uid;
+    gid_t gid;
+    pthread_mutex_t lock;       /* one lock for all pushes: uploads run under it */
+    push_session *sessions;
+};
+
+/* ---- helpers ---- */
+
+static void now_ts(int64_t *sec, uint32_t *nsec)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *sec = ts.tv_sec;
+    *nsec = (uint32_t)ts.tv_nsec;
+}
+
+static push_session *find_session(push_registry *reg, const char *dir, size_t len)
+{
+    for (push_session *s = reg->sessions; s; s = s->next)
+        if (strlen(s->dir) == len && strncmp(s->dir, dir, len) == 0)
+            return s;
+    return NULL;
+}
+
+/* Splits rel into its session and the path inside it. */
+static push_session *locate(push_registry *reg, const char *rel, const char **inner)
+{
+    const char *slash = strchr(rel, '/');
+    size_t len = slash ? (size_t)(slash - rel) : strlen(rel);
+    push_session *s = find_session(reg, rel, len);
+    if (s)
+        *inner = slash ? slash + 1 : "";
+    return s;
+}
+
+static push_node *find_node(push_session *s, const char *path)
+{
+    for (push_node *n = s->nodes; n; n = n->next)
+        if (strcmp(n->path, path) == 0)
+            return n;
+    return NULL;
+}
+
+static int parent_is_dir(push_session *s, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return find_node(s, "") != NULL;
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%.*s", (int)(slash - path), path);
+    push_node *p = find_node(s, parent);
+    return p && p->type == MEMBER_DIR;
+}
+
+static void node_free(push_node *n)
+{
+    if (n->fd >= 0)
+        close(n->fd);
+    free(n->path);
+    free(n->link_target);
+    free(n);
+}
+
+static push_node *add_node(push_registry *reg, push_session *s, const char *path,
+                           backup_member_type type, uint32_t mode)
+{
+    push_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return NULL;
+    n->path = strdup(path);
+    n->type = type;
+    n->mode = mode & 07777;
+    struct fuse_context *ctx = fuse_get_context();
+    n->uid = ctx ? ctx->uid : reg->uid;
+    n->gid = ctx ? ctx->gid : reg->gid;
+    now_ts(&n->mtime_sec, &n->mtime_nsec);
+    n->fd = -1;
+    n->seq = s->next_seq++;
+    n->next = s->nodes;
+    s->nodes = n;
+    return n;
+}
+
+static void fail(push_registry *reg, push_session *s, const walfs_err *err)
+{
+    if (s->failed)
+        return;
+    s->failed = 1;
+    s->error = *err;
+    log_error("base backup push into basebackups_005/%s failed: %s; nothing was published, "
+              "and what was uploaded is being removed", s->dir, err->msg);
+    if (s->writer) {
+        backup_writer_abort(s->writer);
+        s->writer = NULL;
+    }
+    for (push_node *n = s->nodes; n; n = n->next) {
+        if (n->fd >= 0) {
+            close(n->fd);
+            n->fd = -1;
+        }
+    }
+    s->spooled_bytes = 0;
+}
+
+static int latched(const push_session *s)
+{
+    if (!s->failed)
+        return 0;
+    return s->error.code == -EACCES || s->error.code == -ENOSPC || s->error.code == -EEXIST ||
+                   s->error.code == -EFBIG
+               ? s->error.code
+               : -EIO;
+}
+
+static int read_spool(const push_node *n, char *buf, size_t cap, size_t *len)
+{
+    size_t got = 0;
+    while (got < cap && got < n->size) {
+        ssize_t r = pread(n->fd, buf + got, cap - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -EIO;
+        got += (size_t)r;
+    }
+    *len = got;
+    return 0;
+}
+
+/* WAL-E's exclusions (wal-e-format.md 2.1): top-level configuration and pid
+ * files are left out; the contents of these directories are not kept. */
+static int excluded_file(const char *path)
+{
+    static const char *const top[] = {"postmaster.pid", "postmaster.opts", "postgresql.conf",
+                                      "pg_hba.conf",    "recovery.conf",   "recovery.done",
+                                      "pg_ident.conf",  "promote",         MANIFEST_TMP};
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
+        if (strcmp(path, top[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int in_emptied_dir(const char *path, int keep_wal)
+{
+    static const char *const top_dirs[] = {"pg_replslot/", "pg_xlog/", "pg_log/"};
+    for (size_t i = 0; i < sizeof top_dirs / sizeof top_dirs[0]; i++)
+        if (strncmp(path, top_dirs[i], strlen(top_dirs[i])) == 0)
+            return 1;
+    if (!keep_wal && strncmp(path, "pg_wal/", 7) == 0)
+        return 1;
+    /* pgsql_tmp, pg_stat_tmp and .wal-e at any depth */
+    for (const char *p = path; *p;) {
+        size_t clen = strcspn(p, "/");
+        if (p[clen] == '/' && ((clen == 9 && strncmp(p, "pgsql_tmp", 9) == 0) ||
+                               (clen == 11 && strncmp(p, "pg_stat_tmp", 11) == 0) ||
+                               (clen == 5 && strncmp(p, ".wal-e", 5) == 0)))
+            return 1;
+        p += clen;
+        if (*p == '/')
+            p++;
+    }
+    return 0;
+}
+
+/* ---- naming the backup from backup_label ---- */
+
+static int parse_lsn(const char *text, uint64_t *lsn)
+{
+    unsigned hi, lo;
+    if (sscanf(text, "%X/%X", &hi, &lo) != 2)
+        return -1;
+    *lsn = ((uint64_t)hi << 32) | lo;
+    return 0;
+}
+
+/* The segment size is whichever power of two makes PostgreSQL's file name
+ * of the LSN equal the one the label gives. */
+static uint64_t segment_size_for(uint64_t lsn, const char *file)
+{
+    for (uint64_t size = 1 << 20; size <= (1ull << 30); size <<= 1) {
+        uint64_t per_log = 0x100000000ull / size, segno = lsn / size;
+        char name[25];
+        snprintf(name, sizeof name, "%.8s%08X%08X", file, (unsigned)(segno / per_log),
+                 (unsigned)(segno % per_log));
+        if (strcmp(name, file) == 0)
+            return size;
+    }
+    return 0;
+}
+
+static int name_from_label(push_registry *reg, push_session *s, push_node *label, walfs_err *err)
+{
+    char text[4096];
+    size_t len;
+    if (read_spool(label, text, sizeof text - 1, &len) != 0)
+        return walfs_err_set(err, -EIO, "could not read back backup_label from the spool");
+    text[len] = '\0';
+    const char *line = strstr(text, "START WAL LOCATION: ");
+    char lsn_text[32], file[32];
+    uint64_t lsn;
+    if (!line || sscanf(line, "START WAL LOCATION: %31s (file %24[0-9A-F])", lsn_text, file) != 2 ||
+        strlen(file) != 24 || parse_lsn(lsn_text, &lsn) != 0)
+        return walfs_err_set(err, -EINVAL, "backup_label has no readable 'START WAL LOCATION: "
+                             "X/Y (file Z)' line; this is not a PostgreSQL base backup");
+    s->segment_size = segment_size_for(lsn, file);
+    if (!s->segment_size)
+        return walfs_err_set(err, -EINVAL, "backup_label: start location %s does not belong to "
+                             "file %s", lsn_text, file);
+    /* WAL-E: lpad(file_offset::text, 8, '0'), the offset in decimal. */
+    snprintf(s->backup_name, sizeof s->backup_name, "base_%s_%08" PRIu64, file,
+             (uint64_t)(lsn % s->segment_size) % 100000000u);
+    memcpy(s->start_segment, file, 25);
+    char sentinel[256];
+    snprintf(sentinel, sizeof sentinel, BASEBACKUP_DIR "/%s_backup_stop_sentinel.json",
+             s->backup_name);
+    store_stat st;
+    walfs_err probe = {0};
+    int rc = store_stat_key(reg->st, sentinel, &st, &probe);
+    if (rc == 0)
+        return walfs_err_set(err, -EEXIST, "a backup named %s already exists in the archive",
+                             s->backup_name);
+    if (rc != -ENOENT) {
+        *err = probe;
+        return rc;
+    }
+    rc = backup_writer_begin(reg->st, s->backup_name, &reg->settings.limits, &s->writer, err);
+    if (!rc)
+        log_info("pushing base backup %s from basebackups_005/%s", s->backup_name, s->dir);
+    return rc;
+}
+
+/* ---- emitting members into the backup ---- */
+
+static int emit_file(push_registry *reg, push_session *s, push_node *n, walfs_err *err)
+{
+    backup_writer_member m = {.path = n->path, .type = MEMBER_FILE, .mode = n->mode,
+                              .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
+                              .mtime_nsec = n->mtime_nsec, .size = n->size};
+    int rc = backup_writer_add(s->writer, &m, n->fd, err);
+    if (rc)
+        return rc;
+    n->emitted = 1;
+    s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+    close(n->fd);
+    n->fd = -1;
+    return 0;
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    const push_node *x = *(push_node *const *)a, *y = *(push_node *const *)b;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+/* Emits, in creation order, the closed files created before `before_seq`
+ * (all of them when completing).  pg_wal's files wait for completion, when
+ * it is known whether they are the backup's own streamed WAL. */
+static int emit_ready(push_registry *reg, push_session *s, uint64_t before_seq, int completing,
+                      int keep_wal, walfs_err *err)
+{
+    if (!s->writer)
+        return 0;
+    size_t count = 0;
+    for (push_node *n = s->nodes; n; n = n->next)
+        count++;
+    push_node **order = malloc((count ? count : 1) * sizeof *order);
+    if (!order)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    size_t k = 0;
+    for (push_node *n = s->nodes; n; n = n->next)
+        if (n->type == MEMBER_FILE && !n->emitted && n->seq < before_seq &&
+            (n->open_count == 0 || completing))
+            order[k++] = n;
+    qsort(order, k, sizeof *order, by_seq);
+    int rc = 0;
+    for (size_t i = 0; i < k && !rc; i++) {
+        push_node *n = order[i];
+        if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal)) {
+            if (!completing && strncmp(n->path, "pg_wal/", 7) == 0)
+                continue; /* decided at completion */
+            n->emitted = 1;
+            continue;
+        }
+        if (!completing && strncmp(n->path, "pg_wal/", 7) == 0)
+            continue;
+        rc = emit_file(reg, s, n, err);
+    }
+    free(order);
+    return rc;
+}
+
+static int check_spool_limit(push_registry *reg, push_session *s, walfs_err *err)
+{
+    if (s->spooled_bytes <= reg->settings.spool_max_bytes)
+        return 0;
+    return walfs_err_set(err, -ENOSPC,
+                         "%" PRIu64 " bytes are waiting in the spool (limit %" PRIu64 ")%s",
+                         s->spooled_bytes, reg->settings.spool_max_bytes,
+                         s->writer ? "" : ": backup_label must be written before the rest of the "
+                                          "data directory (pg_basebackup and rsync do; with cp "
+                                          "-a, copy backup_label first)");
+}
+
+/* A new file is starting: everything closed before it is final now. */
+static void advance(push_registry *reg, push_session *s, uint64_t new_seq)
+{
+    if (s->failed || s->completed)
+        return;
+    walfs_err err = {0};
+    int rc = emit_ready(reg, s, new_seq, 0, 0, &err);
+    if (!rc)
+        rc = check_spool_limit(reg, s, &err);
+    if (rc)
+        fail(reg, s, &err);
+}
+
+/* ---- completion ---- */
+
+static int stop_from_manifest(push_session *s, push_node *manifest, backup_writer_stop *stop,
+                              walfs_err *err)
+{
+    if (manifest->size > SMALL_FILE_MAX * 8ull)
+        return walfs_err_set(err, -EFBIG, "backup_manifest is implausibly large");
+    char *text = malloc(manifest->size + 1);
+    size_t len;
+    if (!text || read_spool(manifest, text, manifest->size, &len) != 0) {
+        free(text);
+        return walfs_err_set(err, -EIO, "could not read back backup_manifest from the spool");
+    }
+    text[len] = '\0';
+    json_object *root = json_tokener_parse(text);
+    free(text);
+    json_object *ranges = NULL, *last = NULL, *end = NULL, *tli = NULL;
+    if (root && json_object_object_get_ex(root, "WAL-Ranges", &ranges) &&
+        json_object_is_type(ranges, json_type_array) && json_object_array_length(ranges) > 0)
+        last = json_object_array_get_idx(ranges, json_object_array_length(ranges) - 1);
+    uint64_t lsn = 0;
+    int ok = last && json_object_object_get_ex(last, "End-LSN", &end) &&
+             json_object_object_get_ex(last, "Timeline", &tli) &&
+             parse_lsn(json_object_get_string(end), &lsn) == 0;
+    int timeline = ok ? json_object_get_int(tli) : 0;
+    json_object_put(root);
+    if (!ok)
+        return walfs_err_set(err, -EINVAL, "backup_manifest has no WAL-Ranges End-LSN; cannot "
+                             "tell where the backup stops");
+    uint64_t per_log = 0x100000000ull / s->segment_size, segno = lsn / s->segment_size;
+    snprintf(stop->stop_segment, sizeof stop->stop_segment, "%08X%08X%08X", (unsigned)timeline,
+             (unsigned)(segno / per_log), (unsigned)(segno % per_log));
+    snprintf(stop->stop_offset, sizeof stop->stop_offset, "%08" PRIu64,
+             (lsn % s->segment_size) % 100000000u);
+    return 0;
+}
+
+/* Without a manifest: the copied pg_control's latest checkpoint, which was
+ * written during the backup, is where the backup is known to reach.  PG 15
+ * layout: checkPoint at offset 32, its timeline at 48. */
+static int stop_from_control(push_session *s, push_node *control, backup_writer_stop *stop,
+                             walfs_err *err)
+{
+    unsigned char buf[64];
+    size_t len;
+    if (!control || control->fd < 0 || read_spool(control, (char *)buf, sizeof buf, &len) != 0 ||
+        len < 52)
+        return walfs_err_set(err, -EINVAL, "global/pg_control is missing or unreadable; cannot "
+                             "tell where the backup stops");
+    uint64_t lsn = 0;
+    uint32_t timeline = 0;
+    memcpy(&lsn, buf + 32, 8);
+    memcpy(&timeline, buf + 48, 4);
+    uint64_t per_log = 0x100000000ull / s->segment_size, segno = lsn / s->segment_size;
+    snprintf(stop->stop_segment, sizeof stop->stop_segment, "%08X%08X%08X", timeline,
+             (unsigned)(segno / per_log), (unsigned)(segno % per_log));
+    snprintf(stop->stop_offset, sizeof stop->stop_offset, "%08" PRIu64,
+             (lsn % s->segment_size) % 100000000u);
+    if (strcmp(stop->stop_segment + 8, s->start_segment + 8) < 0)
+        memcpy(stop->stop_segment, s->start_segment, 25);
+    return 0;
+}
+
+static int emit_others(push_session *s, walfs_err *err)
+{
+    /* Directories, symlinks and hard links last: their modes and times are
+     * final only once everything inside them has been written. */
+    size_t count = 0;
+    for (push_node *n = s->nodes; n; n = n->next)
+        count++;
+    push_node **order = malloc((count ? count : 1) * sizeof *order);
+    if (!order)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    size_t k = 0;
+    for (push_node *n = s->nodes; n; n = n->next)
+        if (n->type != MEMBER_FILE && !n->emitted)
+            order[k++] = n;
+    qsort(order, k, sizeof *order, by_seq);
+    int rc = 0;
+    for (size_t i = 0; i < k && !rc; i++) {
+        push_node *n = order[i];
+        if (n->type != MEMBER_DIR && (excluded_file(n->path) || in_emptied_dir(n->path, 1)))
+            continue;
+        backup_writer_member m = {.path = n->path, .type = n->type, .mode = n->mode,
+                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
+                                  .mtime_nsec = n->mtime_nsec, .link_target = n->link_target};
+        rc = backup_writer_add(s->writer, &m, -1, err);
+        if (!rc)
+            n->emitted = 1;
+    }
+    free(order);
+    return rc;
+}
+
+static int complete(push_registry *reg, push_session *s, int by_manifest)
+{
+    if (s->failed)
+        return latched(s);
+    if (s->completed)
+        return 0;
+    walfs_err err = {0};
+    int rc = 0;
+    if (!s->writer)
+        rc = walfs_err_set(&err, -EINVAL, "no backup_label was written: this is not a base "
+                           "backup (copy the backup_label that pg_backup_stop() returned)");
+    backup_writer_stop stop;
+    memset(&stop, 0, sizeof stop);
+    if (!rc)
+        rc = by_manifest ? stop_from_manifest(s, find_node(s, MANIFEST), &stop, &err)
+                         : stop_from_control(s, find_node(s, CONTROL), &stop, &err);
+    if (!rc)
+        rc = emit_ready(reg, s, UINT64_MAX, 1, by_manifest, &err);
+    if (!rc)
+        rc = emit_others(s, &err);
+    if (rc) {
+        fail(reg, s, &err);
+        return latched(s);
+    }
+    char version[128];
+    push_node *pgv = find_node(s, "PG_VERSION");
+    size_t vlen = 0;
+    char vtext[16] = "";
+    if (pgv && pgv->fd >= 0 && read_spool(pgv, vtext, sizeof vtext - 1, &vlen) == 0) {
+        vtext[vlen] = '\0';
+        vtext[strcspn(vtext, "\n")] = '\0';
+    }
+    /* WAL-E stores SELECT version(); through a copy only PG_VERSION is known. */
+    snprintf(version, sizeof version, "PostgreSQL %s", vtext[0] ? vtext : "(unknown version)");
+    stop.pg_version = version;
+    stop.base_prefix = "";
+    rc = backup_writer_finish(s->writer, &stop, &err);
+    s->writer = NULL;
+    if (rc) {
+        fail(reg, s, &err);
+        return latched(s);
+    }
+    s->completed = 1;
+    for (push_node *n = s->nodes; n; n = n->next) {
+        n->emitted = 1;
+        if (n->fd >= 0) {
+            close(n->fd);
+            n->fd = -1;
+        }
+    }
+    s->spooled_bytes = 0;
+    log_info("base backup %s is complete: its sentinel is stored", s->backup_name);
+    return 0;
+}
+
+/* ---- registry ---- */
+
+push_registry *push_registry_new(store *st, const push_settings *settings, uid_t uid,
+                                 gid_t gid, walfs_err *err)
+{
+    push_registry *reg = calloc(1, sizeof *reg);
+    if (!reg) {
+        walfs_err_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    reg->st = st;
+    reg->settings = *settings;
+    reg->spool_dir = strdup(settings->spool_dir);
+    reg->settings.spool_dir = reg->spool_dir;
+    reg->uid = uid;
+    reg->gid = gid;
+    pthread_mutex_init(&reg->lock, NULL);
+    return reg;
+}
+
+static void session_free(push_session *s)
+{
+    if (s->writer)
+        backup_writer_abort(s->writer);
+    while (s->nodes) {
+        push_node *next = s->nodes->next;
+        node_free(s->nodes);
+        s->nodes = next;
+    }
+    free(s->dir);
+    free(s);
+}
+
+void push_registry_free(push_registry *reg)
+{
+    if (!reg)
+        return;
+    while (reg->sessions) {
+        push_session *next = reg->sessions->next;
+        if (!reg->sessions->completed && !reg->sessions->failed)
+            log_warn("base backup push into basebackups_005/%s never completed; removing what "
+                     "it uploaded", reg->sessions->dir);
+        session_free(reg->sessions);
+        reg->sessions = next;
+    }
+    pthread_mutex_destroy(&reg->lock);
+    free(reg->spool_dir);
+    free(reg);
+}
+
+int push_is_session(push_registry *reg, const char *rel)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    int found = locate(reg, rel, &inner) != NULL;
+    pthread_mutex_unlock(&reg->lock);
+    return found;
+}
+
+int push_mkdir(push_registry *reg, const char *rel, mode_t mode)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    int rc = 0;
+    if (!s) {
+        if (strchr(rel, '/')) {
+            rc = -ENOENT;
+        } else {
+            s = calloc(1, sizeof *s);
+            if (!s || !(s->dir = strdup(rel))) {
+                free(s);
+                rc = -ENOMEM;
+            } else {
+                s->next = reg->sessions;
+                reg->sessions = s;
+                rc = add_node(reg, s, "", MEMBER_DIR, mode) ? 0 : -ENOMEM;
+                log_info("basebackups_005/%s: receiving a base backup", rel);
+            }
+        }
+    } else if (s->failed) {
+        rc = latched(s);
+    } else if (find_node(s, inner)) {
+        rc = -EEXIST;
+    } else if (!parent_is_dir(s, inner)) {
+        rc = -ENOENT;
+    } else {
+        rc = add_node(reg, s, inner, MEMBER_DIR, mode) ? 0 : -ENOMEM;
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+static void fill_stat(const push_registry *reg, const push_node *n, struct stat *st)
+{
+    memset(st, 0, sizeof *st);
+    mode_t type = n->type == MEMBER_DIR ? S_IFDIR : n->type == MEMBER_SYMLINK ? S_IFLNK : S_IFREG;
+    st->st_mode = type | n->mode;
+    st->st_nlink = type == S_IFDIR ? 2 : 1;
+    st->st_uid = n->uid;
+    st->st_gid = n->gid;
+    st->st_size = (off_t)(n->type == MEMBER_SYMLINK && n->link_target ? strlen(n->link_target)
+                                                                      : n->size);
+    st->st_blksize = 1024 * 1024;
+    st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
+    st->st_mtim.tv_sec = n->mtime_sec;
+    st->st_mtim.tv_nsec = n->mtime_nsec;
+    st->st_atim = st->st_ctim = st->st_mtim;
+}
+
+int push_getattr(push_registry *reg, const char *rel, struct stat *st)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? find_node(s, inner) : NULL;
+    if (n)
+        fill_stat(reg, n, st);
+    pthread_mutex_unlock(&reg->lock);
+    return n ? 0 : -ENOENT;
+}
+
+int push_readdir(push_registry *reg, const char *rel, void *buf, fuse_fill_dir_t filler)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *dir = s ? find_node(s, inner) : NULL;
+    int rc = !dir ? -ENOENT : dir->type != MEMBER_DIR ? -ENOTDIR : 0;
+    if (!rc) {
+        size_t plen = strlen(inner);
+        for (push_node *n = s->nodes; n; n = n->next) {
+            if (n->path[0] == '\0')
+                continue;
+            const char *child = n->path;
+            if (plen) {
+                if (strncmp(n->path, inner, plen) != 0 || n->path[plen] != '/')
+                    continue;
+                child = n->path + plen + 1;
+            }
+            if (strchr(child, '/'))
+                continue;
+            struct stat st;
+            fill_stat(reg, n, &st);
+            filler(buf, child, &st, 0, 0);
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+void push_list_sessions(push_registry *reg, void *buf, fuse_fill_dir_t filler)
+{
+    pthread_mutex_lock(&reg->lock);
+    for (push_session *s = reg->sessions; s; s = s->next) {
+        struct stat st = {.st_mode = S_IFDIR | 0700};
+        filler(buf, s->dir, &st, 0, 0);
+    }
+    pthread_mutex_unlock(&reg->lock);
+}
+
+static int open_spool(push_registry *reg)
+{
+    int fd = open(reg->spool_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+    char tmpl[PATH_MAX];
+    snprintf(tmpl, sizeof tmpl, "%s/push-XXXXXX", reg->spool_dir);
+    fd = mkstemp(tmpl);
+    if (fd >= 0)
+        unlink(tmpl);
+    return fd;
+}
+
+static push_handle *new_handle(push_session *s, push_node *n, int writable)
+{
+    push_handle *h = calloc(1, sizeof *h);
+    if (!h)
+        return NULL;
+    h->kind = HANDLE_PUSH_FILE;
+    h->session = s;
+    h->node = n;
+    h->writable = writable;
+    n->open_count++;
+    return h;
+}
+
+int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    int rc = 0;
+    push_node *n = NULL;
+    if (!s || !inner[0])
+        rc = -ENOENT;
+    else if (s->failed)
+        rc = latched(s);
+    else if (s->completed)
+        rc = -EROFS;
+    else if (!parent_is_dir(s, inner))
+        rc = -ENOENT;
+    if (!rc) {
+        n = find_node(s, inner);
+        if (n && (n->type != MEMBER_FILE || n->emitted))
+            rc = n->type == MEMBER_DIR ? -EISDIR : -EEXIST;
+    }
+    if (!rc && !n) {
+        n = add_node(reg, s, inner, MEMBER_FILE, mode);
+        if (!n)
+            rc = -ENOMEM;
+    }
+    if (!rc && n->fd < 0) {
+        n->fd = open_spool(reg);
+        if (n->fd < 0) {
+            rc = -errno;
+            log_error("basebackups_005/%s: cannot create a spool file in %s: %s", rel,
+                      reg->spool_dir, strerror(errno));
+        }
+    } else if (!rc) {
+        if (ftruncate(n->fd, 0) != 0)
+            rc = -EIO;
+        s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        n->size = 0;
+    }
+    if (!rc) {
+        advance(reg, s, n->seq);
+        rc = latched(s);
+    }
+    if (!rc) {
+        *handle = new_handle(s, n, 1);
+        if (!*handle)
+            rc = -ENOMEM;
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_open(push_registry *reg, const char *rel, int flags, void **handle)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? find_node(s, inner) : NULL;
+    int rc = 0;
+    if (!n)
+        rc = -ENOENT;
+    else if (n->type == MEMBER_DIR)
+        rc = -EISDIR;
+    else if (s->failed)
+        rc = latched(s);
+    if (!rc && (flags & O_TRUNC) && !n->emitted && n->fd >= 0) {
+        if (ftruncate(n->fd, 0) != 0)
+            rc = -EIO;
+        s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        n->size = 0;
+    }
+    /* Opening a finished file read-write is how pg_basebackup fsyncs it:
+     * allowed, but writing to it is not. */
+    if (!rc) {
+        *handle = new_handle(s, n, (flags & O_ACCMODE) != O_RDONLY && !n->emitted);
+        if (!*handle)
+            rc = -ENOMEM;
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_read(push_registry *reg, void *handle, char *buf, size_t size, off_t off)
+{
+    push_handle *h = handle;
+    pthread_mutex_lock(&reg->lock);
+    int rc;
+    if (h->node->fd < 0) {
+        log_error("read basebackups_005/%s/%s: already uploaded into the backup; read it from "
+                  "the finished backup's directory", h->session->dir, h->node->path);
+        rc = -EIO;
+    } else {
+        ssize_t n = pread(h->node->fd, buf, size, off);
+        rc = n < 0 ? -EIO : (int)n;
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_write(push_registry *reg, void *handle, const char *buf, size_t size, off_t off)
+{
+    push_handle *h = handle;
+    pthread_mutex_lock(&reg->lock);
+    push_session *s = h->session;
+    push_node *n = h->node;
+    int rc = latched(s);
+    if (!rc && (!h->writable || n->fd < 0 || n->emitted))
+        rc = -EBADF;
+    if (!rc) {
+        size_t done = 0;
+        while (done < size) {
+            ssize_t w = pwrite(n->fd, buf + done, size - done, off + (off_t)done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                rc = errno == ENOSPC ? -ENOSPC : -EIO;
+                log_error("write basebackups_005/%s/%s: spooling failed: %s", s->dir, n->path,
+                          strerror(errno));
+                break;
+            }
+            done += (size_t)w;
+        }
+        if (!rc && (uint64_t)off + size > n->size) {
+            s->spooled_bytes += (uint64_t)off + size - n->size;
+            n->size = (uint64_t)off + size;
+        }
+        if (!rc)
+            now_ts(&n->mtime_sec, &n->mtime_nsec);
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc ? rc : (int)size;
+}
+
+int push_flush(push_registry *reg, void *handle)
+{
+    push_handle *h = handle;
+    pthread_mutex_lock(&reg->lock);
+    int rc = latched(h->session);
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+void push_release(push_registry *reg, void *handle)
+{
+    push_handle *h = handle;
+    pthread_mutex_lock(&reg->lock);
+    push_session *s = h->session;
+    push_node *n = h->node;
+    if (n->open_count > 0)
+        n->open_count--;
+    /* The label names the backup: as soon as it is complete, partitions can
+     * start streaming out. */
+    if (!s->failed && !s->writer && n->open_count == 0 && strcmp(n->path, LABEL) == 0 &&
+        n->fd >= 0) {
+        walfs_err err = {0};
+        if (name_from_label(reg, s, n, &err) != 0)
+            fail(reg, s, &err);
+    }
+    pthread_mutex_unlock(&reg->lock);
+    free(h);
+}
+
+int push_truncate(push_registry *reg, const char *rel, void *handle, off_t size)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = handle ? ((push_handle *)handle)->node : s ? find_node(s, inner) : NULL;
+    int rc = !n ? -ENOENT : n->type != MEMBER_FILE ? -EISDIR : (n->emitted || n->fd < 0) ? -EROFS : 0;
+    if (!rc) {
+        if (ftruncate(n->fd, size) != 0) {
+            rc = -EIO;
+        } else {
+            s = handle ? ((push_handle *)handle)->session : s;
+            s->spooled_bytes = s->spooled_bytes - n->size + (uint64_t)size;
+            n->size = (uint64_t)size;
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+static int change_node(push_registry *reg, const char *rel, push_node **out)
+{
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? find_node(s, inner) : NULL;
+    if (!n)
+        return -ENOENT;
+    *out = n;
+    return 0;
+}
+
+int push_chmod(push_registry *reg, const char *rel, mode_t mode)
+{
+    pthread_mutex_lock(&reg->lock);
+    push_node *n;
+    int rc = change_node(reg, rel, &n);
+    if (!rc && !n->emitted)
+        n->mode = mode & 07777;
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_chown(push_registry *reg, const char *rel, uid_t uid, gid_t gid)
+{
+    pthread_mutex_lock(&reg->lock);
+    push_node *n;
+    int rc = change_node(reg, rel, &n);
+    if (!rc && !n->emitted) {
+        if (uid != (uid_t)-1)
+            n->uid = uid;
+        if (gid != (gid_t)-1)
+            n->gid = gid;
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_utimens(push_registry *reg, const char *rel, const struct timespec tv[2])
+{
+    pthread_mutex_lock(&reg->lock);
+    push_node *n;
+    int rc = change_node(reg, rel, &n);
+    if (!rc && !n->emitted) {
+        if (!tv || tv[1].tv_nsec == UTIME_NOW) {
+            now_ts(&n->mtime_sec, &n->mtime_nsec);
+        } else if (tv[1].tv_nsec != UTIME_OMIT) {
+            n->mtime_sec = tv[1].tv_sec;
+            n->mtime_nsec = (uint32_t)tv[1].tv_nsec;
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_symlink(push_registry *reg, const char *target, const char *rel)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    int rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
+             : find_node(s, inner) ? -EEXIST : !parent_is_dir(s, inner) ? -ENOENT : 0;
+    if (!rc) {
+        push_node *n = add_node(reg, s, inner, MEMBER_SYMLINK, 0777);
+        if (!n || !(n->link_target = strdup(target)))
+            rc = -ENOMEM;
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_link(push_registry *reg, const char *from_rel, const char *to_rel)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *from_inner, *to_inner;
+    push_session *s = locate(reg, from_rel, &from_inner);
+    push_session *t = locate(reg, to_rel, &to_inner);
+    push_node *target = s ? find_node(s, from_inner) : NULL;
+    int rc = !target || s != t ? -ENOENT : target->type != MEMBER_FILE ? -EPERM
+             : s->failed ? latched(s) : find_node(s, to_inner) ? -EEXIST : 0;
+    if (!rc) {
+        push_node *n = add_node(reg, s, to_inner, MEMBER_HARDLINK, target->mode);
+        if (!n || !(n->link_target = strdup(from_inner)))
+            rc = -ENOMEM;
+        else {
+            n->uid = target->uid;
+            n->gid = target->gid;
+            n->mtime_sec = target->mtime_sec;
+            n->mtime_nsec = target->mtime_nsec;
+            n->size = 0;
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+static int rename_nodes(push_session *s, const char *from, const char *to)
+{
+    size_t flen = strlen(from);
+    for (push_node *n = s->nodes; n; n = n->next) {
+        if (strcmp(n->path, from) != 0 && !(strncmp(n->path, from, flen) == 0 && n->path[flen] == '/'))
+            continue;
+        if (n->emitted && n->type == MEMBER_FILE)
+            return -EBUSY;
+    }
+    for (push_node *n = s->nodes; n; n = n->next) {
+        if (strcmp(n->path, from) != 0 && !(strncmp(n->path, from, flen) == 0 && n->path[flen] == '/'))
+            continue;
+        char *p = NULL;
+        if (asprintf(&p, "%s%s", to, n->path + flen) < 0)
+            return -ENOMEM;
+        free(n->path);
+        n->path = p;
+    }
+    return 0;
+}
+
+int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *from_inner, *to_inner;
+    push_session *s = locate(reg, from_rel, &from_inner);
+    int rc = 0;
+    if (!s) {
+        rc = -ENOENT;
+    } else if (!from_inner[0]) {
+        /* mv incoming done: the cp -a / rsync -a way to say "complete". */
+        rc = complete(reg, s, 0);
+    } else {
+        push_session *t = locate(reg, to_rel, &to_inner);
+        if (t != s) {
+            rc = -EXDEV;
+        } else if (s->failed) {
+            rc = latched(s);
+        } else {
+            push_node *existing = find_node(s, to_inner);
+            if (existing && existing->type != MEMBER_DIR && !existing->emitted) {
+                /* rename over a file replaces it */
+                for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
+                    if (*p == existing) {
+                        *p = existing->next;
+                        s->spooled_bytes -= existing->size < s->spooled_bytes ? existing->size
+                                                                              : s->spooled_bytes;
+                        node_free(existing);
+                        break;
+                    }
+                }
+            }
+            rc = rename_nodes(s, from_inner, to_inner);
+            if (!rc && strcmp(from_inner, MANIFEST_TMP) == 0 && strcmp(to_inner, MANIFEST) == 0)
+                rc = complete(reg, s, 1);
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? find_node(s, inner) : NULL;
+    int rc = !n ? -ENOENT : n->type != MEMBER_SYMLINK ? -EINVAL : 0;
+    if (!rc)
+        snprintf(buf, size, "%s", n->link_target);
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+static void drop_session(push_registry *reg, push_session *s)
+{
+    for (push_session **p = &reg->sessions; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    }
+    if (!s->completed && !s->failed)
+        log_warn("base backup push into basebackups_005/%s abandoned; removing what it uploaded",
+                 s->dir);
+    session_free(s);
+}
+
+int push_unlink(push_registry *reg, const char *rel)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? find_node(s, inner) : NULL;
+    int rc = !n ? -ENOENT : n->type == MEMBER_DIR ? -EISDIR : n->open_count ? -EBUSY : 0;
+    if (!rc && n->emitted && !s->completed && !s->failed)
+        rc = -EBUSY; /* already in an uploaded partition */
+    if (!rc) {
+        for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
+            if (*p == n) {
+                *p = n->next;
+                break;
+            }
+        }
+        if (!n->emitted)
+            s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        node_free(n);
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
+
+int push_rmdir(push_registry *reg, const char *rel)
+{
+    pthread_mutex_lock(&reg->lock);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? find_node(s, inner) : NULL;
+    int rc = !n ? -ENOENT : n->type != MEMBER_DIR ? -ENOTDIR : 0;
+    if (!rc) {
+        size_t plen = strlen(inner);
+        for (push_node *c = s->nodes; c && !rc; c = c->next)
+            if (c != n && (plen == 0 || (strncmp(c->path, inner, plen) == 0 && c->path[plen] == '/')))
+                rc = -ENOTEMPTY;
+    }
+    if (!rc) {
+        if (!inner[0]) {
+            drop_session(reg, s);
+        } else {
+            for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
+                if (*p == n) {
+                    *p = n->next;
+                    break;
+                }
+            }
+            node_free(n);
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
+}
