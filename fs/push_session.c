@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "fs/backup_view.h"
+#include "fs/push_cleanup.h"
 
 #define MANIFEST_TMP "backup_manifest.tmp"
 #define MANIFEST "backup_manifest"
@@ -48,6 +49,10 @@ typedef struct push_session {
     int failed;
     walfs_err error;            /* latched: returned by every later close/fsync/rename */
     int completed;
+    int leased;                 /* a lease object names this process */
+    char pg_version[16];        /* PG_VERSION, kept when it goes by */
+    unsigned char control[64];  /* the head of global/pg_control, kept likewise */
+    int have_control;
     struct push_session *next;
 } push_session;
 
@@ -156,6 +161,10 @@ static void fail(push_registry *reg, push_session *s, const walfs_err *err)
     if (s->writer) {
         backup_writer_abort(s->writer);
         s->writer = NULL;
+    }
+    if (s->leased) {
+        push_lease_remove(reg->st, s->backup_name);
+        s->leased = 0;
     }
     for (push_node *n = s->nodes; n; n = n->next) {
         if (n->fd >= 0) {
@@ -288,6 +297,24 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
         return rc;
     }
     rc = backup_writer_begin(reg->st, s->backup_name, &reg->settings.limits, &s->writer, err);
+    if (!rc) {
+        /* Lets the next mount clean up should this process die mid-push. */
+        rc = push_lease_write(reg->st, s->backup_name, err);
+        if (rc) {
+            backup_writer_abort(s->writer);
+            s->writer = NULL;
+            return rc;
+        }
+        s->leased = 1;
+        /* WAL-E's partition 0 starts with the data directory itself. */
+        push_node *root = find_node(s, "");
+        backup_writer_member m = {.path = "", .type = MEMBER_DIR, .mode = root->mode,
+                                  .uid = root->uid, .gid = root->gid,
+                                  .mtime_sec = root->mtime_sec, .mtime_nsec = root->mtime_nsec};
+        rc = backup_writer_add(s->writer, &m, -1, err);
+        if (!rc)
+            root->emitted = 1;
+    }
     if (!rc)
         log_info("pushing base backup %s from basebackups_005/%s", s->backup_name, s->dir);
     return rc;
@@ -418,13 +445,10 @@ static int stop_from_manifest(push_session *s, push_node *manifest, backup_write
 /* Without a manifest: the copied pg_control's latest checkpoint, which was
  * written during the backup, is where the backup is known to reach.  PG 15
  * layout: checkPoint at offset 32, its timeline at 48. */
-static int stop_from_control(push_session *s, push_node *control, backup_writer_stop *stop,
-                             walfs_err *err)
+static int stop_from_control(push_session *s, backup_writer_stop *stop, walfs_err *err)
 {
-    unsigned char buf[64];
-    size_t len;
-    if (!control || control->fd < 0 || read_spool(control, (char *)buf, sizeof buf, &len) != 0 ||
-        len < 52)
+    const unsigned char *buf = s->control;
+    if (!s->have_control)
         return walfs_err_set(err, -EINVAL, "global/pg_control is missing or unreadable; cannot "
                              "tell where the backup stops");
     uint64_t lsn = 0;
@@ -441,7 +465,7 @@ static int stop_from_control(push_session *s, push_node *control, backup_writer_
     return 0;
 }
 
-static int emit_others(push_session *s, walfs_err *err)
+static int emit_others(push_session *s, int keep_wal, walfs_err *err)
 {
     /* Directories, symlinks and hard links last: their modes and times are
      * final only once everything inside them has been written. */
@@ -459,7 +483,7 @@ static int emit_others(push_session *s, walfs_err *err)
     int rc = 0;
     for (size_t i = 0; i < k && !rc; i++) {
         push_node *n = order[i];
-        if (n->type != MEMBER_DIR && (excluded_file(n->path) || in_emptied_dir(n->path, 1)))
+        if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal))
             continue;
         backup_writer_member m = {.path = n->path, .type = n->type, .mode = n->mode,
                                   .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
@@ -487,25 +511,27 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
     memset(&stop, 0, sizeof stop);
     if (!rc)
         rc = by_manifest ? stop_from_manifest(s, find_node(s, MANIFEST), &stop, &err)
-                         : stop_from_control(s, find_node(s, CONTROL), &stop, &err);
+                         : stop_from_control(s, &stop, &err);
+    /* pg_basebackup -X fetch/stream puts the backup's own WAL in pg_wal:
+     * kept, so the backup restores alone.  Anything else in pg_wal (a copy
+     * of a live server's) is left out, as WAL-E does. */
+    int keep_wal = 0;
+    for (push_node *n = s->nodes; n && by_manifest; n = n->next)
+        if (n->type == MEMBER_FILE && strncmp(n->path, "pg_wal/", 7) == 0 &&
+            !strchr(n->path + 7, '/'))
+            keep_wal = 1;
     if (!rc)
-        rc = emit_ready(reg, s, UINT64_MAX, 1, by_manifest, &err);
+        rc = emit_ready(reg, s, UINT64_MAX, 1, keep_wal, &err);
     if (!rc)
-        rc = emit_others(s, &err);
+        rc = emit_others(s, keep_wal, &err);
     if (rc) {
         fail(reg, s, &err);
         return latched(s);
     }
     char version[128];
-    push_node *pgv = find_node(s, "PG_VERSION");
-    size_t vlen = 0;
-    char vtext[16] = "";
-    if (pgv && pgv->fd >= 0 && read_spool(pgv, vtext, sizeof vtext - 1, &vlen) == 0) {
-        vtext[vlen] = '\0';
-        vtext[strcspn(vtext, "\n")] = '\0';
-    }
     /* WAL-E stores SELECT version(); through a copy only PG_VERSION is known. */
-    snprintf(version, sizeof version, "PostgreSQL %s", vtext[0] ? vtext : "(unknown version)");
+    snprintf(version, sizeof version, "PostgreSQL %s",
+             s->pg_version[0] ? s->pg_version : "(unknown version)");
     stop.pg_version = version;
     stop.base_prefix = "";
     rc = backup_writer_finish(s->writer, &stop, &err);
@@ -515,6 +541,10 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
         return latched(s);
     }
     s->completed = 1;
+    if (s->leased) {
+        push_lease_remove(reg->st, s->backup_name);
+        s->leased = 0;
+    }
     for (push_node *n = s->nodes; n; n = n->next) {
         n->emitted = 1;
         if (n->fd >= 0) {
@@ -544,13 +574,16 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     reg->uid = uid;
     reg->gid = gid;
     pthread_mutex_init(&reg->lock, NULL);
+    push_cleanup_stale(st);
     return reg;
 }
 
-static void session_free(push_session *s)
+static void session_free(push_registry *reg, push_session *s)
 {
     if (s->writer)
         backup_writer_abort(s->writer);
+    if (s->leased)
+        push_lease_remove(reg->st, s->backup_name);
     while (s->nodes) {
         push_node *next = s->nodes->next;
         node_free(s->nodes);
@@ -569,7 +602,7 @@ void push_registry_free(push_registry *reg)
         if (!reg->sessions->completed && !reg->sessions->failed)
             log_warn("base backup push into basebackups_005/%s never completed; removing what "
                      "it uploaded", reg->sessions->dir);
-        session_free(reg->sessions);
+        session_free(reg, reg->sessions);
         reg->sessions = next;
     }
     pthread_mutex_destroy(&reg->lock);
@@ -682,6 +715,8 @@ void push_list_sessions(push_registry *reg, void *buf, fuse_fill_dir_t filler)
 {
     pthread_mutex_lock(&reg->lock);
     for (push_session *s = reg->sessions; s; s = s->next) {
+        if (s->completed)
+            continue; /* the backup shows under its own name now */
         struct stat st = {.st_mode = S_IFDIR | 0700};
         filler(buf, s->dir, &st, 0, 0);
     }
@@ -863,6 +898,20 @@ void push_release(push_registry *reg, void *handle)
     push_node *n = h->node;
     if (n->open_count > 0)
         n->open_count--;
+    /* Small facts needed at completion, after these files' data has gone
+     * into a partition. */
+    if (n->open_count == 0 && n->fd >= 0 && strcmp(n->path, "PG_VERSION") == 0) {
+        size_t len = 0;
+        if (read_spool(n, s->pg_version, sizeof s->pg_version - 1, &len) == 0) {
+            s->pg_version[len] = '\0';
+            s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
+        }
+    }
+    if (n->open_count == 0 && n->fd >= 0 && strcmp(n->path, CONTROL) == 0) {
+        size_t len = 0;
+        s->have_control = read_spool(n, (char *)s->control, sizeof s->control, &len) == 0 &&
+                          len >= 52;
+    }
     /* The label names the backup: as soon as it is complete, partitions can
      * start streaming out. */
     if (!s->failed && !s->writer && n->open_count == 0 && strcmp(n->path, LABEL) == 0 &&
@@ -1022,6 +1071,14 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
     } else if (!from_inner[0]) {
         /* mv incoming done: the cp -a / rsync -a way to say "complete". */
         rc = complete(reg, s, 0);
+        const char *to_slash = strchr(to_rel, '/');
+        if (!rc && !to_slash) {
+            char *renamed = strdup(to_rel);
+            if (renamed) {
+                free(s->dir);
+                s->dir = renamed;
+            }
+        }
     } else {
         push_session *t = locate(reg, to_rel, &to_inner);
         if (t != s) {
@@ -1075,7 +1132,7 @@ static void drop_session(push_registry *reg, push_session *s)
     if (!s->completed && !s->failed)
         log_warn("base backup push into basebackups_005/%s abandoned; removing what it uploaded",
                  s->dir);
-    session_free(s);
+    session_free(reg, s);
 }
 
 int push_unlink(push_registry *reg, const char *rel)

@@ -632,7 +632,8 @@ static int walfs_rename(const char *from, const char *to, unsigned int flags)
 {
     const char *rel = push_path(from);
     const char *to_name;
-    if (!rel || classify(to, &to_name) != NODE_BACKUPS || flags != 0)
+    /* mv asks for RENAME_NOREPLACE; nothing here is ever replaced implicitly. */
+    if (!rel || classify(to, &to_name) != NODE_BACKUPS || (flags & ~RENAME_NOREPLACE) != 0)
         return refuse("rename", from);
     return push_rename(current_fs()->pushes, rel, to_name);
 }

@@ -1049,7 +1049,15 @@ static int check_meta(const char *key, const s3_meta *meta, int n_meta, char nam
 
 static void add_object_headers(s3_op *op, const s3_meta *meta, int n_meta, char names[][80])
 {
-    op_header(op, "content-type", "application/octet-stream");
+    /* The type boto (WAL-E) derives from the name: sentinels are JSON,
+     * extended_version.txt is text, everything else bytes. */
+    size_t n = strlen(op->object);
+    const char *type = "application/octet-stream";
+    if (n > 5 && strcmp(op->object + n - 5, ".json") == 0)
+        type = "application/json";
+    else if (n > 4 && strcmp(op->object + n - 4, ".txt") == 0)
+        type = "text/plain";
+    op_header(op, "content-type", type);
     if (op->c->sse)
         op_header(op, "x-amz-server-side-encryption", op->c->sse);
     if (op->c->storage_class)
@@ -1423,6 +1431,87 @@ void s3_multipart_free(s3_multipart *mp)
     free(mp->upload_id_enc);
     free(mp->parts);
     free(mp);
+}
+
+typedef struct pending_upload {
+    char *key;
+    char *id;
+} pending_upload;
+
+typedef struct pending_list {
+    pending_upload *v;
+    size_t n, cap;
+    int oom;
+} pending_list;
+
+static void collect_upload(void *ctx, const char *key, const char *upload_id)
+{
+    pending_list *l = ctx;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        pending_upload *grown = realloc(l->v, cap * sizeof *grown);
+        if (!grown) {
+            l->oom = 1;
+            return;
+        }
+        l->v = grown;
+        l->cap = cap;
+    }
+    l->v[l->n].key = strdup(key);
+    l->v[l->n].id = strdup(upload_id);
+    if (!l->v[l->n].key || !l->v[l->n].id) {
+        free(l->v[l->n].key);
+        free(l->v[l->n].id);
+        l->oom = 1;
+        return;
+    }
+    l->n++;
+}
+
+int s3_abort_multipart_uploads(s3_client *c, const char *prefix, walfs_err *err)
+{
+    char *eprefix = sigv4_uri_encode(prefix, 0);
+    char *query = eprefix ? xasprintf("prefix=%s&uploads=", eprefix) : NULL;
+    free(eprefix);
+    if (!query)
+        return walfs_err_set(err, -ENOMEM, "list uploads %s: out of memory", c->label);
+    int rc = 0;
+    /* Aborted uploads leave the listing, so listing again until it is empty
+     * pages through without markers; bounded in case the server keeps some. */
+    for (int round = 0; round < 50 && rc == 0; round++) {
+        s3_op op;
+        pending_list l = {0};
+        rc = op_init(&op, c, "list uploads", "GET", NULL, err);
+        if (rc == 0) {
+            snprintf(op.object, sizeof op.object, "%s/%s*", c->label, prefix);
+            op.query = query;
+            op.body_limit = LIST_BODY_LIMIT;
+            rc = perform(&op, c->deadline_ms, err);
+        }
+        int found = 0;
+        if (rc == 0) {
+            found = op.resp_truncated ? -1 : s3_xml_uploads(op.resp, op.resp_len, collect_upload, &l);
+            if (found < 0 || l.oom)
+                rc = walfs_err_set(err, -EIO, "list uploads %s: malformed ListMultipartUploads "
+                                   "response", op.object);
+        }
+        op_free(&op);
+        for (size_t i = 0; i < l.n; i++) {
+            s3_multipart mp = {.c = c, .key = l.v[i].key, .upload_id = l.v[i].id};
+            mp.upload_id_enc = sigv4_uri_encode(l.v[i].id, 0);
+            walfs_err aerr = {0};
+            if (rc == 0 && mp.upload_id_enc && s3_multipart_abort(&mp, &aerr) != 0)
+                rc = walfs_err_set(err, aerr.code, "%s", aerr.msg);
+            free(mp.upload_id_enc);
+            free(l.v[i].key);
+            free(l.v[i].id);
+        }
+        free(l.v);
+        if (found <= 0)
+            break;
+    }
+    free(query);
+    return rc;
 }
 
 static int put_multipart(s3_client *c, const char *key, const void *body, size_t len,

@@ -101,6 +101,10 @@ int s3_multipart_complete(s3_multipart *mp, walfs_err *err);
 int s3_multipart_abort(s3_multipart *mp, walfs_err *err);
 void s3_multipart_free(s3_multipart *mp);
 
+/* Aborts every unfinished multipart upload whose key starts with prefix
+ * (what a crashed writer leaves behind: invisible, but stored and billed). */
+int s3_abort_multipart_uploads(s3_client *c, const char *prefix, walfs_err *err);
+
 /* Parses WAL-E's WALE_S3_ENDPOINT ("http+path://host:port",
  * "https+virtualhost://host", "https+subdomain://host") into cfg-ready parts.
  * endpoint_out receives "http://host:port" (malloc'd). */

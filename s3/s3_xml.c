@@ -204,3 +204,30 @@ int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **n
     xmlFreeDoc(doc);
     return rc;
 }
+
+int s3_xml_uploads(const char *body, size_t len, s3_xml_upload_fn fn, void *ctx)
+{
+    xmlDocPtr doc = parse(body, len);
+    if (!doc)
+        return -1;
+    const xmlNode *root = xmlDocGetRootElement(doc);
+    int n = 0;
+    if (!is(root, "ListMultipartUploadsResult")) {
+        xmlFreeDoc(doc);
+        return -1;
+    }
+    for (const xmlNode *u = root->children; u; u = u->next) {
+        if (!is(u, "Upload"))
+            continue;
+        char *key = text_of(child(u, "Key"));
+        char *id = text_of(child(u, "UploadId"));
+        if (key && id && *key && *id) {
+            fn(ctx, key, id);
+            n++;
+        }
+        free(key);
+        free(id);
+    }
+    xmlFreeDoc(doc);
+    return n;
+}

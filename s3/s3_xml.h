@@ -28,4 +28,9 @@ int s3_xml_upload_id(const char *body, size_t len, char **upload_id);
 int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **next_token,
                 int *fn_rc);
 
+/* ListMultipartUploadsResult: calls fn for each <Upload> (Key, UploadId).
+ * Returns the number of uploads, or -1 when the body is malformed. */
+typedef void (*s3_xml_upload_fn)(void *ctx, const char *key, const char *upload_id);
+int s3_xml_uploads(const char *body, size_t len, s3_xml_upload_fn fn, void *ctx);
+
 #endif

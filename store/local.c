@@ -370,6 +370,40 @@ static int local_list(store *st, const char *dir_prefix, store_list_fn fn, void 
     return rc;
 }
 
+/* Temporary files of interrupted uploads, two levels deep at most (a
+ * backup's directory and its tar_partitions/). */
+static void remove_temporaries(const char *dir, int depth)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        struct stat sb;
+        if (lstat(path, &sb) != 0)
+            continue;
+        if (S_ISDIR(sb.st_mode) && depth > 0)
+            remove_temporaries(path, depth - 1);
+        else if (S_ISREG(sb.st_mode) && strncmp(de->d_name, TMP_MARKER, strlen(TMP_MARKER)) == 0)
+            unlink(path);
+    }
+    closedir(d);
+}
+
+static int local_abort_uploads(store *st, const char *dir_prefix, walfs_err *err)
+{
+    local_store *ls = (local_store *)st;
+    char path[PATH_MAX];
+    int rc = join(ls, dir_prefix, path, sizeof path, err);
+    if (!rc)
+        remove_temporaries(path, 1);
+    return rc;
+}
+
 static void local_destroy(store *st)
 {
     local_store *ls = (local_store *)st;
@@ -380,7 +414,7 @@ static void local_destroy(store *st)
 
 static const store_ops local_ops = {
     .stat = local_stat, .get = local_get, .put = local_put,
-    .remove = local_remove, .list = local_list, .destroy = local_destroy,
+    .remove = local_remove, .list = local_list, .abort_uploads = local_abort_uploads, .destroy = local_destroy,
     .upload_begin = local_upload_begin, .upload_part = local_upload_part,
     .upload_commit = local_upload_commit, .upload_abort = local_upload_abort,
 };

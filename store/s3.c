@@ -205,6 +205,17 @@ static int s3s_list(store *st, const char *dir_prefix, store_list_fn fn, void *c
     return rc;
 }
 
+static int s3s_abort_uploads(store *st, const char *dir_prefix, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    char *k = full_key(ss, dir_prefix);
+    if (!k)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    int rc = s3_abort_multipart_uploads(ss->client, k, err);
+    free(k);
+    return rc;
+}
+
 static void s3s_destroy(store *st)
 {
     s3_store *ss = (s3_store *)st;
@@ -216,7 +227,7 @@ static void s3s_destroy(store *st)
 
 static const store_ops s3_store_ops = {
     .stat = s3s_stat, .get = s3s_get, .put = s3s_put,
-    .remove = s3s_remove, .list = s3s_list, .destroy = s3s_destroy,
+    .remove = s3s_remove, .list = s3s_list, .abort_uploads = s3s_abort_uploads, .destroy = s3s_destroy,
     .upload_begin = s3s_upload_begin, .upload_part = s3s_upload_part,
     .upload_commit = s3s_upload_commit, .upload_abort = s3s_upload_abort,
 };

@@ -59,6 +59,9 @@ typedef struct store_ops {
     int (*upload_part)(store_upload *up, const void *data, size_t len, walfs_err *err);
     int (*upload_commit)(store_upload *up, walfs_err *err);   /* frees up */
     void (*upload_abort)(store_upload *up);                   /* frees up */
+    /* Removes what interrupted streaming uploads under dir_prefix left
+     * (S3: unfinished multipart uploads; local: temporary files). */
+    int (*abort_uploads)(store *st, const char *dir_prefix, walfs_err *err);
 } store_ops;
 
 struct store {
@@ -93,6 +96,8 @@ static inline int store_upload_commit(store *st, store_upload *up, walfs_err *er
 { return st->ops->upload_commit(up, err); }
 static inline void store_upload_abort(store *st, store_upload *up)
 { st->ops->upload_abort(up); }
+static inline int store_abort_uploads(store *st, const char *dir_prefix, walfs_err *err)
+{ return st->ops->abort_uploads(st, dir_prefix, err); }
 void store_close(store *st);
 
 /* Backends (store/local.c, store/s3.c). */

@@ -219,7 +219,8 @@ run_cmp "[a] fixture member" manifest "$MANIFEST" "$BB/$FXNAME" "$FXNAME" \
     "$FIXTURE"/pgdb/basebackups_005/$FXNAME/tar_partitions/part_*.tar.lzo
 check "[a] writing into a backup is refused" bash -c "! touch '$BB/$FXNAME/newfile' 2>/dev/null"
 check "[a] removing from a backup is refused" bash -c "! rm -f '$BB/$FXNAME/PG_VERSION' 2>/dev/null && [ -e '$BB/$FXNAME/PG_VERSION' ]"
-check "[a] mkdir in basebackups_005 is refused" bash -c "! mkdir '$BB/x' 2>/dev/null"
+check "[a] mkdir over an existing backup's name is refused" bash -c "! mkdir '$BB/$FXNAME' 2>/dev/null"
+check "[a] mkdir inside a finished backup is refused" bash -c "! mkdir '$BB/$FXNAME/newdir' 2>/dev/null"
 
 # Restore the fixture with rsync from the mount, then archive recovery from wal_005.
 RESTORE=$SCRATCH/restore
