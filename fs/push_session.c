@@ -890,6 +890,30 @@ int push_flush(push_registry *reg, void *handle)
     return rc;
 }
 
+/* A file is closed under its final name (rsync closes a temporary name
+ * and renames it after): pick up what completion will need from it. */
+static void file_settled(push_registry *reg, push_session *s, push_node *n)
+{
+    if (n->fd < 0 || n->type != MEMBER_FILE || s->failed)
+        return;
+    if (strcmp(n->path, "PG_VERSION") == 0) {
+        size_t len = 0;
+        if (read_spool(n, s->pg_version, sizeof s->pg_version - 1, &len) == 0) {
+            s->pg_version[len] = '\0';
+            s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
+        }
+    } else if (strcmp(n->path, CONTROL) == 0) {
+        size_t len = 0;
+        s->have_control = read_spool(n, (char *)s->control, sizeof s->control, &len) == 0 &&
+                          len >= 52;
+    } else if (strcmp(n->path, LABEL) == 0 && !s->writer) {
+        /* The label names the backup: from here on, partitions stream out. */
+        walfs_err err = {0};
+        if (name_from_label(reg, s, n, &err) != 0)
+            fail(reg, s, &err);
+    }
+}
+
 void push_release(push_registry *reg, void *handle)
 {
     push_handle *h = handle;
@@ -898,28 +922,8 @@ void push_release(push_registry *reg, void *handle)
     push_node *n = h->node;
     if (n->open_count > 0)
         n->open_count--;
-    /* Small facts needed at completion, after these files' data has gone
-     * into a partition. */
-    if (n->open_count == 0 && n->fd >= 0 && strcmp(n->path, "PG_VERSION") == 0) {
-        size_t len = 0;
-        if (read_spool(n, s->pg_version, sizeof s->pg_version - 1, &len) == 0) {
-            s->pg_version[len] = '\0';
-            s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
-        }
-    }
-    if (n->open_count == 0 && n->fd >= 0 && strcmp(n->path, CONTROL) == 0) {
-        size_t len = 0;
-        s->have_control = read_spool(n, (char *)s->control, sizeof s->control, &len) == 0 &&
-                          len >= 52;
-    }
-    /* The label names the backup: as soon as it is complete, partitions can
-     * start streaming out. */
-    if (!s->failed && !s->writer && n->open_count == 0 && strcmp(n->path, LABEL) == 0 &&
-        n->fd >= 0) {
-        walfs_err err = {0};
-        if (name_from_label(reg, s, n, &err) != 0)
-            fail(reg, s, &err);
-    }
+    if (n->open_count == 0)
+        file_settled(reg, s, n);
     pthread_mutex_unlock(&reg->lock);
     free(h);
 }
@@ -1100,8 +1104,13 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
                 }
             }
             rc = rename_nodes(s, from_inner, to_inner);
+            push_node *moved = rc ? NULL : find_node(s, to_inner);
+            if (moved && moved->open_count == 0)
+                file_settled(reg, s, moved);
             if (!rc && strcmp(from_inner, MANIFEST_TMP) == 0 && strcmp(to_inner, MANIFEST) == 0)
                 rc = complete(reg, s, 1);
+            if (!rc)
+                rc = latched(s);
         }
     }
     pthread_mutex_unlock(&reg->lock);
