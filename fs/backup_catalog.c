@@ -133,7 +133,8 @@ static int refresh_listing(backup_catalog *cat, walfs_err *err)
         free(b.items);
         return rc == -ENOMEM ? walfs_err_set(err, rc, "out of memory listing backups") : rc;
     }
-    qsort(b.items, b.n, sizeof *b.items, by_name);
+    if (b.n > 1)
+        qsort(b.items, b.n, sizeof *b.items, by_name);
     /* LATEST: newest sentinel; on a tie the later name, as WAL-E's stable
      * sort over key order picks it. */
     int latest = -1;

@@ -33,6 +33,7 @@ typedef struct push_node {
     uint64_t size;
     int open_count;
     int emitted;                /* in the backup (or deliberately left out) */
+    int emitting;               /* the emitter thread is reading it right now */
     uint64_t seq;               /* creation order: files are emitted in it */
     struct push_node *next;
 } push_node;
@@ -49,6 +50,9 @@ typedef struct push_session {
     int failed;
     walfs_err error;            /* latched: returned by every later close/fsync/rename */
     int completed;
+    int completing;             /* the completing thread owns the writer */
+    uint64_t emit_before;       /* closed files created before this seq are final */
+    int emitting;               /* the emitter thread is using the writer */
     int leased;                 /* a lease object names this process */
     char pg_version[16];        /* PG_VERSION, kept when it goes by */
     unsigned char control[64];  /* the head of global/pg_control, kept likewise */
@@ -69,8 +73,14 @@ struct push_registry {
     char *spool_dir;
     uid_t uid;
     gid_t gid;
-    pthread_mutex_t lock;       /* one lock for all pushes: uploads run under it */
+    pthread_mutex_t lock;       /* sessions and nodes; not held while the emitter uploads */
+    pthread_cond_t work;        /* the emitter has files to add */
+    pthread_cond_t progress;    /* the emitter finished one (spool space, idle writer) */
+    pthread_t emitter;
+    int emitter_running, stopping;
     push_session *sessions;
+    int free_spools[8];         /* emptied spool files, reused: creating an inode per file is slow */
+    int n_free_spools;
 };
 
 /* ---- helpers ---- */
@@ -150,10 +160,17 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
     return n;
 }
 
+static void wait_emitter_off(push_registry *reg, push_session *s)
+{
+    while (s->emitting)
+        pthread_cond_wait(&reg->progress, &reg->lock);
+}
+
 static void fail(push_registry *reg, push_session *s, const walfs_err *err)
 {
     if (s->failed)
         return;
+    wait_emitter_off(reg, s);
     s->failed = 1;
     s->error = *err;
     log_error("base backup push into basebackups_005/%s failed: %s; nothing was published, "
@@ -322,6 +339,17 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
 
 /* ---- emitting members into the backup ---- */
 
+static void release_spool(push_registry *reg, int fd)
+{
+    if (fd < 0)
+        return;
+    if (reg->n_free_spools < (int)(sizeof reg->free_spools / sizeof reg->free_spools[0]) &&
+        ftruncate(fd, 0) == 0)
+        reg->free_spools[reg->n_free_spools++] = fd;
+    else
+        close(fd);
+}
+
 static int emit_file(push_registry *reg, push_session *s, push_node *n, walfs_err *err)
 {
     backup_writer_member m = {.path = n->path, .type = MEMBER_FILE, .mode = n->mode,
@@ -332,9 +360,92 @@ static int emit_file(push_registry *reg, push_session *s, push_node *n, walfs_er
         return rc;
     n->emitted = 1;
     s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
-    close(n->fd);
+    release_spool(reg, n->fd);
     n->fd = -1;
     return 0;
+}
+
+/* Excluded as WAL-E excludes it: its spool is not needed any more. */
+static void leave_out(push_session *s, push_node *n)
+{
+    n->emitted = 1;
+    if (n->fd >= 0) {
+        s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        close(n->fd);
+        n->fd = -1;
+    }
+}
+
+/* Whether the file is decided only at completion, or never goes in. */
+static int deferred(const push_node *n) { return strncmp(n->path, "pg_wal/", 7) == 0; }
+
+/* The next file the emitter may add, in creation order. */
+static push_node *next_ready(push_session *s)
+{
+    push_node *best = NULL;
+    for (push_node *n = s->nodes; n; n = n->next) {
+        if (n->type != MEMBER_FILE || n->emitted || n->emitting || n->open_count ||
+            n->seq >= s->emit_before || deferred(n))
+            continue;
+        if (excluded_file(n->path) || in_emptied_dir(n->path, 0)) {
+            leave_out(s, n);
+            continue;
+        }
+        if (!best || n->seq < best->seq)
+            best = n;
+    }
+    return best;
+}
+
+/* Adds settled files to their backups while the writer goes on writing the
+ * next ones, so reading, compressing and uploading overlap. */
+static void *emitter_main(void *arg)
+{
+    push_registry *reg = arg;
+    pthread_mutex_lock(&reg->lock);
+    while (!reg->stopping) {
+        push_session *s = NULL;
+        push_node *n = NULL;
+        for (s = reg->sessions; s; s = s->next) {
+            if (!s->writer || s->failed || s->completing || s->completed)
+                continue;
+            if ((n = next_ready(s)) != NULL)
+                break;
+        }
+        if (!n) {
+            pthread_cond_broadcast(&reg->progress);
+            pthread_cond_wait(&reg->work, &reg->lock);
+            continue;
+        }
+        n->emitting = 1;
+        s->emitting = 1;
+        backup_writer_member m = {.path = n->path, .type = MEMBER_FILE, .mode = n->mode,
+                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
+                                  .mtime_nsec = n->mtime_nsec, .size = n->size};
+        char *path = strdup(n->path);
+        m.path = path ? path : "";
+        int fd = n->fd;
+        backup_writer *writer = s->writer;
+        pthread_mutex_unlock(&reg->lock);
+        walfs_err err = {0};
+        int rc = path ? backup_writer_add(writer, &m, fd, &err)
+                      : walfs_err_set(&err, -ENOMEM, "out of memory");
+        free(path);
+        pthread_mutex_lock(&reg->lock);
+        n->emitting = 0;
+        s->emitting = 0;
+        if (rc) {
+            fail(reg, s, &err);
+        } else {
+            n->emitted = 1;
+            s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+            release_spool(reg, n->fd);
+            n->fd = -1;
+        }
+        pthread_cond_broadcast(&reg->progress);
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return NULL;
 }
 
 static int by_seq(const void *a, const void *b)
@@ -359,7 +470,7 @@ static int emit_ready(push_registry *reg, push_session *s, uint64_t before_seq, 
         return walfs_err_set(err, -ENOMEM, "out of memory");
     size_t k = 0;
     for (push_node *n = s->nodes; n; n = n->next)
-        if (n->type == MEMBER_FILE && !n->emitted && n->seq < before_seq &&
+        if (n->type == MEMBER_FILE && !n->emitted && !n->emitting && n->seq < before_seq &&
             (n->open_count == 0 || completing))
             order[k++] = n;
     qsort(order, k, sizeof *order, by_seq);
@@ -369,7 +480,7 @@ static int emit_ready(push_registry *reg, push_session *s, uint64_t before_seq, 
         if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal)) {
             if (!completing && strncmp(n->path, "pg_wal/", 7) == 0)
                 continue; /* decided at completion */
-            n->emitted = 1;
+            leave_out(s, n);
             continue;
         }
         if (!completing && strncmp(n->path, "pg_wal/", 7) == 0)
@@ -392,16 +503,21 @@ static int check_spool_limit(push_registry *reg, push_session *s, walfs_err *err
                                           "-a, copy backup_label first)");
 }
 
-/* A new file is starting: everything closed before it is final now. */
+/* A new file is starting: everything closed before it is final now, and
+ * goes to the emitter.  When the spool is full the writer waits for the
+ * emitter to make room rather than failing. */
 static void advance(push_registry *reg, push_session *s, uint64_t new_seq)
 {
     if (s->failed || s->completed)
         return;
+    if (new_seq > s->emit_before)
+        s->emit_before = new_seq;
+    pthread_cond_signal(&reg->work);
+    while (!s->failed && s->writer && s->spooled_bytes > reg->settings.spool_max_bytes &&
+           (s->emitting || next_ready(s)))
+        pthread_cond_wait(&reg->progress, &reg->lock);
     walfs_err err = {0};
-    int rc = emit_ready(reg, s, new_seq, 0, 0, &err);
-    if (!rc)
-        rc = check_spool_limit(reg, s, &err);
-    if (rc)
+    if (!s->failed && check_spool_limit(reg, s, &err) != 0)
         fail(reg, s, &err);
 }
 
@@ -502,6 +618,10 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
         return latched(s);
     if (s->completed)
         return 0;
+    s->completing = 1;
+    wait_emitter_off(reg, s);
+    if (s->failed)
+        return latched(s);
     walfs_err err = {0};
     int rc = 0;
     if (!s->writer)
@@ -574,6 +694,18 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     reg->uid = uid;
     reg->gid = gid;
     pthread_mutex_init(&reg->lock, NULL);
+    pthread_cond_init(&reg->work, NULL);
+    pthread_cond_init(&reg->progress, NULL);
+    if (pthread_create(&reg->emitter, NULL, emitter_main, reg) != 0) {
+        walfs_err_set(err, -EAGAIN, "cannot start the base backup push thread");
+        pthread_cond_destroy(&reg->work);
+        pthread_cond_destroy(&reg->progress);
+        pthread_mutex_destroy(&reg->lock);
+        free(reg->spool_dir);
+        free(reg);
+        return NULL;
+    }
+    reg->emitter_running = 1;
     push_cleanup_stale(st);
     return reg;
 }
@@ -597,6 +729,12 @@ void push_registry_free(push_registry *reg)
 {
     if (!reg)
         return;
+    pthread_mutex_lock(&reg->lock);
+    reg->stopping = 1;
+    pthread_cond_broadcast(&reg->work);
+    pthread_mutex_unlock(&reg->lock);
+    if (reg->emitter_running)
+        pthread_join(reg->emitter, NULL);
     while (reg->sessions) {
         push_session *next = reg->sessions->next;
         if (!reg->sessions->completed && !reg->sessions->failed)
@@ -605,6 +743,10 @@ void push_registry_free(push_registry *reg)
         session_free(reg, reg->sessions);
         reg->sessions = next;
     }
+    for (int i = 0; i < reg->n_free_spools; i++)
+        close(reg->free_spools[i]);
+    pthread_cond_destroy(&reg->work);
+    pthread_cond_destroy(&reg->progress);
     pthread_mutex_destroy(&reg->lock);
     free(reg->spool_dir);
     free(reg);
@@ -725,6 +867,8 @@ void push_list_sessions(push_registry *reg, void *buf, fuse_fill_dir_t filler)
 
 static int open_spool(push_registry *reg)
 {
+    if (reg->n_free_spools > 0)
+        return reg->free_spools[--reg->n_free_spools];
     int fd = open(reg->spool_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
     if (fd >= 0)
         return fd;
@@ -766,8 +910,8 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
         rc = -ENOENT;
     if (!rc) {
         n = find_node(s, inner);
-        if (n && (n->type != MEMBER_FILE || n->emitted))
-            rc = n->type == MEMBER_DIR ? -EISDIR : -EEXIST;
+        if (n && (n->type != MEMBER_FILE || n->emitted || n->emitting))
+            rc = n->type == MEMBER_DIR ? -EISDIR : n->emitting ? -EBUSY : -EEXIST;
     }
     if (!rc && !n) {
         n = add_node(reg, s, inner, MEMBER_FILE, mode);
@@ -813,6 +957,8 @@ int push_open(push_registry *reg, const char *rel, int flags, void **handle)
         rc = -EISDIR;
     else if (s->failed)
         rc = latched(s);
+    if (!rc && (flags & O_TRUNC) && n->emitting)
+        rc = -EBUSY;
     if (!rc && (flags & O_TRUNC) && !n->emitted && n->fd >= 0) {
         if (ftruncate(n->fd, 0) != 0)
             rc = -EIO;
@@ -822,7 +968,7 @@ int push_open(push_registry *reg, const char *rel, int flags, void **handle)
     /* Opening a finished file read-write is how pg_basebackup fsyncs it:
      * allowed, but writing to it is not. */
     if (!rc) {
-        *handle = new_handle(s, n, (flags & O_ACCMODE) != O_RDONLY && !n->emitted);
+        *handle = new_handle(s, n, (flags & O_ACCMODE) != O_RDONLY && !n->emitted && !n->emitting);
         if (!*handle)
             rc = -ENOMEM;
     }
@@ -934,7 +1080,8 @@ int push_truncate(push_registry *reg, const char *rel, void *handle, off_t size)
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
     push_node *n = handle ? ((push_handle *)handle)->node : s ? find_node(s, inner) : NULL;
-    int rc = !n ? -ENOENT : n->type != MEMBER_FILE ? -EISDIR : (n->emitted || n->fd < 0) ? -EROFS : 0;
+    int rc = !n ? -ENOENT : n->type != MEMBER_FILE ? -EISDIR
+             : (n->emitted || n->emitting || n->fd < 0) ? -EROFS : 0;
     if (!rc) {
         if (ftruncate(n->fd, size) != 0) {
             rc = -EIO;
@@ -1049,7 +1196,7 @@ static int rename_nodes(push_session *s, const char *from, const char *to)
     for (push_node *n = s->nodes; n; n = n->next) {
         if (strcmp(n->path, from) != 0 && !(strncmp(n->path, from, flen) == 0 && n->path[flen] == '/'))
             continue;
-        if (n->emitted && n->type == MEMBER_FILE)
+        if ((n->emitted || n->emitting) && n->type == MEMBER_FILE)
             return -EBUSY;
     }
     for (push_node *n = s->nodes; n; n = n->next) {
@@ -1091,7 +1238,9 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
             rc = latched(s);
         } else {
             push_node *existing = find_node(s, to_inner);
-            if (existing && existing->type != MEMBER_DIR && !existing->emitted) {
+            if (existing && existing->emitting)
+                rc = -EBUSY;
+            else if (existing && existing->type != MEMBER_DIR && !existing->emitted) {
                 /* rename over a file replaces it */
                 for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
                     if (*p == existing) {
@@ -1103,7 +1252,8 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
                     }
                 }
             }
-            rc = rename_nodes(s, from_inner, to_inner);
+            if (!rc)
+                rc = rename_nodes(s, from_inner, to_inner);
             push_node *moved = rc ? NULL : find_node(s, to_inner);
             if (moved && moved->open_count == 0)
                 file_settled(reg, s, moved);
@@ -1132,6 +1282,7 @@ int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size)
 
 static void drop_session(push_registry *reg, push_session *s)
 {
+    wait_emitter_off(reg, s);
     for (push_session **p = &reg->sessions; *p; p = &(*p)->next) {
         if (*p == s) {
             *p = s->next;
@@ -1151,8 +1302,15 @@ int push_unlink(push_registry *reg, const char *rel)
     push_session *s = locate(reg, rel, &inner);
     push_node *n = s ? find_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type == MEMBER_DIR ? -EISDIR : n->open_count ? -EBUSY : 0;
-    if (!rc && n->emitted && !s->completed && !s->failed)
-        rc = -EBUSY; /* already in an uploaded partition */
+    if (!rc && (n->emitted || n->emitting) && !s->completed && !s->failed) {
+        /* Already packed into an uploaded partition: removing it can only
+         * mean the push is being abandoned (pg_basebackup cleans up with
+         * rm -rf when it fails), so abandon it now and remove the uploads. */
+        walfs_err err;
+        walfs_err_set(&err, -ECANCELED, "%s was removed after it was packed into the backup; "
+                      "the push is abandoned", n->path);
+        fail(reg, s, &err);
+    }
     if (!rc) {
         for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
             if (*p == n) {

@@ -278,6 +278,7 @@ run_py() { # LABEL ARGS...: one ok/not_ok per CHECK line
         case $line in
             "CHECK 0 "*) ok "$label ${line#CHECK 0 }" ;;
             "CHECK 1 "*) not_ok "$label ${line#CHECK 1 }" ;;
+            "#"*) echo "$line" ;;
             *) echo "# $line" ;;
         esac
     done <<<"$out"
@@ -334,7 +335,7 @@ no_mp() { # no incomplete multipart upload under PFX/ (an error answer is not "c
     grep -q '<ListMultipartUploadsResult' <<<"$out" || { echo "# ListMultipartUploads: ${out:0:200}"; return 1; }
     ! grep -o "<Upload><Key>[^<]*" <<<"$out" | grep -q "<Key>$1/"
 }
-lzop_all_ok() { local p; for p in "$1"/parts/*; do lzop -t "$p" || return 1; done; }
+lzop_all_ok() { local p; for p in "$1"/parts/*; do lzop -tq "$p" || return 1; done; }
 
 # Keys of the backup were stored before its sentinel (LastModified, seconds).
 sentinel_last() { # PFX NAME DIR
@@ -352,7 +353,7 @@ sentinel_last() { # PFX NAME DIR
 # Sets BB_START, BB_END (LSNs X/Y, empty if unknown) and BB_TLI from the backup
 # history file the primary wrote into its own pg_wal (pg_basebackup -v prints
 # the start point only with -X fetch/stream), else from the -v output.
-BB_START= BB_END= BB_TLI=
+BB_START='' BB_END='' BB_TLI=''
 newest_history() { ls "$PG_SCRATCH/primary/pg_wal" 2>/dev/null | grep '\.backup$' | sort | tail -n 1; }
 bb_run() { # LOG DEST [options...]
     local log=$1 dest=$2 before hist rc; shift 2
@@ -361,7 +362,7 @@ bb_run() { # LOG DEST [options...]
         -D "$dest" -Fp --checkpoint=fast -v "$@" >"$log" 2>&1
     rc=$?
     hist=$(newest_history)
-    BB_START= BB_END= BB_TLI=
+    BB_START='' BB_END='' BB_TLI=''
     if [[ -n $hist && $hist != "$before" ]]; then
         hist=$PG_SCRATCH/primary/pg_wal/$hist
         BB_START=$(sed -n 's/^START WAL LOCATION: \([0-9A-F]*\/[0-9A-F]*\) .*/\1/p' "$hist")
