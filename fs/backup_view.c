@@ -134,6 +134,21 @@ static void fill_dir(const backup_view *bv, struct stat *st, time_t mtime, mode_
     st->st_mtime = st->st_ctime = st->st_atime = mtime;
 }
 
+/* The backup LATEST points to; -ENOENT when there is none. */
+static int latest_backup(backup_view *bv, backup_entry *out, walfs_err *err)
+{
+    backup_entry *list;
+    size_t n;
+    int latest;
+    int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, err);
+    if (rc)
+        return rc;
+    if (latest >= 0)
+        *out = list[latest];
+    free(list);
+    return latest >= 0 ? 0 : -ENOENT;
+}
+
 int backup_view_getattr(backup_view *bv, const char *rel, struct stat *st)
 {
     walfs_err err = {0};
@@ -142,24 +157,17 @@ int backup_view_getattr(backup_view *bv, const char *rel, struct stat *st)
         return 0;
     }
     if (strcmp(rel, LATEST) == 0) {
-        backup_entry *list;
-        size_t n;
-        int latest;
-        int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, &err);
+        backup_entry latest;
+        int rc = latest_backup(bv, &latest, &err);
         if (rc)
             return report(rc, &err, "lookup", rel);
-        if (latest < 0) {
-            free(list);
-            return -ENOENT;
-        }
         memset(st, 0, sizeof *st);
         st->st_mode = S_IFLNK | 0777;
         st->st_nlink = 1;
         st->st_uid = bv->uid;
         st->st_gid = bv->gid;
-        st->st_size = (off_t)strlen(list[latest].name);
-        st->st_mtime = st->st_ctime = st->st_atime = list[latest].sentinel_mtime;
-        free(list);
+        st->st_size = (off_t)strlen(latest.name);
+        st->st_mtime = st->st_ctime = st->st_atime = latest.sentinel_mtime;
         return 0;
     }
     char name[64];
@@ -265,22 +273,13 @@ int backup_view_readlink(backup_view *bv, const char *rel, char *buf, size_t siz
 {
     walfs_err err = {0};
     const char *target = NULL;
-    char latest_name[64];
+    backup_entry latest;
     const backup_index *idx = NULL;
     if (strcmp(rel, LATEST) == 0) {
-        backup_entry *list;
-        size_t n;
-        int latest;
-        int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, &err);
+        int rc = latest_backup(bv, &latest, &err);
         if (rc)
             return report(rc, &err, "readlink", rel);
-        if (latest >= 0) {
-            snprintf(latest_name, sizeof latest_name, "%s", list[latest].name);
-            target = latest_name;
-        }
-        free(list);
-        if (!target)
-            return -ENOENT;
+        target = latest.name;
     } else {
         char name[64];
         const char *member;

@@ -454,6 +454,41 @@ static int by_seq(const void *a, const void *b)
     return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
+typedef int (*node_filter)(const push_node *n, uint64_t before_seq, int completing);
+
+/* The session's nodes that pass the filter, in creation order (malloc'd). */
+static push_node **nodes_in_order(push_session *s, node_filter want, uint64_t before_seq,
+                                  int completing, size_t *count, walfs_err *err)
+{
+    size_t total = 0;
+    for (push_node *n = s->nodes; n; n = n->next)
+        total++;
+    push_node **order = malloc((total ? total : 1) * sizeof *order);
+    if (!order) {
+        walfs_err_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    size_t k = 0;
+    for (push_node *n = s->nodes; n; n = n->next)
+        if (want(n, before_seq, completing))
+            order[k++] = n;
+    if (k > 1)
+        qsort(order, k, sizeof *order, by_seq);
+    *count = k;
+    return order;
+}
+
+static int pending_file(const push_node *n, uint64_t before_seq, int completing)
+{
+    return n->type == MEMBER_FILE && !n->emitted && !n->emitting && n->seq < before_seq &&
+           (n->open_count == 0 || completing);
+}
+
+static int pending_other(const push_node *n, uint64_t before_seq, int completing)
+{
+    return n->type != MEMBER_FILE && !n->emitted;
+}
+
 /* Emits, in creation order, the closed files created before `before_seq`
  * (all of them when completing).  pg_wal's files wait for completion, when
  * it is known whether they are the backup's own streamed WAL. */
@@ -462,18 +497,10 @@ static int emit_ready(push_registry *reg, push_session *s, uint64_t before_seq, 
 {
     if (!s->writer)
         return 0;
-    size_t count = 0;
-    for (push_node *n = s->nodes; n; n = n->next)
-        count++;
-    push_node **order = malloc((count ? count : 1) * sizeof *order);
+    size_t k;
+    push_node **order = nodes_in_order(s, pending_file, before_seq, completing, &k, err);
     if (!order)
-        return walfs_err_set(err, -ENOMEM, "out of memory");
-    size_t k = 0;
-    for (push_node *n = s->nodes; n; n = n->next)
-        if (n->type == MEMBER_FILE && !n->emitted && !n->emitting && n->seq < before_seq &&
-            (n->open_count == 0 || completing))
-            order[k++] = n;
-    qsort(order, k, sizeof *order, by_seq);
+        return err->code;
     int rc = 0;
     for (size_t i = 0; i < k && !rc; i++) {
         push_node *n = order[i];
@@ -585,17 +612,10 @@ static int emit_others(push_session *s, int keep_wal, walfs_err *err)
 {
     /* Directories, symlinks and hard links last: their modes and times are
      * final only once everything inside them has been written. */
-    size_t count = 0;
-    for (push_node *n = s->nodes; n; n = n->next)
-        count++;
-    push_node **order = malloc((count ? count : 1) * sizeof *order);
+    size_t k;
+    push_node **order = nodes_in_order(s, pending_other, 0, 1, &k, err);
     if (!order)
-        return walfs_err_set(err, -ENOMEM, "out of memory");
-    size_t k = 0;
-    for (push_node *n = s->nodes; n; n = n->next)
-        if (n->type != MEMBER_FILE && !n->emitted)
-            order[k++] = n;
-    qsort(order, k, sizeof *order, by_seq);
+        return err->code;
     int rc = 0;
     for (size_t i = 0; i < k && !rc; i++) {
         push_node *n = order[i];
