@@ -68,9 +68,15 @@ t_indexed_listing=$(secs "$t0" "$t1")
 t0=$(now); ls -lR "$MNT/basebackups_005/$NAME/" > /dev/null; t1=$(now)
 t_indexed_tree=$(secs "$t0" "$t1")
 members=$(find "$MNT/basebackups_005/$NAME/" | wc -l)
+big=$(cd "$B/floor" && find . -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2)
+big_bytes=$(stat -c %s "$B/floor/$big")
+t0=$(now); cat "$MNT/basebackups_005/$NAME/$big" > /dev/null; t1=$(now)
+t_big=$(secs "$t0" "$t1")
+[[ -n ${RESTORE_BENCH_PERF:-} ]] && { perf record -g -o "$RESTORE_BENCH_PERF" -p "$PID" 2>/dev/null & PERFPID=$!; sleep 0.3; }
 mkdir -p "$B/restore"
 t0=$(now); rsync -a "$MNT/basebackups_005/$NAME/" "$B/restore/"; t1=$(now)
 t_rsync=$(secs "$t0" "$t1")
+[[ -n ${RESTORE_BENCH_PERF:-} ]] && { kill -INT "$PERFPID"; wait "$PERFPID" || true; }
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 same=$(diff -r "$B/floor" "$B/restore" >/dev/null 2>&1 && echo yes || echo NO)
 walfs_umount "$MNT"
@@ -87,6 +93,7 @@ printf '\nwalfs restore benchmark: pgbench scale %s, %s bytes expanded, %s bytes
 printf '%-58s %8s s\n' "download the partitions (curl)" "$t_download"
 printf '%-58s %8s s\n' "raw floor: curl | lzop -d | tar -x" "$t_floor"
 printf '%-58s %8s s  %sx floor (target <= 1.5)\n' "walfs: rsync -a from the mount" "$t_rsync" "$(ratio "$t_rsync" "$t_floor")"
+printf '%-58s %8s s  (%s bytes, read once cold)\n' "walfs: cat of the largest file ($big)" "$t_big" "$big_bytes"
 printf '%-58s %8s s  %sx download (target <= 1.2)\n' "walfs: first listing of the unindexed backup (indexing)" "$t_first_listing" "$(ratio "$t_first_listing" "$t_download")"
 printf '%-58s %8s s  (target < 0.1)\n' "walfs: ls -l of the indexed backup, same mount" "$t_indexed_listing"
 printf '%-58s %8s s  (%s entries)\n' "walfs: ls -lR of the whole indexed backup" "$t_indexed_tree" "$members"
