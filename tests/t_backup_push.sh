@@ -423,7 +423,7 @@ walfs_mount "$MNT" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" || fail_out "mount s3:
 BB=$MNT/basebackups_005
 ARCHIVE_CMD="cp %p $MNT/wal_005/%f"
 RESTORE_CMD="cp $MNT/wal_005/%f %p"
-PORT0=$((20000 + RANDOM % 20000))
+PORT0=$((20000 + RANDOM % 10000))
 PG_ARCHIVE_COMMAND=$ARCHIVE_CMD
 PRIMARY_PORT=$(pg_free_port "$PORT0")
 pg_init primary "$PRIMARY_PORT" && pg_start primary && pg_make_schema primary && pg_load primary 2000 ||

@@ -178,7 +178,7 @@ walfs_mount "$MNT" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" || fail_out "mount s3:
 FIRST_CACHE=$WALFS_SCRATCH/cache-0
 [ -d "$FIRST_CACHE" ] || echo "# note: $FIRST_CACHE not found; remounts use a fresh cache directory"
 PG_ARCHIVE_COMMAND="cp %p $MNT/wal_005/%f"
-PRIMARY_PORT=$(pg_free_port $((20000 + RANDOM % 20000)))
+PRIMARY_PORT=$(pg_free_port $((20000 + RANDOM % 10000)))
 pg_init primary "$PRIMARY_PORT" && pg_start primary || fail_out "primary started, archiving through the mount"
 T0=$SECONDS
 _pg_as pgbench -h "$PG_SCRATCH" -p "$PRIMARY_PORT" -U postgres -i -s "${BPF_SCALE:-10}" -q postgres \

@@ -230,7 +230,7 @@ check "[a] the rsync'd copy keeps the tar's owner" [ "$(stat -c %u/%g "$RESTORE/
 printf "max_connections = 100\nshared_buffers = 16MB\ndynamic_shared_memory_type = posix\n" >"$RESTORE/postgresql.conf"
 printf "local all all trust\nhost all all 127.0.0.1/32 trust\n" >"$RESTORE/pg_hba.conf"
 : >"$RESTORE/pg_ident.conf"
-if pg_recover fxrestore "$(pg_free_port $((20000 + RANDOM % 20000)))" "$RESTORE" "cp $MNT/wal_005/%f %p"; then
+if pg_recover fxrestore "$(pg_free_port $((20000 + RANDOM % 10000)))" "$RESTORE" "cp $MNT/wal_005/%f %p"; then
     got=$(pg_results fxrestore)
     check "[a] restored fixture gives the MANIFEST's final results (got '$got')" [ "$got" == "4865 2431651 4584" ]
     pg_stop fxrestore
@@ -244,7 +244,7 @@ OUT=$STAGE/gen
 PG_ARCHIVE_MODE=off
 SRC=$PG_SCRATCH/gen
 gen_ok=0
-if pg_init gen "$(pg_free_port $((20000 + RANDOM % 20000)))" && pg_start gen && pg_make_schema gen &&
+if pg_init gen "$(pg_free_port $((20000 + RANDOM % 10000)))" && pg_start gen && pg_make_schema gen &&
     pg_load gen 12000 && pg_stop gen; then
     gen_ok=1
 fi

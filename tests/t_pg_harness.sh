@@ -52,7 +52,7 @@ report() { # report STATUS DESCRIPTION
     fi
 }
 
-P_PORT=$(pg_free_port $((20000 + RANDOM % 20000)))  # random start: parallel runs
+P_PORT=$(pg_free_port $((20000 + RANDOM % 10000)))  # random start: parallel runs
 primary_ok=0 backup_ok=0 expected=''
 
 # 1. primary with archiving; schema; 4 rounds of load + switch, each archived.

@@ -69,7 +69,7 @@ export AWS_ACCESS_KEY_ID=$RGW_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$RGW_SECRET_KEY
 walfs_mount "$MNT" "s3://$BUCKET/pgdb" --endpoint="$RGW_ENDPOINT" --addressing=path || { echo "mount failed"; exit 1; }
 ARCHIVE_CMD="cp %p $MNT/wal_005/%f"
 RESTORE_CMD="cp $MNT/wal_005/%f %p"
-PORT0=$((20000 + RANDOM % 20000))
+PORT0=$((20000 + RANDOM % 10000))
 fail_out() { not_ok "$1"; t_summary; exit 1; }
 
 # WAL-E leaves out the top-level configuration files: the restorer writes them.

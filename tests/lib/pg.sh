@@ -176,9 +176,13 @@ pg_log_tail() {
 # Is the postmaster of NAME alive?  (pg_ctl status: 0 running, 3 not running)
 _pg_running() { _pg_as pg_ctl -D "$(_pg_dir "$1")" status >/dev/null 2>&1; }
 
+# Ports at or above 32768 are the kernel's ephemeral range: an outgoing
+# connection (curl, walfs to RGW) may hold one at the moment PostgreSQL
+# binds, so only ports below it are handed out.
 pg_free_port() {
     local p=${1:-15432}
-    while [ "$p" -lt 65000 ]; do
+    [ "$p" -lt 32000 ] || p=$((15432 + p % 16000))
+    while [ "$p" -lt 32700 ]; do
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
             { [ -z "${PG_SCRATCH:-}" ] || [ ! -e "$PG_SCRATCH/.s.PGSQL.$p" ]; } &&
             ! grep -qxF "$p" "${PG_SCRATCH:-/nonexistent}"/.pgsh/*.port 2>/dev/null; then
