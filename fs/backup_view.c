@@ -15,6 +15,10 @@
 #define BLOCK_CACHE_BYTES (48u * 1024 * 1024)
 #define READAHEAD_WORKERS 4
 #define READAHEAD_BYTES (16u * 1024 * 1024)
+/* Opening a file also fetches this much of the partition after it: readers
+ * of a data directory open the small files of one directory in a row, and
+ * the tar holds them side by side, so one request serves many files. */
+#define NEIGHBOURHOOD_BYTES (8u * 1024 * 1024)
 
 struct backup_view {
     backup_catalog *catalog;
@@ -326,6 +330,12 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
     h->idx = idx;
     h->member = data;
     h->partition = &idx->partitions[data->partition];
+    uint64_t end = data->data_offset + (data->size > NEIGHBOURHOOD_BYTES ? data->size
+                                                                       : NEIGHBOURHOOD_BYTES);
+    if (end > h->partition->blocks.uncomp_size)
+        end = h->partition->blocks.uncomp_size;
+    if (data->size > 0)
+        block_reader_readahead(bv->reader, h->partition, data->data_offset, end);
     *handle = h;
     return 0;
 }
