@@ -15,10 +15,20 @@
  * archive_command after a crash); with different content fails with -EEXIST
  * and leaves the stored object untouched.  mode/mtime go into the lzop
  * header as wal-push would write them. */
+/* Whether key exists, asked while the file was still being written so the
+ * answer is ready at close (the check costs a round trip). */
+typedef struct wal_probe {
+    int rc;                 /* store_stat_key's result: 0, -ENOENT, or an error */
+    walfs_err err;
+} wal_probe;
+void wal_probe_run(store *st, const char *key, wal_probe *out);
+
 /* compressed/compressed_len: the lzop stream of the spool if the caller
  * already has it (see background_compressor.h); NULL to compress here.
- * Takes ownership of compressed (freed). */
+ * Takes ownership of compressed (freed).  probe: an existence check made
+ * since the file was opened, or NULL to check now. */
 int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mode,
-               time_t mtime, char *compressed, size_t compressed_len, walfs_err *err);
+               time_t mtime, char *compressed, size_t compressed_len, const wal_probe *probe,
+               walfs_err *err);
 
 #endif

@@ -42,6 +42,10 @@ typedef struct wal_handle {
     mode_t mode;
     int dirty;              /* written since the last successful upload */
     background_compressor *compressor; /* compresses while the writer appends */
+    pthread_t probe_thread; /* checks whether the name exists while the writer writes */
+    int probe_pending;      /* probe_thread started and not joined yet */
+    wal_probe probe;
+    store *probe_store;
     int latched_error;      /* result of the last upload, returned by every later flush */
     pthread_mutex_t lock;   /* size, dirty: held only briefly, getattr takes it */
     pthread_mutex_t upload_lock; /* serializes uploads; held for the whole upload */
@@ -285,6 +289,8 @@ static wal_handle *handle_new(const char *name)
 
 static void handle_free(wal_handle *h)
 {
+    if (h->probe_pending)
+        pthread_join(h->probe_thread, NULL);
     background_compressor_free(h->compressor);
     if (h->fd >= 0)
         close(h->fd);
@@ -310,6 +316,13 @@ static int open_spool(walfs_fs *fs)
     return fd;
 }
 
+static void *probe_main(void *arg)
+{
+    wal_handle *h = arg;
+    wal_probe_run(h->probe_store, h->key, &h->probe);
+    return NULL;
+}
+
 static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t mode,
                         struct fuse_file_info *fi)
 {
@@ -330,6 +343,9 @@ static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t
     h->dirty = 1; /* even an empty file is an archive request */
     /* Without it the archive still works, compressing at close. */
     h->compressor = background_compressor_start(h->fd, h->mode, time(NULL));
+    /* Without it the check runs at close. */
+    h->probe_store = fs->cfg.st;
+    h->probe_pending = pthread_create(&h->probe_thread, NULL, probe_main, h) == 0;
     pthread_mutex_lock(&fs->writers_lock);
     h->next_writer = fs->writers;
     fs->writers = h;
@@ -491,11 +507,19 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
     if (bc && dirty && !background_compressor_finish(bc, size, &compressed, &compressed_len))
         compressed = NULL;
     background_compressor_free(bc);
+    /* The check made while the file was written serves its first upload;
+     * a later one (written again after a close) checks afresh. */
+    const wal_probe *probe = NULL;
+    if (h->probe_pending) {
+        pthread_join(h->probe_thread, NULL);
+        h->probe_pending = 0;
+        probe = &h->probe;
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (dirty) {
         walfs_err err = {0};
         int rc = wal_upload(fs->cfg.st, h->key, h->fd, size, h->mode, time(NULL), compressed,
-                            compressed_len, &err);
+                            compressed_len, probe, &err);
         clock_gettime(CLOCK_MONOTONIC, &t2);
         log_debug("%s: %.1f ms finishing compression, %.1f ms storing", h->key,
                   (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
