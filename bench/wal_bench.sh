@@ -2,13 +2,13 @@
 # Benchmark: archiving and restoring 16 MiB WAL segments through walfs against
 # Ceph RGW on loopback, compared with the raw floor on the same machine
 # (lzop -c + curl PUT, curl GET + lzop -d).  Prints numbers; asserts nothing.
-#   bash bench/wal_bench.sh [SEGMENTS]      (as root; default 16 segments)
+#   bash bench/wal_bench.sh [SEGMENTS]      (as root; default 48 segments: fewer are noisy)
 # The segments are the real PostgreSQL WAL of the WAL-E fixture, cycled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/lib/rgw.sh
 source tests/lib/walfs.sh
-N=${1:-16}
+N=${1:-48}
 WALFS_BIN=${WALFS_BIN:-build/release/walfs}
 WALFS_BIN=$(readlink -f "$WALFS_BIN")
 B=$(mktemp -d /tmp/walfs-bench.XXXXXX)

@@ -1,6 +1,7 @@
 #include "fs/background_compressor.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ struct background_compressor {
     char *out;
     size_t out_len, out_cap;
     char *chunk;
+    EVP_MD_CTX *digest;     /* SHA-256 of the output, for the upload's signature */
 };
 
 static int append_out(void *ctx, const void *data, size_t len)
@@ -42,6 +44,10 @@ static int append_out(void *ctx, const void *data, size_t len)
     }
     memcpy(bc->out + bc->out_len, data, len);
     bc->out_len += len;
+    if (bc->digest && EVP_DigestUpdate(bc->digest, data, len) != 1) {
+        EVP_MD_CTX_free(bc->digest);
+        bc->digest = NULL; /* the uploader hashes it itself then */
+    }
     return 0;
 }
 
@@ -101,9 +107,15 @@ background_compressor *background_compressor_start(int spool_fd, mode_t mode, ti
     bc->fd = spool_fd;
     bc->enc = lzop_encoder_new((uint32_t)(mode & 07777) | S_IFREG, mtime);
     bc->chunk = malloc(READ_CHUNK);
+    bc->digest = EVP_MD_CTX_new();
+    if (bc->digest && EVP_DigestInit_ex(bc->digest, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(bc->digest);
+        bc->digest = NULL;
+    }
     pthread_mutex_init(&bc->lock, NULL);
     pthread_cond_init(&bc->wake, NULL);
     if (!bc->enc || !bc->chunk || pthread_create(&bc->thread, NULL, run, bc) != 0) {
+        EVP_MD_CTX_free(bc->digest);
         lzop_encoder_free(bc->enc);
         free(bc->chunk);
         pthread_mutex_destroy(&bc->lock);
@@ -149,8 +161,9 @@ static void stop(background_compressor *bc)
 }
 
 int background_compressor_finish(background_compressor *bc, uint64_t size, char **data,
-                                 size_t *len)
+                                 size_t *len, char sha256_hex[65])
 {
+    sha256_hex[0] = '\0';
     if (!bc)
         return 0;
     pthread_mutex_lock(&bc->lock);
@@ -165,6 +178,11 @@ int background_compressor_finish(background_compressor *bc, uint64_t size, char 
     walfs_err err = {0};
     if (lzop_encoder_finish(bc->enc, append_out, bc, &err) != 0)
         return 0;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (bc->digest && EVP_DigestFinal_ex(bc->digest, md, &md_len) == 1 && md_len == 32)
+        for (unsigned i = 0; i < 32; i++)
+            snprintf(sha256_hex + 2 * i, 3, "%02x", md[i]);
     *data = bc->out;
     *len = bc->out_len;
     bc->out = NULL;
@@ -179,6 +197,7 @@ void background_compressor_free(background_compressor *bc)
     stop(bc);
     pthread_join(bc->thread, NULL);
     lzop_encoder_free(bc->enc);
+    EVP_MD_CTX_free(bc->digest);
     pthread_mutex_destroy(&bc->lock);
     pthread_cond_destroy(&bc->wake);
     free(bc->chunk);

@@ -20,9 +20,10 @@ void background_compressor_wrote(background_compressor *bc, uint64_t offset, siz
 /* The writer did something other than append. */
 void background_compressor_abandon(background_compressor *bc);
 /* Waits for the stream of the first `size` bytes.  On success returns 1 and
- * hands over the compressed bytes (free() them); returns 0 if it gave up. */
+ * hands over the compressed bytes (free() them) and their SHA-256 in hex,
+ * computed as they were produced; returns 0 if it gave up. */
 int background_compressor_finish(background_compressor *bc, uint64_t size, char **data,
-                                 size_t *len);
+                                 size_t *len, char sha256_hex[65]);
 /* Stops the thread and frees everything (safe after finish). */
 void background_compressor_free(background_compressor *bc);
 

@@ -118,8 +118,8 @@ void wal_probe_run(store *st, const char *key, wal_probe *out)
 }
 
 int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mode,
-               time_t mtime, char *compressed, size_t compressed_len, const wal_probe *probe,
-               walfs_err *err)
+               time_t mtime, char *compressed, size_t compressed_len,
+               const char *compressed_sha256, const wal_probe *probe, walfs_err *err)
 {
     out_buffer out = {.data = compressed, .len = compressed_len, .cap = compressed_len};
     wal_probe now;
@@ -149,11 +149,13 @@ int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mo
         *err = probe->err;
         return rc;
     }
+    if (!out.data)
+        compressed_sha256 = NULL;
     rc = out.data ? 0 : compress_spool(key, spool_fd, len, mode, mtime, &out, err);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (!rc)
-        rc = store_put(st, key, out.data, out.len, (int64_t)len, err);
+        rc = store_put_hashed(st, key, out.data, out.len, compressed_sha256, (int64_t)len, err);
     free(out.data);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     log_debug("%s: PUT of %zu bytes took %.1f ms", key, out.len,

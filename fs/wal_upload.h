@@ -25,10 +25,11 @@ void wal_probe_run(store *st, const char *key, wal_probe *out);
 
 /* compressed/compressed_len: the lzop stream of the spool if the caller
  * already has it (see background_compressor.h); NULL to compress here.
- * Takes ownership of compressed (freed).  probe: an existence check made
+ * Takes ownership of compressed (freed); compressed_sha256 is its hex
+ * SHA-256 when known (else NULL).  probe: an existence check made
  * since the file was opened, or NULL to check now. */
 int wal_upload(store *st, const char *key, int spool_fd, uint64_t len, mode_t mode,
-               time_t mtime, char *compressed, size_t compressed_len, const wal_probe *probe,
-               walfs_err *err);
+               time_t mtime, char *compressed, size_t compressed_len,
+               const char *compressed_sha256, const wal_probe *probe, walfs_err *err);
 
 #endif

@@ -502,9 +502,11 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
     pthread_mutex_unlock(&h->lock);
     char *compressed = NULL;
     size_t compressed_len = 0;
+    char compressed_sha256[65] = "";
     struct timespec t0, t1, t2;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (bc && dirty && !background_compressor_finish(bc, size, &compressed, &compressed_len))
+    if (bc && dirty &&
+        !background_compressor_finish(bc, size, &compressed, &compressed_len, compressed_sha256))
         compressed = NULL;
     background_compressor_free(bc);
     /* The check made while the file was written serves its first upload;
@@ -519,7 +521,8 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
     if (dirty) {
         walfs_err err = {0};
         int rc = wal_upload(fs->cfg.st, h->key, h->fd, size, h->mode, time(NULL), compressed,
-                            compressed_len, probe, &err);
+                            compressed_len, compressed_sha256[0] ? compressed_sha256 : NULL,
+                            probe, &err);
         clock_gettime(CLOCK_MONOTONIC, &t2);
         log_debug("%s: %.1f ms finishing compression, %.1f ms storing", h->key,
                   (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,

@@ -1078,6 +1078,12 @@ static int put_multipart(s3_client *c, const char *key, const void *body, size_t
 int s3_put(s3_client *c, const char *key, const void *body, size_t len, const s3_meta *meta,
            int n_meta, walfs_err *err)
 {
+    return s3_put_hashed(c, key, body, len, NULL, meta, n_meta, err);
+}
+
+int s3_put_hashed(s3_client *c, const char *key, const void *body, size_t len,
+                  const char *sha256_hex, const s3_meta *meta, int n_meta, walfs_err *err)
+{
     if (!meta)
         n_meta = 0;
     if (len > c->mp_threshold)
@@ -1091,7 +1097,14 @@ int s3_put(s3_client *c, const char *key, const void *body, size_t len, const s3
         /* No Content-MD5: the signed x-amz-content-sha256 already makes the
          * server reject a body that differs from what was hashed, and MD5
          * would cost more CPU than the SHA-256 on every segment. */
-        op_body(&op, body, len);
+        if (sha256_hex && strlen(sha256_hex) == 64) {
+            /* Hashed by the caller as the bytes were produced. */
+            op.body = body;
+            op.body_len = len;
+            memcpy(op.body_sha, sha256_hex, sizeof op.body_sha);
+        } else {
+            op_body(&op, body, len);
+        }
         add_object_headers(&op, meta, n_meta, names);
         rc = perform(&op, c->deadline_ms, err);
     }

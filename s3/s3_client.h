@@ -74,6 +74,11 @@ int s3_get(s3_client *c, const char *key, uint64_t offset, uint64_t length,
 int s3_put(s3_client *c, const char *key, const void *body, size_t len,
            const s3_meta *meta, int n_meta, walfs_err *err);
 
+/* The same, with the body's SHA-256 (64 lower-case hex digits) computed by
+ * the caller, so it is not hashed twice; the server still verifies it. */
+int s3_put_hashed(s3_client *c, const char *key, const void *body, size_t len,
+                  const char *sha256_hex, const s3_meta *meta, int n_meta, walfs_err *err);
+
 int s3_delete(s3_client *c, const char *key, walfs_err *err);
 
 typedef struct s3_list_entry {

@@ -66,8 +66,8 @@ static int s3s_get(store *st, const char *key, uint64_t offset, uint64_t length,
     return rc;
 }
 
-static int s3s_put(store *st, const char *key, const void *body, size_t len,
-                   int64_t uncompressed_size, walfs_err *err)
+static int s3s_put_hashed(store *st, const char *key, const void *body, size_t len,
+                          const char *sha256_hex, int64_t uncompressed_size, walfs_err *err)
 {
     s3_store *ss = (s3_store *)st;
     char *k = full_key(ss, key);
@@ -80,9 +80,16 @@ static int s3s_put(store *st, const char *key, const void *body, size_t len,
         snprintf(meta.value, sizeof meta.value, "%lld", (long long)uncompressed_size);
         n_meta = 1;
     }
-    int rc = s3_put(ss->client, k, body, len, n_meta ? &meta : NULL, n_meta, err);
+    int rc = s3_put_hashed(ss->client, k, body, len, sha256_hex, n_meta ? &meta : NULL, n_meta,
+                           err);
     free(k);
     return rc;
+}
+
+static int s3s_put(store *st, const char *key, const void *body, size_t len,
+                   int64_t uncompressed_size, walfs_err *err)
+{
+    return s3s_put_hashed(st, key, body, len, NULL, uncompressed_size, err);
 }
 
 static int s3s_remove(store *st, const char *key, walfs_err *err)
@@ -227,7 +234,7 @@ static void s3s_destroy(store *st)
 
 static const store_ops s3_store_ops = {
     .stat = s3s_stat, .get = s3s_get, .put = s3s_put,
-    .remove = s3s_remove, .list = s3s_list, .abort_uploads = s3s_abort_uploads, .destroy = s3s_destroy,
+    .remove = s3s_remove, .list = s3s_list, .put_hashed = s3s_put_hashed, .abort_uploads = s3s_abort_uploads, .destroy = s3s_destroy,
     .upload_begin = s3s_upload_begin, .upload_part = s3s_upload_part,
     .upload_commit = s3s_upload_commit, .upload_abort = s3s_upload_abort,
 };

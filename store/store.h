@@ -59,6 +59,10 @@ typedef struct store_ops {
     int (*upload_part)(store_upload *up, const void *data, size_t len, walfs_err *err);
     int (*upload_commit)(store_upload *up, walfs_err *err);   /* frees up */
     void (*upload_abort)(store_upload *up);                   /* frees up */
+    /* put with the body's SHA-256 already known (hex); may be NULL, then
+     * put is used. */
+    int (*put_hashed)(store *st, const char *key, const void *body, size_t len,
+                      const char *sha256_hex, int64_t uncompressed_size, walfs_err *err);
     /* Removes what interrupted streaming uploads under dir_prefix left
      * (S3: unfinished multipart uploads; local: temporary files). */
     int (*abort_uploads)(store *st, const char *dir_prefix, walfs_err *err);
@@ -81,6 +85,14 @@ static inline int store_get(store *st, const char *key, uint64_t off, uint64_t l
 static inline int store_put(store *st, const char *key, const void *body, size_t len,
                             int64_t uncompressed_size, walfs_err *err)
 { return st->ops->put(st, key, body, len, uncompressed_size, err); }
+static inline int store_put_hashed(store *st, const char *key, const void *body, size_t len,
+                                   const char *sha256_hex, int64_t uncompressed_size,
+                                   walfs_err *err)
+{
+    if (st->ops->put_hashed && sha256_hex)
+        return st->ops->put_hashed(st, key, body, len, sha256_hex, uncompressed_size, err);
+    return st->ops->put(st, key, body, len, uncompressed_size, err);
+}
 static inline int store_remove(store *st, const char *key, walfs_err *err)
 { return st->ops->remove(st, key, err); }
 static inline int store_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
