@@ -1,6 +1,6 @@
 /* Streaming uploads (store/s3.c on multipart) and backup_writer against a
  * real Ceph RGW.  Needs RGW_ENDPOINT, RGW_ACCESS_KEY, RGW_SECRET_KEY and
- * WALFS_TEST_BUCKET (an existing bucket), which tests/t_backup_writer_rgw.sh
+ * WALFS_TEST_BUCKET (an existing bucket), which tests/t_unit_rgw.sh
  * provides; exits 77 without them.  Run from the repository root. */
 #include <errno.h>
 #include <fcntl.h>

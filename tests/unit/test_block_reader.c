@@ -7,6 +7,7 @@
 #include "backup/block_reader_internal.h"
 #include "codec/lzop.h"
 #include "tests/unit/tap.h"
+#include "tests/unit/test_buf.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -51,28 +52,6 @@ static uint64_t rnd_r(uint64_t *s)
     return *s = x;
 }
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf;
-
-static int buf_sink(void *ctx, const void *data, size_t n)
-{
-    buf *b = ctx;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n)
-            cap *= 2;
-        unsigned char *np = realloc(b->p, cap);
-        if (!np)
-            return -ENOMEM;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-    return 0;
-}
 
 static void tpath(char *out, size_t size, const char *key)
 {

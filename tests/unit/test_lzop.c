@@ -3,6 +3,7 @@
  * the WAL-E fixture objects.  Run from the repository root. */
 #include "codec/lzop.h"
 #include "tests/unit/tap.h"
+#include "tests/unit/test_buf.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -21,28 +22,6 @@
 
 /* ---- helpers ---- */
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf;
-
-static int buf_sink(void *ctx, const void *data, size_t n)
-{
-    buf *b = ctx;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n)
-            cap *= 2;
-        unsigned char *np = realloc(b->p, cap);
-        if (!np)
-            return -ENOMEM;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-    return 0;
-}
 
 static void buf_put(buf *b, const void *d, size_t n)
 {

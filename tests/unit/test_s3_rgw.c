@@ -1,6 +1,6 @@
 /* The S3 client against a real Ceph RGW (which verifies every signature and
  * body hash).  Needs RGW_ENDPOINT, RGW_ACCESS_KEY, RGW_SECRET_KEY (exported by
- * tests/lib/rgw.sh; tests/t_s3_rgw.sh starts one); exits 77 without them.
+ * tests/lib/rgw.sh; tests/t_unit_rgw.sh starts one); exits 77 without them.
  * A small TCP proxy between client and RGW injects the failures a real
  * server will not produce on demand: a connection cut mid-body, a 503. */
 #include <arpa/inet.h>
@@ -871,7 +871,7 @@ int main(void)
     secret_key = getenv("RGW_SECRET_KEY");
     if (!endpoint || !access_key || !secret_key) {
         printf("skipped: RGW_ENDPOINT, RGW_ACCESS_KEY and RGW_SECRET_KEY are not set "
-               "(run tests/t_s3_rgw.sh, which starts a Ceph RGW)\n");
+               "(run tests/t_unit_rgw.sh, which starts a Ceph RGW)\n");
         return 77;
     }
     const char *colon = strrchr(endpoint, ':');
