@@ -34,20 +34,12 @@
 # rsync / mv, default 120), PG_TIMEOUT (recoveries, pg.sh, default 120).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-for tool in rsync lzop curl; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (packages rsync, lzop, curl: scripts/install-deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
 source tests/lib/rgw.sh
 source tests/lib/walfs.sh
 source tests/lib/pg.sh
 
-SCRATCH=$(mktemp -d /tmp/walfs-t-bp.XXXXXX)
-chmod 0755 "$SCRATCH"
-WALFS_SCRATCH=$SCRATCH/walfs
-mkdir -p "$WALFS_SCRATCH"
-PG_SCRATCH=$SCRATCH/pg
-mkdir -p "$PG_SCRATCH"
-export PG_SCRATCH
+t_require rsync lzop curl
+t_scratch bp
 cleanup() {
     PG_KEEP=1 pg_cleanup >/dev/null 2>&1   # servers archive/restore through the mount: stop them first
     walfs_cleanup; rgw_stop; rm -rf "$SCRATCH"

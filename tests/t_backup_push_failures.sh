@@ -23,20 +23,12 @@
 # BPF_DEADLINE (walfs --deadline, default 15), BB_TIMEOUT (default 150).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-for tool in lzop curl; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (packages lzop, curl: scripts/install-deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
 source tests/lib/rgw.sh
 source tests/lib/walfs.sh
 source tests/lib/pg.sh
 
-SCRATCH=$(mktemp -d /tmp/walfs-t-bpf.XXXXXX)
-chmod 0755 "$SCRATCH"
-WALFS_SCRATCH=$SCRATCH/walfs
-mkdir -p "$WALFS_SCRATCH"
-PG_SCRATCH=$SCRATCH/pg
-mkdir -p "$PG_SCRATCH"
-export PG_SCRATCH
+t_require lzop curl
+t_scratch bpf
 BB_PID=
 cleanup() {
     [[ -n $BB_PID ]] && kill -0 "$BB_PID" 2>/dev/null && { kill -9 "$BB_PID"; wait "$BB_PID" 2>/dev/null; }

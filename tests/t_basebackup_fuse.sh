@@ -13,21 +13,13 @@
 #  (d) a second mount with a fresh cache uses the index stored in the bucket.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-for tool in getfattr rsync lzop; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (packages attr, rsync, lzop: scripts/install-deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
 source tests/lib/rgw.sh
 source tests/lib/walfs.sh
 source tests/lib/pg.sh
 source tests/lib/pg_wale_backup.sh
 
-SCRATCH=$(mktemp -d /tmp/walfs-t-bb.XXXXXX)
-chmod 0755 "$SCRATCH"
-WALFS_SCRATCH=$SCRATCH/walfs
-mkdir -p "$WALFS_SCRATCH"
-PG_SCRATCH=$SCRATCH/pg
-mkdir -p "$PG_SCRATCH"
-export PG_SCRATCH
+t_require getfattr rsync lzop
+t_scratch bb
 cleanup() {
     PG_KEEP=1 pg_cleanup >/dev/null 2>&1   # stop servers that read through the mount first
     walfs_cleanup; rgw_stop; rm -rf "$SCRATCH"

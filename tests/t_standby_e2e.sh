@@ -38,21 +38,13 @@
 # postgresql.auto.conf settings; the config files are written below.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-for tool in rsync lzop; do
-    command -v "$tool" >/dev/null || { echo "needs $tool (packages attr, rsync, lzop: scripts/install-deps.sh)"; echo "0 passed, 1 failed"; exit 1; }
-done
 source tests/lib/rgw.sh
 source tests/lib/walfs.sh
 source tests/lib/pg.sh
 source tests/lib/pg_wale_backup.sh
 
-SCRATCH=$(mktemp -d /tmp/walfs-t-sb.XXXXXX)
-chmod 0755 "$SCRATCH"
-WALFS_SCRATCH=$SCRATCH/walfs
-mkdir -p "$WALFS_SCRATCH"
-PG_SCRATCH=$SCRATCH/pg
-mkdir -p "$PG_SCRATCH"
-export PG_SCRATCH
+t_require rsync lzop
+t_scratch sb
 LOADER_PID=
 cleanup() {
     [[ -n $LOADER_PID ]] && { touch "$SCRATCH/stop-load"; wait "$LOADER_PID" 2>/dev/null; }

@@ -127,3 +127,25 @@ not_ok() { _T_FAILED=$((_T_FAILED + 1)); echo "not ok - $*"; }
 # check "description" command...: ok when the command succeeds
 check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
 t_summary() { echo "$_T_PASSED passed, $_T_FAILED failed"; [[ $_T_FAILED -eq 0 ]]; }
+
+# --- shared set-up of the shell suites ---
+# t_require TOOL...: stop with one failed check if a tool is missing.
+t_require() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null && continue
+        echo "needs $tool (install the dependencies with scripts/install-deps.sh)"
+        echo "0 passed, 1 failed"
+        exit 1
+    done
+}
+# t_scratch TAG: a fresh scratch directory in SCRATCH, with WALFS_SCRATCH
+# and PG_SCRATCH (exported) inside it, readable by the postgres user.
+t_scratch() {
+    SCRATCH=$(mktemp -d "/tmp/walfs-t-$1.XXXXXX")
+    chmod 0755 "$SCRATCH"
+    WALFS_SCRATCH=$SCRATCH/walfs
+    PG_SCRATCH=$SCRATCH/pg
+    mkdir -p "$WALFS_SCRATCH" "$PG_SCRATCH"
+    export PG_SCRATCH
+}
