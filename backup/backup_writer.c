@@ -302,7 +302,7 @@ int backup_writer_begin(store *st, const char *name, const backup_writer_limits 
     /* Writing over a complete backup, or next to leftovers of an earlier
      * attempt, would yield a backup mixing two runs. */
     char *sentinel = NULL;
-    if (asprintf(&sentinel, BASEBACKUP_DIR "/%s_backup_stop_sentinel.json", name) < 0)
+    if (asprintf(&sentinel, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX, name) < 0)
         return walfs_err_set(err, -ENOMEM, "out of memory");
     store_stat sb;
     walfs_err e;
@@ -647,7 +647,7 @@ int backup_writer_finish(backup_writer *bw, const backup_writer_stop *stop, walf
     }
     int rc = check_stop(stop, err);
     if (!rc && (asprintf(&ev_key, BASEBACKUP_DIR "/%s/extended_version.txt", bw->name) < 0 ||
-                asprintf(&sentinel_key, BASEBACKUP_DIR "/%s_backup_stop_sentinel.json",
+                asprintf(&sentinel_key, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX,
                          bw->name) < 0))
         rc = walfs_err_set(err, -ENOMEM, "out of memory");
     if (!rc)

@@ -14,7 +14,6 @@
 
 #include "common/log.h"
 
-#define SENTINEL_SUFFIX "_backup_stop_sentinel.json"
 #define MAX_LOADED 16
 #define LISTING_TTL_SECONDS 1
 #define SMALL_OBJECT_MAX (1024 * 1024)
@@ -100,8 +99,8 @@ typedef struct listing_builder {
 static int collect_sentinel(void *ctx, const store_entry *e)
 {
     listing_builder *b = ctx;
-    size_t len = strlen(e->name), sl = strlen(SENTINEL_SUFFIX);
-    if (e->is_dir || len <= sl || strcmp(e->name + len - sl, SENTINEL_SUFFIX) != 0)
+    size_t len = strlen(e->name), sl = strlen(BACKUP_SENTINEL_SUFFIX);
+    if (e->is_dir || len <= sl || strcmp(e->name + len - sl, BACKUP_SENTINEL_SUFFIX) != 0)
         return 0;
     if (!is_backup_name(e->name, len - sl))
         return 0; /* WAL-G or foreign names: not a WAL-E backup walfs can serve */
@@ -246,7 +245,7 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
     out->expanded_size_bytes = -1;
     out->sentinel_mtime = entry.sentinel_mtime;
     char key[256];
-    snprintf(key, sizeof key, BASEBACKUP_DIR "/%s" SENTINEL_SUFFIX, name);
+    snprintf(key, sizeof key, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX, name);
     small_buffer buf;
     rc = fetch_object(cat->st, key, 64 * 1024, &buf, err);
     if (rc)

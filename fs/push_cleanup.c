@@ -13,7 +13,6 @@
 #include "common/log.h"
 
 #define LEASE "walfs_push.json"
-#define SENTINEL_SUFFIX "_backup_stop_sentinel.json"
 #define LEASE_MAX_AGE (7 * 24 * 3600)
 
 static void lease_key(const char *name, char *out, size_t len)
@@ -74,10 +73,10 @@ typedef struct top_listing {
 static int collect_top(void *ctx, const store_entry *e)
 {
     top_listing *t = ctx;
-    size_t len = strlen(e->name), sl = strlen(SENTINEL_SUFFIX);
+    size_t len = strlen(e->name), sl = strlen(BACKUP_SENTINEL_SUFFIX);
     if (e->is_dir)
         return add_name(&t->dirs, e->name);
-    if (len > sl && strcmp(e->name + len - sl, SENTINEL_SUFFIX) == 0) {
+    if (len > sl && strcmp(e->name + len - sl, BACKUP_SENTINEL_SUFFIX) == 0) {
         char base[128];
         snprintf(base, sizeof base, "%.*s", (int)(len - sl), e->name);
         return add_name(&t->sentinels, base);

@@ -301,7 +301,7 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
              (uint64_t)(lsn % s->segment_size) % 100000000u);
     memcpy(s->start_segment, file, 25);
     char sentinel[256];
-    snprintf(sentinel, sizeof sentinel, BASEBACKUP_DIR "/%s_backup_stop_sentinel.json",
+    snprintf(sentinel, sizeof sentinel, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX,
              s->backup_name);
     store_stat st;
     walfs_err probe = {0};

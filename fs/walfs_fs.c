@@ -1,5 +1,7 @@
 #include "fs/walfs_fs.h"
 
+#include "backup/backup_index.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -21,7 +23,6 @@
 #include "fs/wal_upload.h"
 
 #define WAL_DIR "wal_005"
-#define BASEBACKUP_DIR "basebackups_005"
 #define LZO_SUFFIX ".lzo"
 
 typedef enum node_kind {
