@@ -30,6 +30,8 @@ struct backup_view {
 
 typedef struct member_handle {
     handle_kind kind;               /* HANDLE_BACKUP_MEMBER */
+    char *list_text;                /* BACKUP_LIST_FILE: its content; the rest is unused */
+    size_t list_len;
     const backup_index *idx;        /* held from open to release */
     const backup_member *member;    /* the member holding the data (hard links resolved) */
     const backup_partition *partition;
@@ -160,6 +162,15 @@ int backup_view_getattr(backup_view *bv, const char *rel, struct stat *st)
         fill_dir(bv, st, bv->mount_time, 0755);
         return 0;
     }
+    if (strcmp(rel, BACKUP_LIST_FILE) == 0) {
+        memset(st, 0, sizeof *st);
+        st->st_mode = S_IFREG | 0444;
+        st->st_nlink = 1;
+        st->st_uid = bv->uid;
+        st->st_gid = bv->gid;
+        st->st_mtime = st->st_ctime = st->st_atime = time(NULL);
+        return 0;
+    }
     if (strcmp(rel, LATEST) == 0) {
         backup_entry latest;
         int rc = latest_backup(bv, &latest, &err);
@@ -228,6 +239,8 @@ int backup_view_readdir(backup_view *bv, const char *rel, void *buf, fuse_fill_d
         if (rc)
             return report(rc, &err, "list", rel);
         struct stat st = {.st_mode = S_IFDIR | 0700};
+        struct stat fst = {.st_mode = S_IFREG | 0444};
+        filler(buf, BACKUP_LIST_FILE, &fst, 0, 0);
         for (size_t i = 0; i < n; i++)
             filler(buf, list[i].name, &st, 0, 0);
         if (latest >= 0) {
@@ -304,8 +317,12 @@ int backup_view_readlink(backup_view *bv, const char *rel, char *buf, size_t siz
     return 0;
 }
 
+static int open_backup_list(backup_view *bv, void **handle);
+
 int backup_view_open(backup_view *bv, const char *rel, void **handle)
 {
+    if (strcmp(rel, BACKUP_LIST_FILE) == 0)
+        return open_backup_list(bv, handle);
     walfs_err err = {0};
     char name[64];
     const char *member;
@@ -343,6 +360,13 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
 int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_t off)
 {
     member_handle *h = handle;
+    if (h->list_text) {
+        if (off < 0 || (uint64_t)off >= h->list_len)
+            return 0;
+        size_t n = h->list_len - (size_t)off < size ? h->list_len - (size_t)off : size;
+        memcpy(buf, h->list_text + off, n);
+        return (int)n;
+    }
     const backup_member *m = h->member;
     if (off < 0 || (uint64_t)off >= m->size)
         return 0;
@@ -376,80 +400,85 @@ int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_
 void backup_view_release(backup_view *bv, void *handle)
 {
     member_handle *h = handle;
-    backup_catalog_release(bv->catalog, h->idx);
+    if (h->idx)
+        backup_catalog_release(bv->catalog, h->idx);
+    free(h->list_text);
     free(h);
 }
 
-/* What `wal-e backup-list --detail` prints, as extended attributes of each
- * backup directory: `getfattr -d -m - basebackups_005/base_...`. */
-static const char *const xattr_names[] = {
-    "user.walfs.wal_segment_backup_start", "user.walfs.wal_segment_offset_backup_start",
-    "user.walfs.wal_segment_backup_stop",  "user.walfs.wal_segment_offset_backup_stop",
-    "user.walfs.expanded_size_bytes",      "user.walfs.pg_version",
-    "user.walfs.last_modified",
-};
-#define N_XATTRS (sizeof xattr_names / sizeof xattr_names[0])
-
-static int is_backup_dir(const char *rel)
+/* A table field: tabs or line breaks in it would shift the columns. */
+static void append_field(FILE *f, const char *text, int last)
 {
-    return rel[0] && !strchr(rel, '/') && strcmp(rel, LATEST) != 0;
+    for (const char *c = text; *c; c++)
+        fputc(*c == '\t' || *c == '\n' || *c == '\r' ? ' ' : *c, f);
+    fputc(last ? '\n' : '\t', f);
 }
 
-int backup_view_getxattr(backup_view *bv, const char *rel, const char *name, char *value,
-                         size_t size)
+/* WAL-E's columns in WAL-E's order (excel-tab, but with plain \n line
+ * ends for the shell), then pg_version from extended_version.txt.  One GET
+ * of the sentinel and of extended_version.txt per backup, as --detail costs
+ * WAL-E; a backup whose metadata cannot be read fails the whole open rather
+ * than print a row that looks complete. */
+static int open_backup_list(backup_view *bv, void **handle)
 {
-    if (!is_backup_dir(rel))
-        return -ENODATA;
-    size_t which = N_XATTRS;
-    for (size_t i = 0; i < N_XATTRS; i++)
-        if (strcmp(name, xattr_names[i]) == 0)
-            which = i;
-    if (which == N_XATTRS)
-        return -ENODATA;
     walfs_err err = {0};
-    backup_details d;
-    int rc = backup_catalog_details(bv->catalog, rel, &d, &err);
+    backup_entry *list;
+    size_t n;
+    int latest;
+    int rc = backup_catalog_list(bv->catalog, &list, &n, &latest, &err);
     if (rc)
-        return report(rc, &err, "getxattr", rel);
-    char text[600];
-    struct tm tm;
-    switch (which) {
-    case 0: snprintf(text, sizeof text, "%s", d.start_segment); break;
-    case 1: snprintf(text, sizeof text, "%s", d.start_offset); break;
-    case 2: snprintf(text, sizeof text, "%s", d.stop_segment); break;
-    case 3: snprintf(text, sizeof text, "%s", d.stop_offset); break;
-    case 4: snprintf(text, sizeof text, "%lld", d.expanded_size_bytes); break;
-    case 5: snprintf(text, sizeof text, "%s", d.pg_version); break;
-    default:
+        return report(rc, &err, "open", BACKUP_LIST_FILE);
+    member_handle *h = calloc(1, sizeof *h);
+    FILE *f = h ? open_memstream(&h->list_text, &h->list_len) : NULL;
+    if (!f) {
+        free(h);
+        free(list);
+        return -ENOMEM;
+    }
+    h->kind = HANDLE_BACKUP_MEMBER;
+    fputs("name\tlast_modified\texpanded_size_bytes\twal_segment_backup_start\t"
+          "wal_segment_offset_backup_start\twal_segment_backup_stop\t"
+          "wal_segment_offset_backup_stop\tpg_version\n", f);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        backup_details d;
+        rc = backup_catalog_details(bv->catalog, list[i].name, &d, &err);
+        if (rc == -ENOENT) { /* deleted since the listing */
+            rc = 0;
+            continue;
+        }
+        if (rc) {
+            walfs_err_prefix(&err, "%s: ", list[i].name);
+            break;
+        }
+        char when[40], size[32];
+        struct tm tm;
         gmtime_r(&d.sentinel_mtime, &tm);
-        strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        break;
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S.000Z", &tm);
+        if (d.expanded_size_bytes >= 0)
+            snprintf(size, sizeof size, "%lld", d.expanded_size_bytes);
+        else
+            size[0] = '\0';
+        append_field(f, list[i].name, 0);
+        append_field(f, when, 0);
+        append_field(f, size, 0);
+        append_field(f, d.start_segment, 0);
+        append_field(f, d.start_offset, 0);
+        append_field(f, d.stop_segment, 0);
+        append_field(f, d.stop_offset, 0);
+        append_field(f, d.pg_version, 1);
     }
-    size_t len = strlen(text);
-    if (size == 0)
-        return (int)len;
-    if (size < len)
-        return -ERANGE;
-    memcpy(value, text, len);
-    return (int)len;
-}
-
-int backup_view_listxattr(backup_view *bv, const char *rel, char *list, size_t size)
-{
-    if (!is_backup_dir(rel))
-        return 0;
-    size_t total = 0;
-    for (size_t i = 0; i < N_XATTRS; i++)
-        total += strlen(xattr_names[i]) + 1;
-    if (size == 0)
-        return (int)total;
-    if (size < total)
-        return -ERANGE;
-    char *p = list;
-    for (size_t i = 0; i < N_XATTRS; i++) {
-        size_t l = strlen(xattr_names[i]) + 1;
-        memcpy(p, xattr_names[i], l);
-        p += l;
+    free(list);
+    if (fclose(f) != 0 && rc == 0)
+        rc = walfs_err_set(&err, -ENOMEM, "out of memory");
+    if (rc) {
+        free(h->list_text);
+        free(h);
+        return report(rc, &err, "open", BACKUP_LIST_FILE);
     }
-    return (int)total;
+    if (!h->list_text) { /* open_memstream leaves it NULL only on failure */
+        free(h);
+        return -ENOMEM;
+    }
+    *handle = h;
+    return 0;
 }

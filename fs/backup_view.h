@@ -18,6 +18,11 @@
  * read can tell a WAL file from a backup member. */
 typedef enum handle_kind { HANDLE_WAL = 1, HANDLE_BACKUP_MEMBER = 2, HANDLE_PUSH_FILE = 3 } handle_kind;
 
+/* basebackups_005/.backup-list: what `wal-e backup-list --detail` prints
+ * (plus pg_version), one tab-separated row per complete backup.  Its content
+ * is made at open, so it has no size in stat: open it with direct_io. */
+#define BACKUP_LIST_FILE ".backup-list"
+
 typedef struct backup_view backup_view;
 
 backup_view *backup_view_new(store *st, const char *cache_dir, uid_t uid, gid_t gid,
@@ -31,8 +36,5 @@ int backup_view_readlink(backup_view *bv, const char *rel, char *buf, size_t siz
 int backup_view_open(backup_view *bv, const char *rel, void **handle);
 int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_t off);
 void backup_view_release(backup_view *bv, void *handle);
-int backup_view_getxattr(backup_view *bv, const char *rel, const char *name, char *value,
-                         size_t size);
-int backup_view_listxattr(backup_view *bv, const char *rel, char *list, size_t size);
 
 #endif

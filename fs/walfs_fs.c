@@ -402,7 +402,10 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
         if (rc)
             return rc;
         fi->fh = (uint64_t)(uintptr_t)handle;
-        fi->keep_cache = 1; /* a backup never changes */
+        if (strcmp(name, BACKUP_LIST_FILE) == 0)
+            fi->direct_io = 1; /* made at open: stat cannot know its size */
+        else
+            fi->keep_cache = 1; /* a backup never changes */
         return 0;
     }
     if (kind != NODE_WAL_FILE)
@@ -711,22 +714,6 @@ static int walfs_readlink(const char *path, char *buf, size_t size)
     return backup_view_readlink(current_fs()->backups, name, buf, size);
 }
 
-static int walfs_getxattr(const char *path, const char *attr, char *value, size_t size)
-{
-    const char *name;
-    if (classify(path, &name) != NODE_BACKUPS)
-        return -ENODATA;
-    return backup_view_getxattr(current_fs()->backups, name, attr, value, size);
-}
-
-static int walfs_listxattr(const char *path, char *list, size_t size)
-{
-    const char *name;
-    if (classify(path, &name) != NODE_BACKUPS)
-        return 0;
-    return backup_view_listxattr(current_fs()->backups, name, list, size);
-}
-
 static int walfs_statfs(const char *path, struct statvfs *sv)
 {
     memset(sv, 0, sizeof *sv);
@@ -745,6 +732,15 @@ static void *walfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     /* A segment in 1 MiB requests instead of 128 KiB ones: fewer round
      * trips through the kernel for every cp in and out. */
     conn->max_write = 1024 * 1024;
+    /* pg_basebackup writes a data directory in ~16 KiB pieces; without the
+     * kernel gathering them into max_write requests, each one is a round
+     * trip through walfs and a push runs at a third of the disk's speed.
+     * close() and fsync() still return only after every page reached walfs
+     * (the kernel writes them back before FLUSH and FSYNC).  No getxattr
+     * operation either, for the same reason: while walfs answers getxattr,
+     * the kernel asks it for security.capability before every write(2). */
+    if (conn->capable & FUSE_CAP_WRITEBACK_CACHE)
+        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     conn->max_readahead = 1024 * 1024;
     cfg->entry_timeout = fs->cfg.attr_timeout;
     cfg->attr_timeout = fs->cfg.attr_timeout;
@@ -776,8 +772,6 @@ static const struct fuse_operations operations = {
     .utimens = walfs_utimens,
     .statfs = walfs_statfs,
     .readlink = walfs_readlink,
-    .getxattr = walfs_getxattr,
-    .listxattr = walfs_listxattr,
 };
 
 const struct fuse_operations *walfs_fs_operations(void) { return &operations; }

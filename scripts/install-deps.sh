@@ -6,7 +6,7 @@ PACKAGES=(
     build-essential pkg-config
     libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev liblzo2-dev libarchive-dev
     libxml2-dev libjson-c-dev
-    lzop curl python3 util-linux procps attr rsync
+    lzop curl python3 util-linux procps rsync
     postgresql-15
     ceph-mon ceph-osd radosgw
     daemontools

@@ -18,7 +18,7 @@ source tests/lib/walfs.sh
 source tests/lib/pg.sh
 source tests/lib/pg_wale_backup.sh
 
-t_require getfattr rsync lzop
+t_require rsync lzop
 t_scratch bb
 cleanup() {
     PG_KEEP=1 pg_cleanup >/dev/null 2>&1   # stop servers that read through the mount first
@@ -179,7 +179,11 @@ run_cmp() {
         check "$label: $what matches ($ntot compared, $nbad bad)" [ "$nbad" -eq 0 ]
     done <<<"$out"
 }
-xattr() { getfattr --absolute-names --only-values -n "user.walfs.$2" "$1" 2>/dev/null; }
+# One column of basebackups_005/.backup-list for one backup, by the header's name.
+detail() {
+    awk -F'\t' -v name="$2" -v col="$3" 'NR == 1 { for (i = 1; i <= NF; i++) idx[$i] = i; next }
+        $1 == name { print $(idx[col]) }' "$1/.backup-list"
+}
 
 rgw_start "$SCRATCH/rgw" "${RGW_TEST_PORT:-7481}" || { echo "RGW did not start"; exit 1; }
 rgw_s3 mb "$BUCKET" >/dev/null
@@ -197,16 +201,19 @@ check "[a] LATEST is a symlink to $FXNAME" [ -L "$BB/LATEST" -a "$(readlink "$BB
 check "[a] the backup is a directory" [ -d "$BB/$FXNAME" ]
 lm=$(rgw_s3 head "$BUCKET" "pgdb/basebackups_005/${FXNAME}_backup_stop_sentinel.json" | sed -n 's/^last-modified=//p')
 check "[a] backup dir mtime is the sentinel's LastModified ($lm)" [ "$(stat -c %Y "$BB/$FXNAME")" == "$(date -d "$lm" +%s)" ]
-check "[a] xattr wal_segment_backup_start" [ "$(xattr "$BB/$FXNAME" wal_segment_backup_start)" == 000000010000000000000002 ]
-check "[a] xattr wal_segment_offset_backup_start" [ "$(xattr "$BB/$FXNAME" wal_segment_offset_backup_start)" == 00000040 ]
-check "[a] xattr wal_segment_backup_stop" [ "$(xattr "$BB/$FXNAME" wal_segment_backup_stop)" == 000000010000000000000002 ]
-check "[a] xattr wal_segment_offset_backup_stop" [ "$(xattr "$BB/$FXNAME" wal_segment_offset_backup_stop)" == 00000256 ]
-check "[a] xattr expanded_size_bytes" [ "$(xattr "$BB/$FXNAME" expanded_size_bytes)" == 23736353 ]
-check "[a] xattr pg_version is extended_version.txt" \
-    [ "$(xattr "$BB/$FXNAME" pg_version)" == "$(cat "$FIXTURE/pgdb/basebackups_005/$FXNAME/extended_version.txt")" ]
-check "[a] xattr last_modified is set" [ -n "$(xattr "$BB/$FXNAME" last_modified)" ]
-check "[a] getfattr -d lists the user.walfs.* attributes" \
-    bash -c "[ \$(getfattr --absolute-names -d -m - '$BB/$FXNAME' 2>/dev/null | grep -c '^user\.walfs\.') -ge 7 ]"
+check "[a] .backup-list has WAL-E's --detail columns, then pg_version" \
+    [ "$(head -1 "$BB/.backup-list")" == "$(printf 'name\tlast_modified\texpanded_size_bytes\twal_segment_backup_start\twal_segment_offset_backup_start\twal_segment_backup_stop\twal_segment_offset_backup_stop\tpg_version')" ]
+check "[a] .backup-list has one row per backup" [ "$(wc -l < "$BB/.backup-list")" -eq 2 ]
+check "[a] .backup-list is hidden from ls" bash -c "! ls '$BB' | grep -q backup-list"
+check "[a] detail wal_segment_backup_start" [ "$(detail "$BB" "$FXNAME" wal_segment_backup_start)" == 000000010000000000000002 ]
+check "[a] detail wal_segment_offset_backup_start" [ "$(detail "$BB" "$FXNAME" wal_segment_offset_backup_start)" == 00000040 ]
+check "[a] detail wal_segment_backup_stop" [ "$(detail "$BB" "$FXNAME" wal_segment_backup_stop)" == 000000010000000000000002 ]
+check "[a] detail wal_segment_offset_backup_stop" [ "$(detail "$BB" "$FXNAME" wal_segment_offset_backup_stop)" == 00000256 ]
+check "[a] detail expanded_size_bytes" [ "$(detail "$BB" "$FXNAME" expanded_size_bytes)" == 23736353 ]
+check "[a] detail pg_version is extended_version.txt" \
+    [ "$(detail "$BB" "$FXNAME" pg_version)" == "$(cat "$FIXTURE/pgdb/basebackups_005/$FXNAME/extended_version.txt")" ]
+check "[a] detail last_modified is the sentinel's LastModified" \
+    [ "$(date -d "$(detail "$BB" "$FXNAME" last_modified)" +%s)" == "$(date -d "$lm" +%s)" ]
 run_cmp "[a] fixture member" manifest "$MANIFEST" "$BB/$FXNAME" "$FXNAME" \
     "$FIXTURE"/pgdb/basebackups_005/$FXNAME/tar_partitions/part_*.tar.lzo
 check "[a] writing into a backup is refused" bash -c "! touch '$BB/$FXNAME/newfile' 2>/dev/null"
