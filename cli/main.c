@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,12 @@ int main(int argc, char *argv[])
     store *st = NULL;
     walfs_fs *fs = NULL;
     struct fuse *fuse = NULL;
+
+    /* A fixed threshold: glibc otherwise raises it to the size of the
+     * largest block freed (16 MiB upload parts), after which such blocks
+     * come from per-thread arenas that keep them, and a daemon that pushes
+     * backups grew by ~20 MiB per push. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
     if (walfs_settings_parse(&settings, &args, &err) != 0) {
         fprintf(stderr, "walfs: %s\n", err.msg);

@@ -639,6 +639,9 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
     if (s->completed)
         return 0;
     s->completing = 1;
+    log_info("basebackups_005/%s: the copy is complete (%s); storing the last %" PRIu64
+             " bytes and the sentinel", s->dir, by_manifest ? "backup_manifest" : "renamed",
+             s->spooled_bytes);
     wait_emitter_off(reg, s);
     if (s->failed)
         return latched(s);
