@@ -57,6 +57,8 @@ typedef struct push_session {
     char pg_version[16];        /* PG_VERSION, kept when it goes by */
     unsigned char control[64];  /* the head of global/pg_control, kept likewise */
     int have_control;
+    int open_handles;           /* push_handles pointing here */
+    int retired;                /* out of the registry; freed with its last handle */
     struct push_session *next;
 } push_session;
 
@@ -79,6 +81,7 @@ struct push_registry {
     pthread_t emitter;
     int emitter_running, stopping;
     push_session *sessions;
+    push_session *retired;      /* replaced or removed, with handles still open */
     int free_spools[8];         /* emptied spool files, reused: creating an inode per file is slow */
     int n_free_spools;
 };
@@ -118,6 +121,18 @@ static push_node *find_node(push_session *s, const char *path)
         if (strcmp(n->path, path) == 0)
             return n;
     return NULL;
+}
+
+/* What a name shows.  A completed push keeps its directory so that
+ * pg_basebackup's last steps (syncing the renamed backup_manifest and the
+ * directory) still work, but shows nothing else: the same
+ * `pg_basebackup -D .../incoming` must work again the next day, and
+ * pg_basebackup wants an empty or missing directory. */
+static push_node *visible_node(push_session *s, const char *path)
+{
+    if (s->completed && path[0] && strcmp(path, MANIFEST) != 0)
+        return NULL;
+    return find_node(s, path);
 }
 
 static int parent_is_dir(push_session *s, const char *path)
@@ -748,6 +763,75 @@ static void session_free(push_registry *reg, push_session *s)
     free(s);
 }
 
+/* Takes s out of the registry's names; it lives on while handles use it. */
+static void retire(push_registry *reg, push_session *s)
+{
+    for (push_session **p = &reg->sessions; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    }
+    if (s->open_handles == 0) {
+        session_free(reg, s);
+        return;
+    }
+    s->retired = 1;
+    s->next = reg->retired;
+    reg->retired = s;
+}
+
+static void free_if_unused(push_registry *reg, push_session *s)
+{
+    if (!s->retired || s->open_handles > 0)
+        return;
+    for (push_session **p = &reg->retired; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            break;
+        }
+    }
+    session_free(reg, s);
+}
+
+static push_session *new_session(push_registry *reg, const char *dir, mode_t mode)
+{
+    push_session *s = calloc(1, sizeof *s);
+    if (!s || !(s->dir = strdup(dir))) {
+        free(s);
+        return NULL;
+    }
+    if (!add_node(reg, s, "", MEMBER_DIR, mode)) {
+        free(s->dir);
+        free(s);
+        return NULL;
+    }
+    s->next = reg->sessions;
+    reg->sessions = s;
+    log_info("basebackups_005/%s: receiving a base backup", dir);
+    return s;
+}
+
+/* The session a write into rel goes to: writing into the directory of a
+ * completed push starts a new push there. */
+static push_session *locate_for_write(push_registry *reg, const char *rel, const char **inner)
+{
+    push_session *s = locate(reg, rel, inner);
+    if (!s || !s->completed || !(*inner)[0])
+        return s;
+    push_node *root = find_node(s, "");
+    mode_t mode = root ? root->mode : 0700;
+    char *dir = strdup(s->dir);
+    if (!dir)
+        return NULL;
+    retire(reg, s);
+    s = new_session(reg, dir, mode);
+    free(dir);
+    if (s)
+        *inner = rel + strlen(s->dir) + 1;
+    return s;
+}
+
 void push_registry_free(push_registry *reg)
 {
     if (!reg)
@@ -765,6 +849,11 @@ void push_registry_free(push_registry *reg)
                      "it uploaded", reg->sessions->dir);
         session_free(reg, reg->sessions);
         reg->sessions = next;
+    }
+    while (reg->retired) {
+        push_session *next = reg->retired->next;
+        session_free(reg, reg->retired);
+        reg->retired = next;
     }
     for (int i = 0; i < reg->n_free_spools; i++)
         close(reg->free_spools[i]);
@@ -788,23 +877,13 @@ int push_mkdir(push_registry *reg, const char *rel, mode_t mode)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
-    push_session *s = locate(reg, rel, &inner);
+    push_session *s = locate_for_write(reg, rel, &inner);
     int rc = 0;
     if (!s) {
-        if (strchr(rel, '/')) {
-            rc = -ENOENT;
-        } else {
-            s = calloc(1, sizeof *s);
-            if (!s || !(s->dir = strdup(rel))) {
-                free(s);
-                rc = -ENOMEM;
-            } else {
-                s->next = reg->sessions;
-                reg->sessions = s;
-                rc = add_node(reg, s, "", MEMBER_DIR, mode) ? 0 : -ENOMEM;
-                log_info("basebackups_005/%s: receiving a base backup", rel);
-            }
-        }
+        if (strchr(rel, '/'))
+            rc = locate(reg, rel, &inner) ? -ENOMEM : -ENOENT;
+        else
+            rc = new_session(reg, rel, mode) ? 0 : -ENOMEM;
     } else if (s->failed) {
         rc = latched(s);
     } else if (find_node(s, inner)) {
@@ -840,7 +919,7 @@ int push_getattr(push_registry *reg, const char *rel, struct stat *st)
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? find_node(s, inner) : NULL;
+    push_node *n = s ? visible_node(s, inner) : NULL;
     if (n)
         fill_stat(reg, n, st);
     pthread_mutex_unlock(&reg->lock);
@@ -852,9 +931,9 @@ int push_readdir(push_registry *reg, const char *rel, void *buf, fuse_fill_dir_t
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *dir = s ? find_node(s, inner) : NULL;
+    push_node *dir = s ? visible_node(s, inner) : NULL;
     int rc = !dir ? -ENOENT : dir->type != MEMBER_DIR ? -ENOTDIR : 0;
-    if (!rc) {
+    if (!rc && !s->completed) {
         size_t plen = strlen(inner);
         for (push_node *n = s->nodes; n; n = n->next) {
             if (n->path[0] == '\0')
@@ -913,6 +992,7 @@ static push_handle *new_handle(push_session *s, push_node *n, int writable)
     h->node = n;
     h->writable = writable;
     n->open_count++;
+    s->open_handles++;
     return h;
 }
 
@@ -920,7 +1000,7 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
-    push_session *s = locate(reg, rel, &inner);
+    push_session *s = locate_for_write(reg, rel, &inner);
     int rc = 0;
     push_node *n = NULL;
     if (!s || !inner[0])
@@ -972,7 +1052,13 @@ int push_open(push_registry *reg, const char *rel, int flags, void **handle)
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? find_node(s, inner) : NULL;
+    if (s && s->completed && inner[0] && (flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
+        /* Rewriting a name the kernel still remembers from the finished
+         * push: a new push into the same directory. */
+        pthread_mutex_unlock(&reg->lock);
+        return push_create(reg, rel, 0600, handle);
+    }
+    push_node *n = s ? visible_node(s, inner) : NULL;
     int rc = 0;
     if (!n)
         rc = -ENOENT;
@@ -1091,8 +1177,10 @@ void push_release(push_registry *reg, void *handle)
     push_node *n = h->node;
     if (n->open_count > 0)
         n->open_count--;
-    if (n->open_count == 0)
+    if (n->open_count == 0 && !s->retired)
         file_settled(reg, s, n);
+    s->open_handles--;
+    free_if_unused(reg, s);
     pthread_mutex_unlock(&reg->lock);
     free(h);
 }
@@ -1102,7 +1190,7 @@ int push_truncate(push_registry *reg, const char *rel, void *handle, off_t size)
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = handle ? ((push_handle *)handle)->node : s ? find_node(s, inner) : NULL;
+    push_node *n = handle ? ((push_handle *)handle)->node : s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type != MEMBER_FILE ? -EISDIR
              : (n->emitted || n->emitting || n->fd < 0) ? -EROFS : 0;
     if (!rc) {
@@ -1122,7 +1210,7 @@ static int change_node(push_registry *reg, const char *rel, push_node **out)
 {
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? find_node(s, inner) : NULL;
+    push_node *n = s ? visible_node(s, inner) : NULL;
     if (!n)
         return -ENOENT;
     *out = n;
@@ -1176,7 +1264,7 @@ int push_symlink(push_registry *reg, const char *target, const char *rel)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
-    push_session *s = locate(reg, rel, &inner);
+    push_session *s = locate_for_write(reg, rel, &inner);
     int rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
              : find_node(s, inner) ? -EEXIST : !parent_is_dir(s, inner) ? -ENOENT : 0;
     if (!rc) {
@@ -1255,7 +1343,9 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
         }
     } else {
         push_session *t = locate(reg, to_rel, &to_inner);
-        if (t != s) {
+        if (!visible_node(s, from_inner)) {
+            rc = -ENOENT;
+        } else if (t != s) {
             rc = -EXDEV;
         } else if (s->failed) {
             rc = latched(s);
@@ -1295,7 +1385,7 @@ int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size)
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? find_node(s, inner) : NULL;
+    push_node *n = s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type != MEMBER_SYMLINK ? -EINVAL : 0;
     if (!rc)
         snprintf(buf, size, "%s", n->link_target);
@@ -1306,16 +1396,19 @@ int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size)
 static void drop_session(push_registry *reg, push_session *s)
 {
     wait_emitter_off(reg, s);
-    for (push_session **p = &reg->sessions; *p; p = &(*p)->next) {
-        if (*p == s) {
-            *p = s->next;
-            break;
-        }
-    }
     if (!s->completed && !s->failed)
         log_warn("base backup push into basebackups_005/%s abandoned; removing what it uploaded",
                  s->dir);
-    session_free(reg, s);
+    /* Now, not when the last open handle goes. */
+    if (s->writer) {
+        backup_writer_abort(s->writer);
+        s->writer = NULL;
+    }
+    if (s->leased) {
+        push_lease_remove(reg->st, s->backup_name);
+        s->leased = 0;
+    }
+    retire(reg, s);
 }
 
 int push_unlink(push_registry *reg, const char *rel)
@@ -1323,7 +1416,7 @@ int push_unlink(push_registry *reg, const char *rel)
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? find_node(s, inner) : NULL;
+    push_node *n = s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type == MEMBER_DIR ? -EISDIR : n->open_count ? -EBUSY : 0;
     if (!rc && (n->emitted || n->emitting) && !s->completed && !s->failed) {
         /* Already packed into an uploaded partition: removing it can only
@@ -1354,9 +1447,9 @@ int push_rmdir(push_registry *reg, const char *rel)
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? find_node(s, inner) : NULL;
+    push_node *n = s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type != MEMBER_DIR ? -ENOTDIR : 0;
-    if (!rc) {
+    if (!rc && !s->completed) { /* a completed push shows empty */
         size_t plen = strlen(inner);
         for (push_node *c = s->nodes; c && !rc; c = c->next)
             if (c != n && (plen == 0 || (strncmp(c->path, inner, plen) == 0 && c->path[plen] == '/')))

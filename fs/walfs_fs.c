@@ -352,7 +352,10 @@ static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t
     fs->writers = h;
     pthread_mutex_unlock(&fs->writers_lock);
     fi->fh = (uint64_t)(uintptr_t)h;
-    fi->direct_io = 0;
+    /* Past the page cache: compression and the write-once check overlap
+     * cp's writes only if the writes reach walfs as cp makes them, not all
+     * at close. */
+    fi->direct_io = 1;
     return 0;
 }
 
@@ -567,6 +570,13 @@ static int walfs_release(const char *path, struct fuse_file_info *fi)
     }
     if (kind_of(fi) == HANDLE_PUSH_FILE) {
         push_release(fs->pushes, (void *)(uintptr_t)fi->fh);
+        /* Walfs has the data now; nobody will read it back through this
+         * name.  Dropping the kernel's copy at once keeps a push from
+         * filling the page cache (evicting the database's own pages), and
+         * the next file reuses the freed pages.  The last close wrote every
+         * dirty page back, so this does not wait for writeback. */
+        if ((fi->flags & O_ACCMODE) != O_RDONLY && path)
+            fuse_invalidate_path(fuse_get_context()->fuse, path);
         return 0;
     }
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
@@ -746,6 +756,10 @@ static void *walfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
     cfg->attr_timeout = fs->cfg.attr_timeout;
     cfg->negative_timeout = 0; /* a standby polling for the next segment must see it at once */
     cfg->nullpath_ok = 0;
+    /* No FLUSH round trip for read-only descriptors, which walfs has
+     * nothing to do for: pg_basebackup opens every file it wrote once more
+     * read-only to sync it. */
+    cfg->no_rofd_flush = 1;
     return fs;
 }
 

@@ -432,11 +432,14 @@ write_config_files() { # DIR: WAL-E never archives the top-level config files
 # ------------------------------------------------- (a) pg_basebackup pushes
 T0=$SECONDS
 push_pgbb none "$MNT" pgdb incoming-none none; NAME_NONE=$PUSH_NAME
+check "[none] the directory pushed into shows empty afterwards" \
+    [ -d "$BB/incoming-none" -a -z "$(ls -A "$BB/incoming-none" 2>&1)" ]
 pg_load primary 300 >/dev/null
 RESULTS_FETCH=$(pg_results primary)
 push_pgbb fetch "$MNT" pgdb incoming-fetch fetch; NAME_FETCH=$PUSH_NAME
 pg_load primary 300 >/dev/null
-push_pgbb stream "$MNT" pgdb incoming-stream stream; NAME_STREAM=$PUSH_NAME
+# The same -D as the first push: a daily cron job runs the same command.
+push_pgbb stream "$MNT" pgdb incoming-none stream; NAME_STREAM=$PUSH_NAME
 echo "# (a) took $((SECONDS - T0)) s"
 want=$(printf '%s\n' $NAME_NONE $NAME_FETCH $NAME_STREAM LATEST | sort -u | tr '\n' ' ')
 check "ls basebackups_005 lists exactly the three pushed backups and LATEST ($want)" \
