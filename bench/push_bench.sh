@@ -44,28 +44,35 @@ pg_psql src "CHECKPOINT" >/dev/null
 sync
 bytes=$(du -sb "$PG_SCRATCH/src" | cut -f1)
 
-# The floor: the same data through tar, lzop and one upload.  pg_wal's
-# segments are left out, as a base backup leaves them out (tarring them would
-# make the floor 60% bigger than the job).  The compressed stream goes to a
-# file first: RGW answers a chunked upload of a pipe (curl -T -) with 411.
+# The floor: the same data directory through tar, lzop and one upload, as
+# the issue defines it.  A second floor leaves pg_wal's segments out, as
+# the base backup does (pgbench's load leaves ~0.6 GB of WAL there, so the
+# first floor does more work than the push).  The compressed stream goes to
+# a file first: RGW answers a chunked upload of a pipe (curl -T -) with 411.
 CURL=(curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RGW_ACCESS_KEY:$RGW_SECRET_KEY"
       -H "x-amz-content-sha256: UNSIGNED-PAYLOAD")
-floor_once() {
-    tar -c -C "$PG_SCRATCH/src" --exclude=./postmaster.pid --exclude=./postmaster.opts \
-        --exclude='./pg_wal/*' . | lzop -c > "$B/floor.tar.lzo"
+floor_once() { # tar options...
+    tar -c -C "$PG_SCRATCH/src" --exclude=./postmaster.pid "$@" . | lzop -c > "$B/floor.tar.lzo"
     "${CURL[@]}" -T "$B/floor.tar.lzo" "$RGW_ENDPOINT/pbench/floor/part_00000000.tar.lzo" >/dev/null
     rm -f "$B/floor.tar.lzo"
 }
-# What pg_basebackup costs by itself: the same command into a local directory.
+# What pg_basebackup costs by itself: its tar stream thrown away (no
+# storage at all: the least any pg_basebackup-driven push can take), and
+# the same command as walfs's into a local directory.
+quiet() { "$@" 2> >(grep -v '^NOTICE:' >&2); }
+null_once() {
+    quiet runuser -u postgres -- "$PG_BINDIR/pg_basebackup" -D - -Ft -X none \
+        --checkpoint=fast -h "$PG_SCRATCH" -p "$PORT" >/dev/null
+}
 local_once() {
     mkdir -p "$B/local" && chown postgres "$B/local"
-    runuser -u postgres -- "$PG_BINDIR/pg_basebackup" -D "$B/local/backup" -X none \
+    quiet runuser -u postgres -- "$PG_BINDIR/pg_basebackup" -D "$B/local/backup" -X none \
         --checkpoint=fast -h "$PG_SCRATCH" -p "$PORT"
     rm -rf "$B/local"
 }
 # The same -D every round, as a daily job would run it.
 push_once() {
-    runuser -u postgres -- "$PG_BINDIR/pg_basebackup" -D "$MNT/basebackups_005/incoming" -X none \
+    quiet runuser -u postgres -- "$PG_BINDIR/pg_basebackup" -D "$MNT/basebackups_005/incoming" -X none \
         --checkpoint=fast -h "$PG_SCRATCH" -p "$PORT"
 }
 timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
@@ -74,29 +81,36 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 
 # The machine is noisy (2 vCPUs shared with RGW and PostgreSQL): several
 # rounds, each measuring all three back to back, and the medians.
 ROUNDS=${PUSH_BENCH_ROUNDS:-3}
-floors=() locals=() pushes=() ratios=()
-printf '\n%-6s %10s %10s %10s %8s\n' round "floor s" "local s" "walfs s" "walfs/floor"
+floors=() floors_nowal=() nulls=() locals=() pushes=() ratios=()
+printf '\n%-6s %9s %9s %9s %9s %9s %12s\n' round "floor s" "-pg_wal s" "null s" "local s" "walfs s" "walfs/floor"
 for ((r = 1; r <= ROUNDS; r++)); do
     f=$(timed floor_once)
+    fw=$(timed floor_once --exclude='./pg_wal/*')
+    z=$(timed null_once)
     l=$(timed local_once)
     [[ -n ${PUSH_BENCH_PERF:-} && $r -eq 1 ]] && { perf record -g -o "$PUSH_BENCH_PERF" -p "$PID" 2>/dev/null & PERFPID=$!; sleep 0.3; }
     p=$(timed push_once)
     [[ -n ${PUSH_BENCH_PERF:-} && $r -eq 1 ]] && { kill -INT "$PERFPID"; wait "$PERFPID" || true; }
-    floors+=("$f") locals+=("$l") pushes+=("$p") ratios+=("$(ratio "$p" "$f")")
-    printf '%-6s %10s %10s %10s %8sx\n' "$r" "$f" "$l" "$p" "$(ratio "$p" "$f")"
+    floors+=("$f") floors_nowal+=("$fw") nulls+=("$z") locals+=("$l") pushes+=("$p") ratios+=("$(ratio "$p" "$f")")
+    printf '%-6s %9s %9s %9s %9s %9s %11sx\n' "$r" "$f" "$fw" "$z" "$l" "$p" "$(ratio "$p" "$f")"
     sleep 2 # the kernel's memory of the last push's names (--attr-timeout)
 done
 cp "$(walfs_log "$MNT")" /tmp/push_bench_walfs.log
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status")
 n_listed=$(ls "$MNT/basebackups_005" | grep -c '^base_' || true)
-t_floor=$(median "${floors[@]}") t_local=$(median "${locals[@]}") t_push=$(median "${pushes[@]}")
+t_floor=$(median "${floors[@]}") t_floor_nowal=$(median "${floors_nowal[@]}") t_null=$(median "${nulls[@]}") t_local=$(median "${locals[@]}") t_push=$(median "${pushes[@]}")
 
 printf '\nwalfs push benchmark: pgbench scale %s, data directory %s bytes, %s rounds (medians)\n' \
     "$SCALE" "$bytes" "$ROUNDS"
 printf '%-52s %8s s\n' "raw floor: tar -c | lzop -c, curl upload" "$t_floor"
+printf '%-52s %8s s\n' "... without pg_wal's segments (what the backup holds)" "$t_floor_nowal"
+printf '%-52s %8s s  %sx floor\n' "pg_basebackup -Ft -D - > /dev/null" "$t_null" "$(ratio "$t_null" "$t_floor")"
 printf '%-52s %8s s  %sx floor\n' "pg_basebackup into a local directory" "$t_local" "$(ratio "$t_local" "$t_floor")"
 printf '%-52s %8s s  %sx floor (target <= 1.3)\n' "walfs: pg_basebackup into the mount" "$t_push" "$(ratio "$t_push" "$t_floor")"
 printf '%-52s %8sx\n' "median of the per-round ratios" "$(median "${ratios[@]}")"
+printf '%-52s %8sx\n' "walfs against the floor without pg_wal" "$(ratio "$t_push" "$t_floor_nowal")"
+printf '%-52s %8sx\n' "walfs against pg_basebackup into a local directory" "$(ratio "$t_push" "$t_local")"
+printf '%-52s %8sx\n' "walfs against pg_basebackup > /dev/null" "$(ratio "$t_push" "$t_null")"
 printf '%-52s %8s KiB (target < 131072)\n' "walfs daemon peak RSS (VmHWM), all rounds" "$rss_kib"
 printf '%-52s %8s of %s\n' "backups listed" "$n_listed" "$ROUNDS"
 walfs_umount "$MNT"

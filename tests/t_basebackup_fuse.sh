@@ -1,6 +1,6 @@
 #!/bin/bash
 # Base backups read through the mount (basebackups_005), against a real Ceph RGW:
-#  (a) the WAL-E fixture: listing, LATEST, user.walfs.* attributes, every tar
+#  (a) the WAL-E fixture: listing, LATEST, .backup-list, every tar
 #      member's type/size/mode/owner/mtime (sub-second) and content, and a
 #      restore made with `rsync -a MNT/basebackups_005/LATEST/ DATADIR/` plus
 #      restore_command = 'cp MNT/wal_005/%f %p' reaching the MANIFEST's results;
@@ -301,6 +301,8 @@ BG=$MNTG/basebackups_005
 want=$( { printf '%s\n' "${GEN[@]}" LATEST; cut -d' ' -f1 <<<"$HOSTILE"; } | sort | tr '\n' ' ')
 check "[b] ls basebackups_005 lists the 9 backups and LATEST" [ "$(ls "$BG" | sort | tr '\n' ' ')" == "$want" ]
 check "[b] LATEST is the backup whose sentinel is newest (ustar)" [ "$(readlink "$BG/LATEST")" == "${GEN[ustar]}" ]
+check "[b] .backup-list has a row for each of the 9 backups, in name order" \
+    [ "$(tail -n +2 "$BG/.backup-list" | cut -f1 | tr '\n' ' ')" == "$(printf '%s\n' "${GEN[@]}" $(cut -d' ' -f1 <<<"$HOSTILE") | sort | tr '\n' ' ')" ]
 for f in gnu pax ustar; do
     prec=seconds; [[ $f == pax ]] && prec=ns
     run_cmp "[b] $f" tree "$SRC" "$BG/${GEN[$f]}" "$prec"
@@ -333,6 +335,17 @@ done
 check "[c] walfs is still running" kill -0 "${_WALFS_PID[$MNTG]:-none}"
 check "[c] a good backup still lists and reads afterwards" \
     bash -c "ls '$BG/${GEN[pax]}/global' >/dev/null && cmp -s '$BG/${GEN[pax]}/PG_VERSION' '$SRC/PG_VERSION'"
+# A sentinel that is not JSON: the detail table refuses to look complete.
+BADNAME=base_0000000100000000000000FF_00000028
+printf '{"wal_segment_backup_stop": ' > "$SCRATCH/bad-sentinel.json"
+rgw_s3 put "$BUCKET" "gen/basebackups_005/${BADNAME}_backup_stop_sentinel.json" "$SCRATCH/bad-sentinel.json" >/dev/null
+sleep 1.2 # the listing is cached for a second
+out=$(cat "$BG/.backup-list" 2>&1 >/dev/null)
+check "[c] a damaged sentinel makes reading .backup-list fail with Input/output error" grep -q "Input/output error" <<<"$out"
+check "[c] ... and the log names the backup" grep -q "$BADNAME: sentinel .* is not a JSON object" "$(walfs_log "$MNTG")"
+rgw_s3 rm "$BUCKET" "gen/basebackups_005/${BADNAME}_backup_stop_sentinel.json"
+sleep 1.2
+check "[c] ... and it reads again once the sentinel is gone" [ "$(wc -l < "$BG/.backup-list")" -eq 10 ]
 check "[c] the generated-backups mount unmounts cleanly" walfs_umount "$MNTG"
 
 # ------------------------------------------------------- (d) the stored index
