@@ -5,7 +5,7 @@
 # against the raw floor on the same machine: tar -c of the same data
 # directory | lzop -c | curl upload.  Prints numbers; asserts nothing.
 #   bash bench/push_bench.sh [PGBENCH_SCALE]      (as root; default 64)
-# PUSH_BENCH_ROUNDS (default 3) rounds; PUSH_BENCH_PERF=FILE records the
+# PUSH_BENCH_ROUNDS (default 5) rounds; PUSH_BENCH_PERF=FILE records the
 # daemon's first push with perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,7 +80,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 
 
 # The machine is noisy (2 vCPUs shared with RGW and PostgreSQL): several
 # rounds, each measuring all three back to back, and the medians.
-ROUNDS=${PUSH_BENCH_ROUNDS:-3}
+ROUNDS=${PUSH_BENCH_ROUNDS:-5}
 floors=() floors_nowal=() nulls=() locals=() pushes=() ratios=()
 printf '\n%-6s %9s %9s %9s %9s %9s %12s\n' round "floor s" "-pg_wal s" "null s" "local s" "walfs s" "walfs/floor"
 for ((r = 1; r <= ROUNDS; r++)); do
