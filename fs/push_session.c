@@ -1118,9 +1118,16 @@ int push_write(push_registry *reg, void *handle, const char *buf, size_t size, o
             if (w < 0 && errno == EINTR)
                 continue;
             if (w < 0) {
-                rc = errno == ENOSPC ? -ENOSPC : -EIO;
-                log_error("write basebackups_005/%s/%s: spooling failed: %s", s->dir, n->path,
-                          strerror(errno));
+                /* Latched: with the kernel's writeback cache the writer may
+                 * only hear of it at close, and a file with a hole must never
+                 * be packed, whatever the writer does next. */
+                int e = errno;
+                walfs_err err;
+                walfs_err_set(&err, e == ENOSPC ? -ENOSPC : -EIO,
+                              "spooling %s failed: %s (check the space in the cache directory, "
+                              "--cache-dir)", n->path, strerror(e));
+                fail(reg, s, &err);
+                rc = latched(s);
                 break;
             }
             done += (size_t)w;

@@ -8,7 +8,9 @@
 #  2. kills pg_basebackup (SIGKILL) -- the operator then removes the
 #     incomplete directory (rm -rf, as pg_basebackup's own error path does);
 #  3. kills the walfs daemon (SIGKILL) and lazy-unmounts -- pg_basebackup
-#     exits non-zero; walfs is mounted again with the same cache directory.
+#     exits non-zero; walfs is mounted again with the same cache directory;
+#  4. a second mount's cache directory (a 40 MiB tmpfs) fills up -- the
+#     writer gets the error, the push is failed for good.
 # After each: no sentinel ever appears for the failed push, the bucket holds
 # no key under basebackups_005/ that does not belong to a backup with a
 # sentinel (none of the failed push's partitions), there is no incomplete
@@ -250,6 +252,32 @@ check "[walfs] the interrupted push is not listed as a backup" no_base_listed "$
 check "[walfs] no sentinel appeared for it" no_sentinel_for "${NAME3:-none}" 0
 next_push walfs
 echo "# (3) took $((SECONDS - T0)) s"
+
+# ----------------------------- 4. the spool's filesystem fills up mid-push
+# A second mount whose cache directory is a 40 MiB tmpfs: pgbench_accounts
+# (~130 MB) cannot be spooled.  The writer hears of it (at close, through the
+# kernel's writeback), the push is failed for good, its uploads go at once.
+T0=$SECONDS
+SMALL=$SCRATCH/small-cache
+mkdir -p "$SMALL" && mount -t tmpfs -o size=40m,mode=0755 tmpfs "$SMALL" && chown postgres "$SMALL"
+MNT4=$SCRATCH/mnt-small
+if walfs_mount "$MNT4" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" --cache-dir="$SMALL/cache"; then
+    log=$SCRATCH/fail-space.log
+    bb_start "$log" "$MNT4/basebackups_005/fail-space"
+    bb_wait 120; rc=$?
+    check "[space] pg_basebackup exits non-zero when the spool is full (rc $rc)" [ $rc -ne 0 -a $rc -ne 124 ]
+    grep -q "No space left on device" "$log" || tail -n 3 "$log" | sed 's/^/#   /'
+    check "[space] walfs logs which file could not be spooled and where to look" \
+        grep -q "spooling .* failed: No space left on device (check the space in the cache directory" "$(walfs_log "$MNT4")"
+    NAME4=$(bb_name "$log")
+    check "[space] no sentinel for the push ${NAME4:-?} (watched 3 s)" no_sentinel_for "${NAME4:-none}" 3
+    check_clean "[space] its uploads are removed at once (bucket clean within 20 s)" wait_clean 20
+    check "[space] the mount with the small spool unmounts cleanly" walfs_umount "$MNT4"
+else
+    not_ok "[space] mount with a 40 MiB cache directory"
+fi
+umount "$SMALL" 2>/dev/null || umount -l "$SMALL"
+echo "# (4) took $((SECONDS - T0)) s"
 
 check "ls basebackups_005 lists exactly the three good pushes and LATEST" \
     [ "$(ls "$MNT/basebackups_005" 2>/dev/null | grep -c '^base_')" -eq 3 ]
