@@ -1329,8 +1329,9 @@ static int rename_nodes(push_session *s, const char *from, const char *to)
     return 0;
 }
 
-int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
+int push_rename(push_registry *reg, const char *from_rel, const char *to_rel, int *completed)
 {
+    *completed = 0;
     pthread_mutex_lock(&reg->lock);
     const char *from_inner, *to_inner;
     push_session *s = locate(reg, from_rel, &from_inner);
@@ -1339,7 +1340,9 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
         rc = -ENOENT;
     } else if (!from_inner[0]) {
         /* mv incoming done: the cp -a / rsync -a way to say "complete". */
+        int was_completed = s->completed;
         rc = complete(reg, s, 0);
+        *completed = !rc && !was_completed;
         const char *to_slash = strchr(to_rel, '/');
         if (!rc && !to_slash) {
             char *renamed = strdup(to_rel);
@@ -1377,8 +1380,10 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel)
             push_node *moved = rc ? NULL : find_node(s, to_inner);
             if (moved && moved->open_count == 0)
                 file_settled(reg, s, moved);
-            if (!rc && strcmp(from_inner, MANIFEST_TMP) == 0 && strcmp(to_inner, MANIFEST) == 0)
+            if (!rc && strcmp(from_inner, MANIFEST_TMP) == 0 && strcmp(to_inner, MANIFEST) == 0) {
                 rc = complete(reg, s, 1);
+                *completed = !rc;
+            }
             if (!rc)
                 rc = latched(s);
         }

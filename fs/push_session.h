@@ -63,7 +63,8 @@ int push_utimens(push_registry *reg, const char *rel, const struct timespec tv[2
 int push_symlink(push_registry *reg, const char *target, const char *rel);
 int push_link(push_registry *reg, const char *from_rel, const char *to_rel);
 int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size);
-int push_rename(push_registry *reg, const char *from_rel, const char *to_rel);
+/* *completed is set when this rename completed a push (its sentinel is stored). */
+int push_rename(push_registry *reg, const char *from_rel, const char *to_rel, int *completed);
 int push_unlink(push_registry *reg, const char *rel);
 int push_rmdir(push_registry *reg, const char *rel);
 

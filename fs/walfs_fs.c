@@ -1,5 +1,7 @@
 #include "fs/walfs_fs.h"
 
+#include <fuse_lowlevel.h>
+
 #include "backup/backup_index.h"
 
 #include <errno.h>
@@ -65,6 +67,14 @@ struct walfs_fs {
     uid_t uid;
     gid_t gid;
     time_t mount_time;
+    /* Forgetting the kernel's names under basebackups_005 after a push
+     * completes, from a thread of its own: the kernel forbids it inside the
+     * rename that completed the push. */
+    pthread_mutex_t forget_lock;
+    pthread_cond_t forget_wake;
+    pthread_t forget_thread;
+    int forget_started, forget_pending, forget_stop;
+    struct fuse_session *session;
 };
 
 static walfs_fs *current_fs(void) { return fuse_get_context()->private_data; }
@@ -669,6 +679,38 @@ static int walfs_rmdir(const char *path)
     return rel ? push_rmdir(current_fs()->pushes, rel) : refuse("rmdir", path);
 }
 
+static void *forget_main(void *arg)
+{
+    walfs_fs *fs = arg;
+    pthread_mutex_lock(&fs->forget_lock);
+    while (!fs->forget_stop) {
+        if (!fs->forget_pending) {
+            pthread_cond_wait(&fs->forget_wake, &fs->forget_lock);
+            continue;
+        }
+        fs->forget_pending = 0;
+        pthread_mutex_unlock(&fs->forget_lock);
+        /* Drops basebackups_005 and every name under it from the kernel's
+         * cache, so the finished push's names cannot answer for the next
+         * push into the same directory (mkdir would fail with EEXIST). */
+        fuse_lowlevel_notify_inval_entry(fs->session, FUSE_ROOT_ID, BASEBACKUP_DIR,
+                                         strlen(BASEBACKUP_DIR));
+        pthread_mutex_lock(&fs->forget_lock);
+    }
+    pthread_mutex_unlock(&fs->forget_lock);
+    return NULL;
+}
+
+static void forget_backup_names(walfs_fs *fs)
+{
+    pthread_mutex_lock(&fs->forget_lock);
+    if (!fs->forget_started && fs->session)
+        fs->forget_started = pthread_create(&fs->forget_thread, NULL, forget_main, fs) == 0;
+    fs->forget_pending = 1;
+    pthread_cond_signal(&fs->forget_wake);
+    pthread_mutex_unlock(&fs->forget_lock);
+}
+
 static int walfs_rename(const char *from, const char *to, unsigned int flags)
 {
     const char *rel = push_path(from);
@@ -676,7 +718,11 @@ static int walfs_rename(const char *from, const char *to, unsigned int flags)
     /* mv asks for RENAME_NOREPLACE; nothing here is ever replaced implicitly. */
     if (!rel || classify(to, &to_name) != NODE_BACKUPS || (flags & ~RENAME_NOREPLACE) != 0)
         return refuse("rename", from);
-    return push_rename(current_fs()->pushes, rel, to_name);
+    int completed = 0;
+    int rc = push_rename(current_fs()->pushes, rel, to_name, &completed);
+    if (completed)
+        forget_backup_names(current_fs());
+    return rc;
 }
 
 static int walfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
@@ -760,11 +806,28 @@ static void *walfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
      * nothing to do for: pg_basebackup opens every file it wrote once more
      * read-only to sync it. */
     cfg->no_rofd_flush = 1;
+    fs->session = fuse_get_session(fuse_get_context()->fuse);
     return fs;
+}
+
+/* Runs before libfuse frees the session the forgetting thread writes to. */
+static void walfs_destroy(void *private_data)
+{
+    walfs_fs *fs = private_data;
+    pthread_mutex_lock(&fs->forget_lock);
+    fs->forget_stop = 1;
+    pthread_cond_signal(&fs->forget_wake);
+    int started = fs->forget_started;
+    fs->forget_started = 0;
+    pthread_mutex_unlock(&fs->forget_lock);
+    if (started)
+        pthread_join(fs->forget_thread, NULL);
+    fs->session = NULL;
 }
 
 static const struct fuse_operations operations = {
     .init = walfs_init,
+    .destroy = walfs_destroy,
     .getattr = walfs_getattr,
     .readdir = walfs_readdir,
     .create = walfs_create,
@@ -802,6 +865,8 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
     fs->gid = getgid();
     fs->mount_time = time(NULL);
     pthread_mutex_init(&fs->writers_lock, NULL);
+    pthread_mutex_init(&fs->forget_lock, NULL);
+    pthread_cond_init(&fs->forget_wake, NULL);
     if (mkdir(cfg->cache_dir, 0700) != 0 && errno != EEXIST) {
         walfs_err_set(err, -errno, "cannot create cache directory %s: %s (set --cache-dir)",
                       cfg->cache_dir, strerror(errno));
@@ -846,6 +911,8 @@ void walfs_fs_free(walfs_fs *fs)
     wal_prefetch_free(fs->prefetch);
     object_cache_free(fs->cache);
     pthread_mutex_destroy(&fs->writers_lock);
+    pthread_mutex_destroy(&fs->forget_lock);
+    pthread_cond_destroy(&fs->forget_wake);
     free(fs->spool_dir);
     free(fs);
 }

@@ -23,7 +23,9 @@
 #  (d) lowered partition limits (--backup-partition-bytes/-members): several
 #      partitions within the limits, a 3 MiB table file in a 4 MiB partition
 #      limit is fine, a 6 MiB one fails the push naming the file
-#      (WAL-E's TarMemberTooBigError) and leaves nothing behind.
+#      (WAL-E's TarMemberTooBigError) and leaves nothing behind;
+#  (e) two pushes into the same -D, the second started the moment the first
+#      returns: both are stored.
 #
 # The copy in (c) is staged locally between start and stop, because the
 # backup_label content is only known once pg_backup_stop() has returned and
@@ -630,6 +632,24 @@ else
 fi
 pg_psql primary "DROP TABLE IF EXISTS big" >/dev/null
 echo "# (d) took $((SECONDS - T0)) s"
+
+# ---------------------------- (e) the same -D again, the moment the last ends
+T0=$SECONDS
+again_names=()
+for i in 1 2; do
+    log=$SCRATCH/bb-again-$i.log
+    bb_run "$log" "$BB/incoming-again" -X fetch; rc=$?
+    check "[again] push $i into MNT/basebackups_005/incoming-again exits 0 (rc $rc)" [ $rc -eq 0 ]
+    [ $rc -eq 0 ] || { sed 's/^/#   /' "$log" | tail -n 4; tail -n 4 "$(walfs_log "$MNT")" | sed 's/^/#   walfs: /'; }
+    again_names+=("base_$(lsn_name "${BB_START:-0/0}" "${BB_TLI:-1}" | tr ' ' _)")
+done
+check "[again] both pushes are stored under their own names (${again_names[*]})" \
+    [ "${again_names[0]}" != "${again_names[1]}" ]
+for n in "${again_names[@]}"; do
+    check "[again] $n has its sentinel" has_sentinel pgdb "$n"
+    check "[again] ... and lists in basebackups_005" ls_has "$BB" "$n"
+done
+echo "# (e) took $((SECONDS - T0)) s"
 
 check "no incomplete multipart upload is left in the bucket" no_mp pgdb
 check "... nor under limits/" no_mp limits
