@@ -475,10 +475,6 @@ static int open_backup_list(backup_view *bv, void **handle)
         free(h);
         return report(rc, &err, "open", BACKUP_LIST_FILE);
     }
-    if (!h->list_text) { /* open_memstream leaves it NULL only on failure */
-        free(h);
-        return -ENOMEM;
-    }
     *handle = h;
     return 0;
 }

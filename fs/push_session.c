@@ -123,6 +123,15 @@ static push_node *find_node(push_session *s, const char *path)
     return NULL;
 }
 
+/* The backup member a node becomes, under the given path. */
+static backup_writer_member member_of(const push_node *n, const char *path)
+{
+    return (backup_writer_member){.path = path, .type = n->type, .mode = n->mode,
+                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
+                                  .mtime_nsec = n->mtime_nsec, .size = n->size,
+                                  .link_target = n->link_target};
+}
+
 /* What a name shows.  A completed push keeps its directory so that
  * pg_basebackup's last steps (syncing the renamed backup_manifest and the
  * directory) still work, but shows nothing else: the same
@@ -175,6 +184,25 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
     return n;
 }
 
+/* n's bytes leave the spool (packed, left out, removed or rewritten). */
+static void unspool(push_session *s, const push_node *n)
+{
+    s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+}
+
+/* Aborts the open upload, deletes what was uploaded and the lease. */
+static void discard_uploads(push_registry *reg, push_session *s)
+{
+    if (s->writer) {
+        backup_writer_abort(s->writer);
+        s->writer = NULL;
+    }
+    if (s->leased) {
+        push_lease_remove(reg->st, s->backup_name);
+        s->leased = 0;
+    }
+}
+
 static void wait_emitter_off(push_registry *reg, push_session *s)
 {
     while (s->emitting)
@@ -190,14 +218,7 @@ static void fail(push_registry *reg, push_session *s, const walfs_err *err)
     s->error = *err;
     log_error("base backup push into basebackups_005/%s failed: %s; nothing was published, "
               "and what was uploaded is being removed", s->dir, err->msg);
-    if (s->writer) {
-        backup_writer_abort(s->writer);
-        s->writer = NULL;
-    }
-    if (s->leased) {
-        push_lease_remove(reg->st, s->backup_name);
-        s->leased = 0;
-    }
+    discard_uploads(reg, s);
     for (push_node *n = s->nodes; n; n = n->next) {
         if (n->fd >= 0) {
             close(n->fd);
@@ -340,9 +361,7 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
         s->leased = 1;
         /* WAL-E's partition 0 starts with the data directory itself. */
         push_node *root = find_node(s, "");
-        backup_writer_member m = {.path = "", .type = MEMBER_DIR, .mode = root->mode,
-                                  .uid = root->uid, .gid = root->gid,
-                                  .mtime_sec = root->mtime_sec, .mtime_nsec = root->mtime_nsec};
+        backup_writer_member m = member_of(root, "");
         rc = backup_writer_add(s->writer, &m, -1, err);
         if (!rc)
             root->emitted = 1;
@@ -365,19 +384,22 @@ static void release_spool(push_registry *reg, int fd)
         close(fd);
 }
 
-static int emit_file(push_registry *reg, push_session *s, push_node *n, walfs_err *err)
+/* n is in the backup: its spool goes back to the pool. */
+static void mark_emitted(push_registry *reg, push_session *s, push_node *n)
 {
-    backup_writer_member m = {.path = n->path, .type = MEMBER_FILE, .mode = n->mode,
-                              .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
-                              .mtime_nsec = n->mtime_nsec, .size = n->size};
-    int rc = backup_writer_add(s->writer, &m, n->fd, err);
-    if (rc)
-        return rc;
     n->emitted = 1;
-    s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+    unspool(s, n);
     release_spool(reg, n->fd);
     n->fd = -1;
-    return 0;
+}
+
+static int emit_file(push_registry *reg, push_session *s, push_node *n, walfs_err *err)
+{
+    backup_writer_member m = member_of(n, n->path);
+    int rc = backup_writer_add(s->writer, &m, n->fd, err);
+    if (!rc)
+        mark_emitted(reg, s, n);
+    return rc;
 }
 
 /* Excluded as WAL-E excludes it: its spool is not needed any more. */
@@ -385,7 +407,7 @@ static void leave_out(push_session *s, push_node *n)
 {
     n->emitted = 1;
     if (n->fd >= 0) {
-        s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        unspool(s, n);
         close(n->fd);
         n->fd = -1;
     }
@@ -434,29 +456,21 @@ static void *emitter_main(void *arg)
         }
         n->emitting = 1;
         s->emitting = 1;
-        backup_writer_member m = {.path = n->path, .type = MEMBER_FILE, .mode = n->mode,
-                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
-                                  .mtime_nsec = n->mtime_nsec, .size = n->size};
-        char *path = strdup(n->path);
-        m.path = path ? path : "";
+        /* n stays as it is while emitting: renames over it get EBUSY, and
+         * removing it fails the push, which waits for this add to end. */
+        backup_writer_member m = member_of(n, n->path);
         int fd = n->fd;
         backup_writer *writer = s->writer;
         pthread_mutex_unlock(&reg->lock);
         walfs_err err = {0};
-        int rc = path ? backup_writer_add(writer, &m, fd, &err)
-                      : walfs_err_set(&err, -ENOMEM, "out of memory");
-        free(path);
+        int rc = backup_writer_add(writer, &m, fd, &err);
         pthread_mutex_lock(&reg->lock);
         n->emitting = 0;
         s->emitting = 0;
-        if (rc) {
+        if (rc)
             fail(reg, s, &err);
-        } else {
-            n->emitted = 1;
-            s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
-            release_spool(reg, n->fd);
-            n->fd = -1;
-        }
+        else
+            mark_emitted(reg, s, n);
         pthread_cond_broadcast(&reg->progress);
     }
     pthread_mutex_unlock(&reg->lock);
@@ -469,11 +483,11 @@ static int by_seq(const void *a, const void *b)
     return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-typedef int (*node_filter)(const push_node *n, uint64_t before_seq, int completing);
+typedef int (*node_filter)(const push_node *n);
 
 /* The session's nodes that pass the filter, in creation order (malloc'd). */
-static push_node **nodes_in_order(push_session *s, node_filter want, uint64_t before_seq,
-                                  int completing, size_t *count, walfs_err *err)
+static push_node **nodes_in_order(push_session *s, node_filter want, size_t *count,
+                                  walfs_err *err)
 {
     size_t total = 0;
     for (push_node *n = s->nodes; n; n = n->next)
@@ -485,7 +499,7 @@ static push_node **nodes_in_order(push_session *s, node_filter want, uint64_t be
     }
     size_t k = 0;
     for (push_node *n = s->nodes; n; n = n->next)
-        if (want(n, before_seq, completing))
+        if (want(n))
             order[k++] = n;
     if (k > 1)
         qsort(order, k, sizeof *order, by_seq);
@@ -493,41 +507,29 @@ static push_node **nodes_in_order(push_session *s, node_filter want, uint64_t be
     return order;
 }
 
-static int pending_file(const push_node *n, uint64_t before_seq, int completing)
-{
-    return n->type == MEMBER_FILE && !n->emitted && !n->emitting && n->seq < before_seq &&
-           (n->open_count == 0 || completing);
-}
+static int pending_file(const push_node *n) { return n->type == MEMBER_FILE && !n->emitted; }
 
-static int pending_other(const push_node *n, uint64_t before_seq, int completing)
-{
-    return n->type != MEMBER_FILE && !n->emitted;
-}
+static int pending_other(const push_node *n) { return n->type != MEMBER_FILE && !n->emitted; }
 
-/* Emits, in creation order, the closed files created before `before_seq`
- * (all of them when completing).  pg_wal's files wait for completion, when
- * it is known whether they are the backup's own streamed WAL. */
-static int emit_ready(push_registry *reg, push_session *s, uint64_t before_seq, int completing,
-                      int keep_wal, walfs_err *err)
+/* At completion (the emitter is off): every file the emitter has not
+ * packed, in creation order, including pg_wal's, now that it is known
+ * whether they are the backup's own streamed WAL. */
+static int emit_remaining_files(push_registry *reg, push_session *s, int keep_wal,
+                                walfs_err *err)
 {
     if (!s->writer)
         return 0;
     size_t k;
-    push_node **order = nodes_in_order(s, pending_file, before_seq, completing, &k, err);
+    push_node **order = nodes_in_order(s, pending_file, &k, err);
     if (!order)
         return err->code;
     int rc = 0;
     for (size_t i = 0; i < k && !rc; i++) {
         push_node *n = order[i];
-        if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal)) {
-            if (!completing && strncmp(n->path, "pg_wal/", 7) == 0)
-                continue; /* decided at completion */
+        if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal))
             leave_out(s, n);
-            continue;
-        }
-        if (!completing && strncmp(n->path, "pg_wal/", 7) == 0)
-            continue;
-        rc = emit_file(reg, s, n, err);
+        else
+            rc = emit_file(reg, s, n, err);
     }
     free(order);
     return rc;
@@ -628,7 +630,7 @@ static int emit_others(push_session *s, int keep_wal, walfs_err *err)
     /* Directories, symlinks and hard links last: their modes and times are
      * final only once everything inside them has been written. */
     size_t k;
-    push_node **order = nodes_in_order(s, pending_other, 0, 1, &k, err);
+    push_node **order = nodes_in_order(s, pending_other, &k, err);
     if (!order)
         return err->code;
     int rc = 0;
@@ -636,9 +638,7 @@ static int emit_others(push_session *s, int keep_wal, walfs_err *err)
         push_node *n = order[i];
         if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal))
             continue;
-        backup_writer_member m = {.path = n->path, .type = n->type, .mode = n->mode,
-                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
-                                  .mtime_nsec = n->mtime_nsec, .link_target = n->link_target};
+        backup_writer_member m = member_of(n, n->path);
         rc = backup_writer_add(s->writer, &m, -1, err);
         if (!rc)
             n->emitted = 1;
@@ -679,7 +679,7 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
             !strchr(n->path + 7, '/'))
             keep_wal = 1;
     if (!rc)
-        rc = emit_ready(reg, s, UINT64_MAX, 1, keep_wal, &err);
+        rc = emit_remaining_files(reg, s, keep_wal, &err);
     if (!rc)
         rc = emit_others(s, keep_wal, &err);
     if (rc) {
@@ -750,10 +750,7 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
 
 static void session_free(push_registry *reg, push_session *s)
 {
-    if (s->writer)
-        backup_writer_abort(s->writer);
-    if (s->leased)
-        push_lease_remove(reg->st, s->backup_name);
+    discard_uploads(reg, s);
     while (s->nodes) {
         push_node *next = s->nodes->next;
         node_free(s->nodes);
@@ -764,14 +761,19 @@ static void session_free(push_registry *reg, push_session *s)
 }
 
 /* Takes s out of the registry's names; it lives on while handles use it. */
-static void retire(push_registry *reg, push_session *s)
+static void unlink_session(push_session **list, push_session *s)
 {
-    for (push_session **p = &reg->sessions; *p; p = &(*p)->next) {
+    for (push_session **p = list; *p; p = &(*p)->next) {
         if (*p == s) {
             *p = s->next;
-            break;
+            return;
         }
     }
+}
+
+static void retire(push_registry *reg, push_session *s)
+{
+    unlink_session(&reg->sessions, s);
     if (s->open_handles == 0) {
         session_free(reg, s);
         return;
@@ -785,12 +787,7 @@ static void free_if_unused(push_registry *reg, push_session *s)
 {
     if (!s->retired || s->open_handles > 0)
         return;
-    for (push_session **p = &reg->retired; *p; p = &(*p)->next) {
-        if (*p == s) {
-            *p = s->next;
-            break;
-        }
-    }
+    unlink_session(&reg->retired, s);
     session_free(reg, s);
 }
 
@@ -812,24 +809,26 @@ static push_session *new_session(push_registry *reg, const char *dir, mode_t mod
     return s;
 }
 
-/* The session a write into rel goes to: writing into the directory of a
- * completed push starts a new push there. */
-static push_session *locate_for_write(push_registry *reg, const char *rel, const char **inner)
+/* The session a write into rel goes to (*out NULL when there is none):
+ * writing into the directory of a completed push starts a new push there.
+ * 0 or -ENOMEM. */
+static int locate_for_write(push_registry *reg, const char *rel, push_session **out,
+                            const char **inner)
 {
     push_session *s = locate(reg, rel, inner);
+    *out = s;
     if (!s || !s->completed || !(*inner)[0])
-        return s;
+        return 0;
     push_node *root = find_node(s, "");
     mode_t mode = root ? root->mode : 0700;
     char *dir = strdup(s->dir);
     if (!dir)
-        return NULL;
+        return -ENOMEM;
     retire(reg, s);
-    s = new_session(reg, dir, mode);
+    *out = new_session(reg, dir, mode);
+    *inner = rel + strlen(dir) + 1;
     free(dir);
-    if (s)
-        *inner = rel + strlen(s->dir) + 1;
-    return s;
+    return *out ? 0 : -ENOMEM;
 }
 
 void push_registry_free(push_registry *reg)
@@ -877,22 +876,14 @@ int push_mkdir(push_registry *reg, const char *rel, mode_t mode)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
-    push_session *s = locate_for_write(reg, rel, &inner);
-    int rc = 0;
-    if (!s) {
-        if (strchr(rel, '/'))
-            rc = locate(reg, rel, &inner) ? -ENOMEM : -ENOENT;
-        else
-            rc = new_session(reg, rel, mode) ? 0 : -ENOMEM;
-    } else if (s->failed) {
-        rc = latched(s);
-    } else if (find_node(s, inner)) {
-        rc = -EEXIST;
-    } else if (!parent_is_dir(s, inner)) {
-        rc = -ENOENT;
-    } else {
-        rc = add_node(reg, s, inner, MEMBER_DIR, mode) ? 0 : -ENOMEM;
-    }
+    push_session *s;
+    int rc = locate_for_write(reg, rel, &s, &inner);
+    if (!rc && !s)
+        rc = strchr(rel, '/') ? -ENOENT : new_session(reg, rel, mode) ? 0 : -ENOMEM;
+    else if (!rc)
+        rc = s->failed ? latched(s) : find_node(s, inner) ? -EEXIST
+             : !parent_is_dir(s, inner) ? -ENOENT
+             : add_node(reg, s, inner, MEMBER_DIR, mode) ? 0 : -ENOMEM;
     pthread_mutex_unlock(&reg->lock);
     return rc;
 }
@@ -1000,17 +991,12 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
-    push_session *s = locate_for_write(reg, rel, &inner);
-    int rc = 0;
+    push_session *s;
+    int rc = locate_for_write(reg, rel, &s, &inner);
     push_node *n = NULL;
-    if (!s || !inner[0])
-        rc = -ENOENT;
-    else if (s->failed)
-        rc = latched(s);
-    else if (s->completed)
-        rc = -EROFS;
-    else if (!parent_is_dir(s, inner))
-        rc = -ENOENT;
+    if (!rc)
+        rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
+             : !parent_is_dir(s, inner) ? -ENOENT : 0;
     if (!rc) {
         n = find_node(s, inner);
         if (n && (n->type != MEMBER_FILE || n->emitted || n->emitting))
@@ -1031,7 +1017,7 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
     } else if (!rc) {
         if (ftruncate(n->fd, 0) != 0)
             rc = -EIO;
-        s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        unspool(s, n);
         n->size = 0;
     }
     if (!rc) {
@@ -1071,7 +1057,7 @@ int push_open(push_registry *reg, const char *rel, int flags, void **handle)
     if (!rc && (flags & O_TRUNC) && !n->emitted && n->fd >= 0) {
         if (ftruncate(n->fd, 0) != 0)
             rc = -EIO;
-        s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+        unspool(s, n);
         n->size = 0;
     }
     /* Opening a finished file read-write is how pg_basebackup fsyncs it:
@@ -1271,8 +1257,10 @@ int push_symlink(push_registry *reg, const char *target, const char *rel)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
-    push_session *s = locate_for_write(reg, rel, &inner);
-    int rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
+    push_session *s;
+    int rc = locate_for_write(reg, rel, &s, &inner);
+    if (!rc)
+        rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
              : find_node(s, inner) ? -EEXIST : !parent_is_dir(s, inner) ? -ENOENT : 0;
     if (!rc) {
         push_node *n = add_node(reg, s, inner, MEMBER_SYMLINK, 0777);
@@ -1368,8 +1356,7 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel, in
                 for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
                     if (*p == existing) {
                         *p = existing->next;
-                        s->spooled_bytes -= existing->size < s->spooled_bytes ? existing->size
-                                                                              : s->spooled_bytes;
+                        unspool(s, existing);
                         node_free(existing);
                         break;
                     }
@@ -1411,15 +1398,7 @@ static void drop_session(push_registry *reg, push_session *s)
     if (!s->completed && !s->failed)
         log_warn("base backup push into basebackups_005/%s abandoned; removing what it uploaded",
                  s->dir);
-    /* Now, not when the last open handle goes. */
-    if (s->writer) {
-        backup_writer_abort(s->writer);
-        s->writer = NULL;
-    }
-    if (s->leased) {
-        push_lease_remove(reg->st, s->backup_name);
-        s->leased = 0;
-    }
+    discard_uploads(reg, s); /* now, not when the last open handle goes */
     retire(reg, s);
 }
 
@@ -1447,7 +1426,7 @@ int push_unlink(push_registry *reg, const char *rel)
             }
         }
         if (!n->emitted)
-            s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+            unspool(s, n);
         node_free(n);
     }
     pthread_mutex_unlock(&reg->lock);

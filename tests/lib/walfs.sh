@@ -4,6 +4,8 @@
 # its log in a file.  Every mount made here is unmounted by walfs_cleanup.
 #
 #   walfs_mount MNT PREFIX [walfs options...]   mount, wait until it serves
+#                                               (a --cache-dir among the options replaces
+#                                               the per-mount default)
 #                                               (PREFIX "-": none, from the environment;
 #                                               WALFS_WRAPPER="envdir DIR" runs walfs under it)
 #   walfs_umount MNT                            unmount, wait for the daemon,
@@ -46,11 +48,12 @@ walfs_mount() {
     # setpriv execs walfs itself, so $! is the daemon and its exit status ours.
     local prefix_arg=("$prefix")
     [[ $prefix == - ]] && prefix_arg=()
-    local wrapper=()
+    local wrapper=() cache_arg=(--cache-dir="$cache") a
     [[ -n ${WALFS_WRAPPER:-} ]] && read -r -a wrapper <<<"$WALFS_WRAPPER"
+    for a in "$@"; do [[ $a == --cache-dir=* ]] && cache_arg=(); done # the caller's own
     setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
         env HOME="$WALFS_SCRATCH" "${wrapper[@]}" "$WALFS_BIN" -f -o allow_other,default_permissions \
-        "${prefix_arg[@]}" "$mnt" --cache-dir="$cache" "$@" \
+        "${prefix_arg[@]}" "$mnt" "${cache_arg[@]}" "$@" \
         >"$log" 2>&1 &
     _WALFS_PID[$mnt]=$!
     _WALFS_MOUNTS+=("$mnt")

@@ -29,4 +29,10 @@ static inline int buf_sink(void *ctx, const void *data, size_t n)
     return 0;
 }
 
+static inline void buf_free(buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
 #endif

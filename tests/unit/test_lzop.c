@@ -29,13 +29,6 @@ static void buf_put(buf *b, const void *d, size_t n)
         abort();
 }
 
-static void buf_free(buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
 static int same(const buf *b, const void *d, size_t n)
 {
     return b->len == n && (n == 0 || memcmp(b->p, d, n) == 0);

@@ -23,6 +23,7 @@
 #include "s3/s3_client.h"
 #include "s3/sigv4.h"
 #include "tests/unit/tap.h"
+#include "tests/unit/test_buf.h"
 
 static const char *endpoint, *access_key, *secret_key;
 static char bucket[64];
@@ -91,39 +92,6 @@ static long raw_put_bucket(const char *name)
 }
 
 /* ---- sinks and list callbacks ---- */
-
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-    int calls;
-    void (*hook)(struct buf *); /* run once, on the first delivery */
-} buf;
-
-static int buf_sink(void *ctx, const void *data, size_t len)
-{
-    buf *b = ctx;
-    if (b->len + len > b->cap) {
-        size_t ncap = b->cap ? b->cap : 4096;
-        while (ncap < b->len + len)
-            ncap *= 2;
-        unsigned char *np = realloc(b->p, ncap);
-        if (!np)
-            return -ENOMEM;
-        b->p = np;
-        b->cap = ncap;
-    }
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-    if (b->calls++ == 0 && b->hook)
-        b->hook(b);
-    return 0;
-}
-
-static void buf_free(buf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
 
 typedef struct listing {
     int n_keys, n_prefixes, sorted;
@@ -597,10 +565,15 @@ static void test_virtual_hosted(void)
 }
 
 static s3_client *changer;
-static void overwrite_hook(buf *b)
+static int overwritten;
+/* buf_sink that replaces the object once, on the first delivery. */
+static int overwriting_sink(void *ctx, const void *data, size_t len)
 {
-    walfs_err err;
-    s3_put(changer, "fault/obj", "different", 9, NULL, 0, &err);
+    if (!overwritten++) {
+        walfs_err err;
+        s3_put(changer, "fault/obj", "different", 9, NULL, 0, &err);
+    }
+    return buf_sink(ctx, data, len);
 }
 
 /* Each scenario uses a fresh client: a kept-alive connection to the proxy
@@ -665,8 +638,8 @@ static void test_faults(s3_client *direct)
      * splice the new version onto the old bytes. */
     c = proxied(&p, 10000, 0, 1);
     changer = direct;
-    b.hook = overwrite_hook;
-    rc = s3_get(c, "fault/obj", 0, 0, buf_sink, &b, &err);
+    overwritten = 0;
+    rc = s3_get(c, "fault/obj", 0, 0, overwriting_sink, &b, &err);
     CHECK(rc == -EIO && strstr(err.msg, "changed"),
           "object replaced mid-read: -EIO, not a spliced body: %s", err.msg);
     buf_free(&b);
