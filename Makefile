@@ -5,7 +5,7 @@
 #   make install    binary and docs under $(PREFIX)
 
 PREFIX ?= /usr/local
-PKGS := fuse3 libcurl openssl lzo2 libarchive libxml-2.0 json-c
+PKGS := fuse3 libcurl openssl lzo2 libisal libarchive libxml-2.0 json-c
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS))
 

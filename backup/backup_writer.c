@@ -44,6 +44,15 @@ struct backup_writer {
     char **committed;               /* keys stored so far, removed on failure */
     size_t n_committed, cap_committed;
 
+    uint64_t tar_pos;               /* tar bytes produced in the open partition */
+    /* A member whose data comes as lzop records: libarchive's stand-in
+     * zeros for [splice_from, splice_to) of the tar are dropped and the
+     * records go into the lzop stream in their place. */
+    uint64_t splice_from, splice_to;
+    int splice_fd;
+    uint64_t splice_len;
+    int spliced;
+
     uint64_t expanded_size;
     unsigned char *read_buf;
     walfs_err cb_err;               /* what failed inside a libarchive callback */
@@ -119,14 +128,59 @@ static int lzop_out(void *ctx, const void *data, size_t len)
     return 0;
 }
 
+static int splice_records(backup_writer *bw)
+{
+    if (lzop_encoder_flush(bw->enc, lzop_out, bw, &bw->cb_err) != 0)
+        return -1;
+    uint64_t off = 0;
+    while (off < bw->splice_len) {
+        size_t want = bw->splice_len - off < READ_CHUNK ? (size_t)(bw->splice_len - off) : READ_CHUNK;
+        ssize_t n = pread(bw->splice_fd, bw->read_buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            walfs_err_set(&bw->cb_err, n < 0 ? -errno : -EIO,
+                          "reading the compressed spool of a member of %s: %s", bw->part_key,
+                          n < 0 ? strerror(errno) : "it is shorter than was written");
+            return -1;
+        }
+        if (lzop_encoder_write_records(bw->enc, bw->read_buf, (size_t)n, lzop_out, bw,
+                                       &bw->cb_err) != 0)
+            return -1;
+        off += (uint64_t)n;
+    }
+    bw->spliced = 1;
+    return 0;
+}
+
+/* libarchive writes unbuffered, so tar_pos is exactly where each byte sits
+ * in the tar: that is how the spliced member's stand-in zeros are found. */
 static la_ssize_t tar_out(struct archive *a, void *ctx, const void *buf, size_t len)
 {
     (void)a;
     backup_writer *bw = ctx;
     if (bw->discard)
         return (la_ssize_t)len;
-    if (lzop_encoder_write(bw->enc, buf, len, lzop_out, bw, &bw->cb_err) != 0)
-        return -1;
+    const unsigned char *p = buf;
+    size_t left = len;
+    while (left > 0) {
+        uint64_t pos = bw->tar_pos;
+        size_t n = left;
+        if (pos >= bw->splice_from && pos < bw->splice_to) {
+            if (!bw->spliced && splice_records(bw) != 0)
+                return -1;
+            if (n > bw->splice_to - pos)
+                n = (size_t)(bw->splice_to - pos);
+        } else {
+            if (pos < bw->splice_from && n > bw->splice_from - pos)
+                n = (size_t)(bw->splice_from - pos);
+            if (lzop_encoder_write(bw->enc, p, n, lzop_out, bw, &bw->cb_err) != 0)
+                return -1;
+        }
+        p += n;
+        left -= n;
+        bw->tar_pos += n;
+    }
     return (la_ssize_t)len;
 }
 
@@ -176,6 +230,7 @@ static int open_partition(backup_writer *bw, walfs_err *err)
     bw->part_bytes = 0;
     bw->part_members = 0;
     bw->part_len = 0;
+    bw->tar_pos = 0;
     /* What `lzop -c` writes when reading the tar from a pipe. */
     bw->enc = lzop_encoder_new(0, (int64_t)time(NULL));
     if (!bw->enc)
@@ -188,9 +243,10 @@ static int open_partition(backup_writer *bw, walfs_err *err)
     bw->ar = archive_write_new();
     if (!bw->ar)
         return walfs_err_set(err, -ENOMEM, "out of memory");
+    /* Unbuffered (close_partition pads to TAR_RECORD itself), so that
+     * tar_out sees every byte at the moment libarchive produces it. */
     if (archive_write_set_format_pax(bw->ar) != ARCHIVE_OK ||
-        archive_write_set_bytes_per_block(bw->ar, TAR_RECORD) != ARCHIVE_OK ||
-        archive_write_set_bytes_in_last_block(bw->ar, TAR_RECORD) != ARCHIVE_OK ||
+        archive_write_set_bytes_per_block(bw->ar, 0) != ARCHIVE_OK ||
         archive_write_open2(bw->ar, bw, NULL, tar_out, NULL, NULL) != ARCHIVE_OK)
         return archive_failure(bw, "opening the tar stream", err);
     return 0;
@@ -199,11 +255,18 @@ static int open_partition(backup_writer *bw, walfs_err *err)
 static int close_partition(backup_writer *bw, walfs_err *err)
 {
     int rc;
+    static const unsigned char zeros[TAR_RECORD];
     if (archive_write_close(bw->ar) != ARCHIVE_OK)
         return archive_failure(bw, "closing the tar stream", err);
     archive_write_free(bw->ar);
     bw->ar = NULL;
     walfs_err_clear(&bw->cb_err);
+    size_t pad = (size_t)((TAR_RECORD - bw->tar_pos % TAR_RECORD) % TAR_RECORD);
+    if (pad && (rc = lzop_encoder_write(bw->enc, zeros, pad, lzop_out, bw, &bw->cb_err)) != 0) {
+        if (err)
+            *err = bw->cb_err;
+        return rc;
+    }
     if ((rc = lzop_encoder_finish(bw->enc, lzop_out, bw, &bw->cb_err)) != 0) {
         if (err)
             *err = bw->cb_err;
@@ -424,8 +487,15 @@ static int check_member(const backup_writer_member *m, walfs_err *err)
     }
 }
 
-static int add_member(backup_writer *bw, const backup_writer_member *m, uint64_t size, int fd,
-                      walfs_err *err)
+/* Where a FILE member's data comes from: plain bytes, or lzop records. */
+typedef struct member_source {
+    int fd;
+    int records;
+    uint64_t records_len;
+} member_source;
+
+static int add_member(backup_writer *bw, const backup_writer_member *m, uint64_t size,
+                      const member_source *src, walfs_err *err)
 {
     int rc;
     if (bw->ar && bw->part_members > 0 &&
@@ -479,17 +549,35 @@ static int add_member(backup_writer *bw, const backup_writer_member *m, uint64_t
         return archive_failure(bw, "writing the header of a member", err);
     if (r == ARCHIVE_WARN)
         log_warn("backup %s: %s: %s", bw->name, m->path, archive_error_string(bw->ar));
-    if (size > 0 && (rc = copy_data(bw, m, fd, err)) != 0)
+    if (size > 0 && src->records) {
+        /* libarchive fills the member with zeros when it finishes it:
+         * those are the bytes the records stand in for. */
+        bw->splice_from = bw->tar_pos;
+        bw->splice_to = bw->tar_pos + size;
+        bw->splice_fd = src->fd;
+        bw->splice_len = src->records_len;
+        bw->spliced = 0;
+    } else if (size > 0 && (rc = copy_data(bw, m, src->fd, err)) != 0) {
         return rc;
-    if (m->type == MEMBER_FILE && archive_write_finish_entry(bw->ar) != ARCHIVE_OK)
+    }
+    r = m->type == MEMBER_FILE ? archive_write_finish_entry(bw->ar) : ARCHIVE_OK;
+    int not_spliced = size > 0 && src->records && (!bw->spliced || bw->tar_pos < bw->splice_to);
+    bw->splice_from = bw->splice_to = 0;
+    bw->spliced = 0;
+    if (r != ARCHIVE_OK)
         return archive_failure(bw, "finishing a member", err);
+    if (not_spliced)
+        return walfs_err_set(err, -EIO, "%s in %s: libarchive did not fill the member's data "
+                             "with zeros as walfs expects of it; this libarchive cannot be used "
+                             "for pushes, please report it", m->path, bw->part_key);
     bw->part_bytes += size;
     bw->part_members++;
     bw->expanded_size += size;
     return 0;
 }
 
-int backup_writer_add(backup_writer *bw, const backup_writer_member *m, int fd, walfs_err *err)
+static int add_checked(backup_writer *bw, const backup_writer_member *m,
+                       const member_source *src, walfs_err *err)
 {
     if (bw->failed)
         return walfs_err_set(err, bw->failed, "backup %s already failed: %s", bw->name,
@@ -505,8 +593,24 @@ int backup_writer_add(backup_writer *bw, const backup_writer_member *m, int fd, 
                              "partition may hold (WAL-E's TarMemberTooBigError): a WAL-E backup "
                              "cannot contain it",
                              m->path, size, bw->max_bytes);
-    rc = add_member(bw, m, size, fd, err);
+    rc = add_member(bw, m, size, src, err);
     return rc ? fail_stream(bw, rc, err) : 0;
+}
+
+int backup_writer_add(backup_writer *bw, const backup_writer_member *m, int fd, walfs_err *err)
+{
+    member_source src = {.fd = fd};
+    return add_checked(bw, m, &src, err);
+}
+
+int backup_writer_add_records(backup_writer *bw, const backup_writer_member *m, int fd,
+                              uint64_t records_len, walfs_err *err)
+{
+    if (m->type != MEMBER_FILE)
+        return walfs_err_set(err, -EINVAL, "member %s: only a file's data comes as records",
+                             m->path ? m->path : "");
+    member_source src = {.fd = fd, .records = 1, .records_len = records_len};
+    return add_checked(bw, m, &src, err);
 }
 
 /* Appends s as a JSON string the way Python's json.dumps writes it

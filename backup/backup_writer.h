@@ -54,6 +54,14 @@ typedef struct backup_writer_member {
  * return the same error and only finish/abort (to free) remain. */
 int backup_writer_add(backup_writer *bw, const backup_writer_member *m, int fd, walfs_err *err);
 
+/* The same for a FILE whose data is compressed already: fd holds
+ * records_len bytes of lzop block records (lzop_block_encode; read from
+ * offset 0) that decode to exactly m->size bytes.  They join the
+ * partition's lzop stream as they are, after the pending block is closed
+ * short, so a file compressed as it arrived is never decompressed again. */
+int backup_writer_add_records(backup_writer *bw, const backup_writer_member *m, int fd,
+                              uint64_t records_len, walfs_err *err);
+
 typedef struct backup_writer_stop {
     char stop_segment[25];          /* wal_segment_backup_stop */
     char stop_offset[9];            /* wal_segment_offset_backup_stop, 8 decimal digits */

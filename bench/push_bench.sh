@@ -75,24 +75,33 @@ push_once() {
     quiet runuser -u postgres -- "$PG_BINDIR/pg_basebackup" -D "$MNT/basebackups_005/incoming" -X none \
         --checkpoint=fast -h "$PG_SCRATCH" -p "$PORT"
 }
+# CPU seconds: the daemon's own, and the whole machine's busy time (all
+# processes, kernel included): on 2 vCPUs the push is CPU-bound, so these
+# say where a second goes.
+daemon_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PID/stat"; }
+busy_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
 timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # The machine is noisy (2 vCPUs shared with RGW and PostgreSQL): several
 # rounds, each measuring all three back to back, and the medians.
 ROUNDS=${PUSH_BENCH_ROUNDS:-5}
-floors=() floors_nowal=() nulls=() locals=() pushes=() ratios=()
-printf '\n%-6s %9s %9s %9s %9s %9s %12s\n' round "floor s" "-pg_wal s" "null s" "local s" "walfs s" "walfs/floor"
+cpus=() busys=() floors=() floors_nowal=() nulls=() locals=() pushes=() ratios=()
+printf '\n%-6s %9s %9s %9s %9s %9s %12s %10s %10s\n' round "floor s" "-pg_wal s" "null s" "local s" "walfs s" "walfs/floor" "daemon cpu" "busy cpu"
 for ((r = 1; r <= ROUNDS; r++)); do
     f=$(timed floor_once)
     fw=$(timed floor_once --exclude='./pg_wal/*')
     z=$(timed null_once)
     l=$(timed local_once)
     [[ -n ${PUSH_BENCH_PERF:-} && $r -eq 1 ]] && { perf record -g -o "$PUSH_BENCH_PERF" -p "$PID" 2>/dev/null & PERFPID=$!; sleep 0.3; }
+    c0=$(daemon_cpu) b0=$(busy_cpu)
     p=$(timed push_once)
+    c1=$(daemon_cpu) b1=$(busy_cpu)
+    cpus+=("$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')")
+    busys+=("$(awk -v a="$b0" -v b="$b1" 'BEGIN { printf "%.2f", b - a }')")
     [[ -n ${PUSH_BENCH_PERF:-} && $r -eq 1 ]] && { kill -INT "$PERFPID"; wait "$PERFPID" || true; }
     floors+=("$f") floors_nowal+=("$fw") nulls+=("$z") locals+=("$l") pushes+=("$p") ratios+=("$(ratio "$p" "$f")")
-    printf '%-6s %9s %9s %9s %9s %9s %11sx\n' "$r" "$f" "$fw" "$z" "$l" "$p" "$(ratio "$p" "$f")"
+    printf '%-6s %9s %9s %9s %9s %9s %11sx %10s %10s\n' "$r" "$f" "$fw" "$z" "$l" "$p" "$(ratio "$p" "$f")" "${cpus[-1]}" "${busys[-1]}"
     sleep 2 # the kernel's memory of the last push's names (--attr-timeout)
 done
 cp "$(walfs_log "$MNT")" /tmp/push_bench_walfs.log
@@ -111,6 +120,8 @@ printf '%-52s %8sx\n' "median of the per-round ratios" "$(median "${ratios[@]}")
 printf '%-52s %8sx\n' "walfs against the floor without pg_wal" "$(ratio "$t_push" "$t_floor_nowal")"
 printf '%-52s %8sx\n' "walfs against pg_basebackup into a local directory" "$(ratio "$t_push" "$t_local")"
 printf '%-52s %8sx\n' "walfs against pg_basebackup > /dev/null" "$(ratio "$t_push" "$t_null")"
+printf '%-52s %8s s\n' "walfs daemon CPU per push" "$(median "${cpus[@]}")"
+printf '%-52s %8s s\n' "machine busy CPU during a push (2 vCPUs)" "$(median "${busys[@]}")"
 printf '%-52s %8s KiB (target < 131072)\n' "walfs daemon peak RSS (VmHWM), all rounds" "$rss_kib"
 printf '%-52s %8s of %s\n' "backups listed" "$n_listed" "$ROUNDS"
 walfs_umount "$MNT"

@@ -40,6 +40,14 @@ lzop_encoder *lzop_encoder_new(uint32_t mode, int64_t mtime);
 /* Buffers input and emits whole blocks (the header on the first call). */
 int lzop_encoder_write(lzop_encoder *enc, const void *data, size_t len,
                        lzop_sink_fn sink, void *ctx, walfs_err *err);
+/* Closes the pending partial block now, as a shorter block (valid lzop:
+ * only the writer's habit makes every block but the last 256 KiB), so that
+ * records made ahead of time with lzop_block_encode can follow. */
+int lzop_encoder_flush(lzop_encoder *enc, lzop_sink_fn sink, void *ctx, walfs_err *err);
+/* Appends whole block records (from lzop_block_encode) to the stream as
+ * they are.  Only with no partial block pending: after lzop_encoder_flush. */
+int lzop_encoder_write_records(lzop_encoder *enc, const void *records, size_t len,
+                               lzop_sink_fn sink, void *ctx, walfs_err *err);
 /* Emits the last partial block and the end marker. */
 int lzop_encoder_finish(lzop_encoder *enc, lzop_sink_fn sink, void *ctx, walfs_err *err);
 void lzop_encoder_free(lzop_encoder *enc);
@@ -47,6 +55,28 @@ void lzop_encoder_free(lzop_encoder *enc);
 /* Worst case compressed size of an input of n bytes (header + blocks + end),
  * for callers that want one buffer. */
 size_t lzop_max_compressed_size(uint64_t n);
+
+/* ---- single block records ----
+ * A record is one block as the encoder writes it (12-byte header: lengths
+ * and Adler-32 of the data; then the payload).  Compressing data into
+ * records before the stream it joins exists lets a writer compress a file
+ * as it arrives and splice it into a tar stream later. */
+#define LZOP_RECORD_HEADER_LEN 12u
+/* lzo1x_1_compress writes without a bound: LZO's documented worst case. */
+#define LZOP_RECORD_MAX (LZOP_RECORD_HEADER_LEN + LZOP_BLOCK_SIZE + LZOP_BLOCK_SIZE / 16 + 64 + 3)
+
+typedef struct lzop_block_encoder lzop_block_encoder;
+lzop_block_encoder *lzop_block_encoder_new(void);
+void lzop_block_encoder_free(lzop_block_encoder *be);
+/* n: 1..LZOP_BLOCK_SIZE bytes.  *record points into be until the next call. */
+int lzop_block_encode(lzop_block_encoder *be, const void *data, size_t n,
+                      const unsigned char **record, size_t *record_len, walfs_err *err);
+/* The lengths a record's header gives; -EIO when they are impossible. */
+int lzop_record_lengths(const unsigned char header[LZOP_RECORD_HEADER_LEN], uint32_t *uncomp_len,
+                        uint32_t *payload_len, walfs_err *err);
+/* Decodes one whole record (header and payload) into out, which holds its
+ * uncompressed length, verifying the checksum. */
+int lzop_record_decode(const void *record, size_t record_len, void *out, walfs_err *err);
 
 /* ---- decoder (push) ---- */
 typedef struct lzop_decoder lzop_decoder;

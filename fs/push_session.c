@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "fs/backup_view.h"
 #include "fs/push_cleanup.h"
+#include "fs/spool_file.h"
 
 #define MANIFEST_TMP "backup_manifest.tmp"
 #define MANIFEST "backup_manifest"
@@ -29,11 +30,13 @@ typedef struct push_node {
     int64_t mtime_sec;
     uint32_t mtime_nsec;
     char *link_target;
-    int fd;                     /* spool of a file until it is emitted */
+    spool_file *spool;          /* a file's bytes until it is emitted */
+    uint64_t spooled;           /* its share of the session's spooled_bytes */
     uint64_t size;
     int open_count;
     int emitted;                /* in the backup (or deliberately left out) */
     int emitting;               /* the emitter thread is reading it right now */
+    int gap_waited_out;         /* a write ahead of the end waited in vain once */
     uint64_t seq;               /* creation order: files are emitted in it */
     struct push_node *next;
 } push_node;
@@ -78,12 +81,13 @@ struct push_registry {
     pthread_mutex_t lock;       /* sessions and nodes; not held while the emitter uploads */
     pthread_cond_t work;        /* the emitter has files to add */
     pthread_cond_t progress;    /* the emitter finished one (spool space, idle writer) */
+    pthread_cond_t appended;    /* a file grew: writes waiting for their turn may go */
+    int waiting_writes;
     pthread_t emitter;
     int emitter_running, stopping;
     push_session *sessions;
     push_session *retired;      /* replaced or removed, with handles still open */
-    int free_spools[8];         /* emptied spool files, reused: creating an inode per file is slow */
-    int n_free_spools;
+    spool_pool *spools;
 };
 
 /* ---- helpers ---- */
@@ -157,8 +161,7 @@ static int parent_is_dir(push_session *s, const char *path)
 
 static void node_free(push_node *n)
 {
-    if (n->fd >= 0)
-        close(n->fd);
+    spool_file_free(n->spool);
     free(n->path);
     free(n->link_target);
     free(n);
@@ -177,7 +180,6 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
     n->uid = ctx ? ctx->uid : reg->uid;
     n->gid = ctx ? ctx->gid : reg->gid;
     now_ts(&n->mtime_sec, &n->mtime_nsec);
-    n->fd = -1;
     n->seq = s->next_seq++;
     n->next = s->nodes;
     s->nodes = n;
@@ -185,9 +187,36 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
 }
 
 /* n's bytes leave the spool (packed, left out, removed or rewritten). */
-static void unspool(push_session *s, const push_node *n)
+static void unspool(push_session *s, push_node *n)
 {
-    s->spooled_bytes -= n->size < s->spooled_bytes ? n->size : s->spooled_bytes;
+    s->spooled_bytes -= n->spooled < s->spooled_bytes ? n->spooled : s->spooled_bytes;
+    n->spooled = 0;
+}
+
+/* After n's spool changed: its size and its share of the spool. */
+static void account(push_session *s, push_node *n)
+{
+    unspool(s, n);
+    n->size = spool_file_size(n->spool);
+    n->spooled = spool_file_disk_bytes(n->spool);
+    s->spooled_bytes += n->spooled;
+}
+
+static void drop_spool(push_session *s, push_node *n)
+{
+    unspool(s, n);
+    spool_file_free(n->spool);
+    n->spool = NULL;
+}
+
+static int truncate_spool(push_session *s, push_node *n, uint64_t size)
+{
+    walfs_err err;
+    int rc = spool_file_truncate(n->spool, size, &err);
+    account(s, n);
+    if (rc)
+        log_error("truncating basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
+    return rc ? -EIO : 0;
 }
 
 /* Aborts the open upload, deletes what was uploaded and the lease. */
@@ -219,12 +248,8 @@ static void fail(push_registry *reg, push_session *s, const walfs_err *err)
     log_error("base backup push into basebackups_005/%s failed: %s; nothing was published, "
               "and what was uploaded is being removed", s->dir, err->msg);
     discard_uploads(reg, s);
-    for (push_node *n = s->nodes; n; n = n->next) {
-        if (n->fd >= 0) {
-            close(n->fd);
-            n->fd = -1;
-        }
-    }
+    for (push_node *n = s->nodes; n; n = n->next)
+        drop_spool(s, n);
     s->spooled_bytes = 0;
 }
 
@@ -238,19 +263,14 @@ static int latched(const push_session *s)
                : -EIO;
 }
 
-static int read_spool(const push_node *n, char *buf, size_t cap, size_t *len)
+static int read_spool(push_session *s, push_node *n, char *buf, size_t cap, size_t *len)
 {
-    size_t got = 0;
-    while (got < cap && got < n->size) {
-        ssize_t r = pread(n->fd, buf + got, cap - got, (off_t)got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -EIO;
-        got += (size_t)r;
-    }
-    *len = got;
-    return 0;
+    walfs_err err;
+    int rc = spool_file_read(n->spool, buf, cap, 0, len, &err);
+    account(s, n); /* reading makes it plain bytes */
+    if (rc)
+        log_error("basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
+    return rc;
 }
 
 /* WAL-E's exclusions (wal-e-format.md 2.1): top-level configuration and pid
@@ -318,7 +338,7 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
 {
     char text[4096];
     size_t len;
-    if (read_spool(label, text, sizeof text - 1, &len) != 0)
+    if (read_spool(s, label, text, sizeof text - 1, &len) != 0)
         return walfs_err_set(err, -EIO, "could not read back backup_label from the spool");
     text[len] = '\0';
     const char *line = strstr(text, "START WAL LOCATION: ");
@@ -373,44 +393,44 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
 
 /* ---- emitting members into the backup ---- */
 
-static void release_spool(push_registry *reg, int fd)
-{
-    if (fd < 0)
-        return;
-    if (reg->n_free_spools < (int)(sizeof reg->free_spools / sizeof reg->free_spools[0]) &&
-        ftruncate(fd, 0) == 0)
-        reg->free_spools[reg->n_free_spools++] = fd;
-    else
-        close(fd);
-}
-
-/* n is in the backup: its spool goes back to the pool. */
-static void mark_emitted(push_registry *reg, push_session *s, push_node *n)
+/* n is in the backup (or deliberately left out): its spool goes back to
+ * the pool. */
+static void mark_emitted(push_session *s, push_node *n)
 {
     n->emitted = 1;
-    unspool(s, n);
-    release_spool(reg, n->fd);
-    n->fd = -1;
+    drop_spool(s, n);
 }
 
-static int emit_file(push_registry *reg, push_session *s, push_node *n, walfs_err *err)
+/* A file's content as the backup writer takes it: whatever is pending goes
+ * to disk first. */
+static int spool_data_of(push_session *s, push_node *n, spool_data *data, walfs_err *err)
 {
-    backup_writer_member m = member_of(n, n->path);
-    int rc = backup_writer_add(s->writer, &m, n->fd, err);
+    int rc = spool_file_seal(n->spool, err);
+    account(s, n);
     if (!rc)
-        mark_emitted(reg, s, n);
+        rc = spool_file_data(n->spool, data, err);
+    if (rc)
+        walfs_err_prefix(err, "spooling %s: ", n->path);
     return rc;
 }
 
-/* Excluded as WAL-E excludes it: its spool is not needed any more. */
-static void leave_out(push_session *s, push_node *n)
+static int add_file(backup_writer *writer, const backup_writer_member *m, const spool_data *data,
+                    walfs_err *err)
 {
-    n->emitted = 1;
-    if (n->fd >= 0) {
-        unspool(s, n);
-        close(n->fd);
-        n->fd = -1;
-    }
+    return data->records ? backup_writer_add_records(writer, m, data->fd, data->len, err)
+                         : backup_writer_add(writer, m, data->fd, err);
+}
+
+static int emit_file(push_session *s, push_node *n, walfs_err *err)
+{
+    backup_writer_member m = member_of(n, n->path);
+    spool_data data;
+    int rc = spool_data_of(s, n, &data, err);
+    if (!rc)
+        rc = add_file(s->writer, &m, &data, err);
+    if (!rc)
+        mark_emitted(s, n);
+    return rc;
 }
 
 /* Whether the file is decided only at completion, or never goes in. */
@@ -425,7 +445,7 @@ static push_node *next_ready(push_session *s)
             n->seq >= s->emit_before || deferred(n))
             continue;
         if (excluded_file(n->path) || in_emptied_dir(n->path, 0)) {
-            leave_out(s, n);
+            mark_emitted(s, n);
             continue;
         }
         if (!best || n->seq < best->seq)
@@ -454,23 +474,27 @@ static void *emitter_main(void *arg)
             pthread_cond_wait(&reg->work, &reg->lock);
             continue;
         }
+        walfs_err err = {0};
+        spool_data data;
+        if (spool_data_of(s, n, &data, &err) != 0) {
+            fail(reg, s, &err);
+            continue;
+        }
         n->emitting = 1;
         s->emitting = 1;
         /* n stays as it is while emitting: renames over it get EBUSY, and
          * removing it fails the push, which waits for this add to end. */
         backup_writer_member m = member_of(n, n->path);
-        int fd = n->fd;
         backup_writer *writer = s->writer;
         pthread_mutex_unlock(&reg->lock);
-        walfs_err err = {0};
-        int rc = backup_writer_add(writer, &m, fd, &err);
+        int rc = add_file(writer, &m, &data, &err);
         pthread_mutex_lock(&reg->lock);
         n->emitting = 0;
         s->emitting = 0;
         if (rc)
             fail(reg, s, &err);
         else
-            mark_emitted(reg, s, n);
+            mark_emitted(s, n);
         pthread_cond_broadcast(&reg->progress);
     }
     pthread_mutex_unlock(&reg->lock);
@@ -527,9 +551,9 @@ static int emit_remaining_files(push_registry *reg, push_session *s, int keep_wa
     for (size_t i = 0; i < k && !rc; i++) {
         push_node *n = order[i];
         if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal))
-            leave_out(s, n);
+            mark_emitted(s, n);
         else
-            rc = emit_file(reg, s, n, err);
+            rc = emit_file(s, n, err);
     }
     free(order);
     return rc;
@@ -574,7 +598,7 @@ static int stop_from_manifest(push_session *s, push_node *manifest, backup_write
         return walfs_err_set(err, -EFBIG, "backup_manifest is implausibly large");
     char *text = malloc(manifest->size + 1);
     size_t len;
-    if (!text || read_spool(manifest, text, manifest->size, &len) != 0) {
+    if (!text || read_spool(s, manifest, text, manifest->size, &len) != 0) {
         free(text);
         return walfs_err_set(err, -EIO, "could not read back backup_manifest from the spool");
     }
@@ -703,13 +727,8 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
         push_lease_remove(reg->st, s->backup_name);
         s->leased = 0;
     }
-    for (push_node *n = s->nodes; n; n = n->next) {
-        n->emitted = 1;
-        if (n->fd >= 0) {
-            close(n->fd);
-            n->fd = -1;
-        }
-    }
+    for (push_node *n = s->nodes; n; n = n->next)
+        mark_emitted(s, n);
     s->spooled_bytes = 0;
     log_info("base backup %s is complete: its sentinel is stored", s->backup_name);
     return 0;
@@ -731,14 +750,32 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     reg->settings.spool_dir = reg->spool_dir;
     reg->uid = uid;
     reg->gid = gid;
+    /* Eight files compressing at once covers pg_basebackup (one data file
+     * and, with -X stream, one WAL file) with room; 32 MiB of out-of-order
+     * writes is more than the kernel keeps in flight. */
+    reg->spools = spool_pool_new(reg->spool_dir, 8, 32u << 20);
+    if (!reg->spool_dir || !reg->spools) {
+        walfs_err_set(err, -ENOMEM, "out of memory");
+        spool_pool_free(reg->spools);
+        free(reg->spool_dir);
+        free(reg);
+        return NULL;
+    }
     pthread_mutex_init(&reg->lock, NULL);
     pthread_cond_init(&reg->work, NULL);
     pthread_cond_init(&reg->progress, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&reg->appended, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     if (pthread_create(&reg->emitter, NULL, emitter_main, reg) != 0) {
         walfs_err_set(err, -EAGAIN, "cannot start the base backup push thread");
         pthread_cond_destroy(&reg->work);
         pthread_cond_destroy(&reg->progress);
+        pthread_cond_destroy(&reg->appended);
         pthread_mutex_destroy(&reg->lock);
+        spool_pool_free(reg->spools);
         free(reg->spool_dir);
         free(reg);
         return NULL;
@@ -854,10 +891,10 @@ void push_registry_free(push_registry *reg)
         session_free(reg, reg->retired);
         reg->retired = next;
     }
-    for (int i = 0; i < reg->n_free_spools; i++)
-        close(reg->free_spools[i]);
+    spool_pool_free(reg->spools);
     pthread_cond_destroy(&reg->work);
     pthread_cond_destroy(&reg->progress);
+    pthread_cond_destroy(&reg->appended);
     pthread_mutex_destroy(&reg->lock);
     free(reg->spool_dir);
     free(reg);
@@ -958,21 +995,6 @@ void push_list_sessions(push_registry *reg, void *buf, fuse_fill_dir_t filler)
     pthread_mutex_unlock(&reg->lock);
 }
 
-static int open_spool(push_registry *reg)
-{
-    if (reg->n_free_spools > 0)
-        return reg->free_spools[--reg->n_free_spools];
-    int fd = open(reg->spool_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0)
-        return fd;
-    char tmpl[PATH_MAX];
-    snprintf(tmpl, sizeof tmpl, "%s/push-XXXXXX", reg->spool_dir);
-    fd = mkstemp(tmpl);
-    if (fd >= 0)
-        unlink(tmpl);
-    return fd;
-}
-
 static push_handle *new_handle(push_session *s, push_node *n, int writable)
 {
     push_handle *h = calloc(1, sizeof *h);
@@ -1007,18 +1029,15 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
         if (!n)
             rc = -ENOMEM;
     }
-    if (!rc && n->fd < 0) {
-        n->fd = open_spool(reg);
-        if (n->fd < 0) {
-            rc = -errno;
-            log_error("basebackups_005/%s: cannot create a spool file in %s: %s", rel,
-                      reg->spool_dir, strerror(errno));
+    if (!rc && !n->spool) {
+        n->spool = spool_file_new(reg->spools);
+        if (!n->spool) {
+            rc = errno == ENOSPC ? -ENOSPC : -EIO;
+            log_error("basebackups_005/%s: cannot create its spool file (check --cache-dir)",
+                      rel);
         }
     } else if (!rc) {
-        if (ftruncate(n->fd, 0) != 0)
-            rc = -EIO;
-        unspool(s, n);
-        n->size = 0;
+        rc = truncate_spool(s, n, 0);
     }
     if (!rc) {
         advance(reg, s, n->seq);
@@ -1054,12 +1073,8 @@ int push_open(push_registry *reg, const char *rel, int flags, void **handle)
         rc = latched(s);
     if (!rc && (flags & O_TRUNC) && n->emitting)
         rc = -EBUSY;
-    if (!rc && (flags & O_TRUNC) && !n->emitted && n->fd >= 0) {
-        if (ftruncate(n->fd, 0) != 0)
-            rc = -EIO;
-        unspool(s, n);
-        n->size = 0;
-    }
+    if (!rc && (flags & O_TRUNC) && !n->emitted && n->spool)
+        rc = truncate_spool(s, n, 0);
     /* Opening a finished file read-write is how pg_basebackup fsyncs it:
      * allowed, but writing to it is not. */
     if (!rc) {
@@ -1076,16 +1091,48 @@ int push_read(push_registry *reg, void *handle, char *buf, size_t size, off_t of
     push_handle *h = handle;
     pthread_mutex_lock(&reg->lock);
     int rc;
-    if (h->node->fd < 0) {
+    if (!h->node->spool) {
         log_error("read basebackups_005/%s/%s: already uploaded into the backup; read it from "
                   "the finished backup's directory", h->session->dir, h->node->path);
         rc = -EIO;
     } else {
-        ssize_t n = pread(h->node->fd, buf, size, off);
-        rc = n < 0 ? -EIO : (int)n;
+        walfs_err err;
+        size_t got = 0;
+        rc = spool_file_read(h->node->spool, buf, size, (uint64_t)off, &got, &err);
+        account(h->session, h->node);
+        if (rc)
+            log_error("read basebackups_005/%s/%s: %s", h->session->dir, h->node->path,
+                      err.msg);
+        rc = rc ? -EIO : (int)got;
     }
     pthread_mutex_unlock(&reg->lock);
     return rc;
+}
+
+/* The kernel writes a file back in 1 MiB requests that FUSE threads serve
+ * in parallel, so a request may get here before the one in front of it.
+ * It waits a moment for that one rather than being copied aside: the
+ * spool then stays compressed without holding the data twice. */
+static void wait_for_turn(push_registry *reg, push_session *s, push_node *n, uint64_t off)
+{
+    if (n->gap_waited_out || !n->spool || off <= spool_file_append_offset(n->spool))
+        return;
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_nsec += 50 * 1000 * 1000;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    reg->waiting_writes++;
+    while (!s->failed && n->spool && off > spool_file_append_offset(n->spool)) {
+        if (pthread_cond_timedwait(&reg->appended, &reg->lock, &deadline) == ETIMEDOUT) {
+            /* A writer that seeks ahead on purpose: never wait for it again. */
+            n->gap_waited_out = 1;
+            break;
+        }
+    }
+    reg->waiting_writes--;
 }
 
 int push_write(push_registry *reg, void *handle, const char *buf, size_t size, off_t off)
@@ -1094,36 +1141,28 @@ int push_write(push_registry *reg, void *handle, const char *buf, size_t size, o
     pthread_mutex_lock(&reg->lock);
     push_session *s = h->session;
     push_node *n = h->node;
+    if (h->writable)
+        wait_for_turn(reg, s, n, (uint64_t)off);
     int rc = latched(s);
-    if (!rc && (!h->writable || n->fd < 0 || n->emitted))
+    if (!rc && (!h->writable || !n->spool || n->emitted))
         rc = -EBADF;
     if (!rc) {
-        size_t done = 0;
-        while (done < size) {
-            ssize_t w = pwrite(n->fd, buf + done, size - done, off + (off_t)done);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0) {
-                /* Latched: with the kernel's writeback cache the writer may
-                 * only hear of it at close, and a file with a hole must never
-                 * be packed, whatever the writer does next. */
-                int e = errno;
-                walfs_err err;
-                walfs_err_set(&err, e == ENOSPC ? -ENOSPC : -EIO,
-                              "spooling %s failed: %s (check the space in the cache directory, "
-                              "--cache-dir)", n->path, strerror(e));
-                fail(reg, s, &err);
-                rc = latched(s);
-                break;
-            }
-            done += (size_t)w;
-        }
-        if (!rc && (uint64_t)off + size > n->size) {
-            s->spooled_bytes += (uint64_t)off + size - n->size;
-            n->size = (uint64_t)off + size;
-        }
-        if (!rc)
+        walfs_err err;
+        if (spool_file_write(n->spool, buf, size, (uint64_t)off, &err) != 0) {
+            /* Latched: with the kernel's writeback cache the writer may only
+             * hear of it at close, and a file with a hole must never be
+             * packed, whatever the writer does next. */
+            walfs_err why;
+            walfs_err_set(&why, err.code, "spooling %s failed: %s (check the space in the cache "
+                          "directory, --cache-dir)", n->path, err.msg);
+            fail(reg, s, &why);
+            rc = latched(s);
+        } else {
+            account(s, n);
             now_ts(&n->mtime_sec, &n->mtime_nsec);
+            if (reg->waiting_writes)
+                pthread_cond_broadcast(&reg->appended);
+        }
     }
     pthread_mutex_unlock(&reg->lock);
     return rc ? rc : (int)size;
@@ -1142,21 +1181,29 @@ int push_flush(push_registry *reg, void *handle)
  * and renames it after): pick up what completion will need from it. */
 static void file_settled(push_registry *reg, push_session *s, push_node *n)
 {
-    if (n->fd < 0 || n->type != MEMBER_FILE || s->failed)
+    if (!n->spool || n->type != MEMBER_FILE || s->failed)
         return;
+    /* The pending block goes to disk now: its memory is for the next file. */
+    walfs_err err = {0};
+    int rc = spool_file_seal(n->spool, &err);
+    account(s, n);
+    if (rc) {
+        walfs_err_prefix(&err, "spooling %s failed: ", n->path);
+        fail(reg, s, &err);
+        return;
+    }
     if (strcmp(n->path, "PG_VERSION") == 0) {
         size_t len = 0;
-        if (read_spool(n, s->pg_version, sizeof s->pg_version - 1, &len) == 0) {
+        if (read_spool(s, n, s->pg_version, sizeof s->pg_version - 1, &len) == 0) {
             s->pg_version[len] = '\0';
             s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
         }
     } else if (strcmp(n->path, CONTROL) == 0) {
         size_t len = 0;
-        s->have_control = read_spool(n, (char *)s->control, sizeof s->control, &len) == 0 &&
+        s->have_control = read_spool(s, n, (char *)s->control, sizeof s->control, &len) == 0 &&
                           len >= 52;
     } else if (strcmp(n->path, LABEL) == 0 && !s->writer) {
         /* The label names the backup: from here on, partitions stream out. */
-        walfs_err err = {0};
         if (name_from_label(reg, s, n, &err) != 0)
             fail(reg, s, &err);
     }
@@ -1185,16 +1232,9 @@ int push_truncate(push_registry *reg, const char *rel, void *handle, off_t size)
     push_session *s = locate(reg, rel, &inner);
     push_node *n = handle ? ((push_handle *)handle)->node : s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type != MEMBER_FILE ? -EISDIR
-             : (n->emitted || n->emitting || n->fd < 0) ? -EROFS : 0;
-    if (!rc) {
-        if (ftruncate(n->fd, size) != 0) {
-            rc = -EIO;
-        } else {
-            s = handle ? ((push_handle *)handle)->session : s;
-            s->spooled_bytes = s->spooled_bytes - n->size + (uint64_t)size;
-            n->size = (uint64_t)size;
-        }
-    }
+             : (n->emitted || n->emitting || !n->spool) ? -EROFS : 0;
+    if (!rc)
+        rc = truncate_spool(handle ? ((push_handle *)handle)->session : s, n, (uint64_t)size);
     pthread_mutex_unlock(&reg->lock);
     return rc;
 }

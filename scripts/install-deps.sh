@@ -4,7 +4,7 @@
 set -euo pipefail
 PACKAGES=(
     build-essential pkg-config
-    libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev liblzo2-dev libarchive-dev
+    libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev liblzo2-dev libisal-dev libarchive-dev
     libxml2-dev libjson-c-dev
     lzop curl python3 util-linux procps rsync
     postgresql-15

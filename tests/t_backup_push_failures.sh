@@ -9,7 +9,7 @@
 #     incomplete directory (rm -rf, as pg_basebackup's own error path does);
 #  3. kills the walfs daemon (SIGKILL) and lazy-unmounts -- pg_basebackup
 #     exits non-zero; walfs is mounted again with the same cache directory;
-#  4. a second mount's cache directory (a 40 MiB tmpfs) fills up -- the
+#  4. a second mount's cache directory (a 4 MiB tmpfs) fills up -- the
 #     writer gets the error, the push is failed for good.
 # After each: no sentinel ever appears for the failed push, the bucket holds
 # no key under basebackups_005/ that does not belong to a backup with a
@@ -254,12 +254,12 @@ next_push walfs
 echo "# (3) took $((SECONDS - T0)) s"
 
 # ----------------------------- 4. the spool's filesystem fills up mid-push
-# A second mount whose cache directory is a 40 MiB tmpfs: pgbench_accounts
-# (~130 MB) cannot be spooled.  The writer hears of it (at close, through the
+# A second mount whose cache directory is a 4 MiB tmpfs: pgbench_accounts
+# (~130 MB, ~13 MB as the lzop records it is spooled as) cannot be spooled.  The writer hears of it (at close, through the
 # kernel's writeback), the push is failed for good, its uploads go at once.
 T0=$SECONDS
 SMALL=$SCRATCH/small-cache
-mkdir -p "$SMALL" && mount -t tmpfs -o size=40m,mode=0755 tmpfs "$SMALL" && chown postgres "$SMALL"
+mkdir -p "$SMALL" && mount -t tmpfs -o size=4m,mode=0755 tmpfs "$SMALL" && chown postgres "$SMALL"
 MNT4=$SCRATCH/mnt-small
 if walfs_mount "$MNT4" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" --cache-dir="$SMALL/cache"; then
     log=$SCRATCH/fail-space.log
@@ -274,7 +274,7 @@ if walfs_mount "$MNT4" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" --cache-dir="$SMAL
     check_clean "[space] its uploads are removed at once (bucket clean within 20 s)" wait_clean 20
     check "[space] the mount with the small spool unmounts cleanly" walfs_umount "$MNT4"
 else
-    not_ok "[space] mount with a 40 MiB cache directory"
+    not_ok "[space] mount with a 4 MiB cache directory"
 fi
 umount "$SMALL" 2>/dev/null || umount -l "$SMALL"
 echo "# (4) took $((SECONDS - T0)) s"
