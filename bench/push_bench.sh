@@ -80,7 +80,12 @@ push_once() {
 # say where a second goes.
 daemon_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PID/stat"; }
 busy_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
-timed() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
+# Every measurement starts with the page cache emptied: this VM reclaims
+# cached pages on its own (kdamond), so otherwise each one would find a
+# different part of the data directory in memory.  PUSH_BENCH_WARM=1 skips it.
+settle() { sync; [[ -n ${PUSH_BENCH_WARM:-} ]] || echo 3 > /proc/sys/vm/drop_caches; }
+measure() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
+timed() { settle; measure "$@"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # The machine is noisy (2 vCPUs shared with RGW and PostgreSQL): several
@@ -94,8 +99,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     z=$(timed null_once)
     l=$(timed local_once)
     [[ -n ${PUSH_BENCH_PERF:-} && $r -eq 1 ]] && { perf record -g -o "$PUSH_BENCH_PERF" -p "$PID" 2>/dev/null & PERFPID=$!; sleep 0.3; }
+    settle
     c0=$(daemon_cpu) b0=$(busy_cpu)
-    p=$(timed push_once)
+    p=$(measure push_once)
     c1=$(daemon_cpu) b1=$(busy_cpu)
     cpus+=("$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }')")
     busys+=("$(awk -v a="$b0" -v b="$b1" 'BEGIN { printf "%.2f", b - a }')")
