@@ -61,6 +61,10 @@ typedef struct push_session {
     unsigned char control[64];  /* the head of global/pg_control, kept likewise */
     int have_control;
     int open_handles;           /* push_handles pointing here */
+    struct {                    /* how the spool fared, logged at completion */
+        uint64_t compressed_files, compressed_bytes, records_bytes, plain_files, plain_bytes;
+        unsigned waited_writes, stashed_writes, unpacked_files;
+    } spool_stats;
     int retired;                /* out of the registry; freed with its last handle */
     struct push_session *next;
 } push_session;
@@ -410,8 +414,19 @@ static int spool_data_of(push_session *s, push_node *n, spool_data *data, walfs_
     if (!rc)
         rc = spool_file_data(n->spool, data, err);
     if (rc)
-        walfs_err_prefix(err, "spooling %s: ", n->path);
-    return rc;
+        return walfs_err_prefix(err, "spooling %s: ", n->path);
+    spool_file_stats fs = spool_file_get_stats(n->spool);
+    if (data->records) {
+        s->spool_stats.compressed_files++;
+        s->spool_stats.compressed_bytes += n->size;
+        s->spool_stats.records_bytes += data->len;
+    } else {
+        s->spool_stats.plain_files++;
+        s->spool_stats.plain_bytes += n->size;
+    }
+    s->spool_stats.stashed_writes += fs.stashed_writes;
+    s->spool_stats.unpacked_files += fs.unpacked != 0;
+    return 0;
 }
 
 static int add_file(backup_writer *writer, const backup_writer_member *m, const spool_data *data,
@@ -731,6 +746,14 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
         mark_emitted(s, n);
     s->spooled_bytes = 0;
     log_info("base backup %s is complete: its sentinel is stored", s->backup_name);
+    log_info("basebackups_005/%s: %" PRIu64 " files (%" PRIu64 " bytes) were compressed as they "
+             "arrived, into %" PRIu64 " bytes of spool; %" PRIu64 " (%" PRIu64 " bytes) were "
+             "spooled plain, %u of them after compressing had begun; %u writes waited for an "
+             "earlier one, %u were held in memory",
+             s->dir, s->spool_stats.compressed_files, s->spool_stats.compressed_bytes,
+             s->spool_stats.records_bytes, s->spool_stats.plain_files, s->spool_stats.plain_bytes,
+             s->spool_stats.unpacked_files, s->spool_stats.waited_writes,
+             s->spool_stats.stashed_writes);
     return 0;
 }
 
@@ -1125,6 +1148,7 @@ static void wait_for_turn(push_registry *reg, push_session *s, push_node *n, uin
         deadline.tv_nsec -= 1000000000L;
     }
     reg->waiting_writes++;
+    s->spool_stats.waited_writes++;
     while (!s->failed && n->spool && off > spool_file_append_offset(n->spool)) {
         if (pthread_cond_timedwait(&reg->appended, &reg->lock, &deadline) == ETIMEDOUT) {
             /* A writer that seeks ahead on purpose: never wait for it again. */

@@ -49,6 +49,7 @@ struct spool_file {
     uint64_t records_len, records_size, contig;
     unsigned char *block;
     stash_chunk *stash;
+    spool_file_stats stats;
 };
 
 /* ---- the pool ---- */
@@ -282,6 +283,7 @@ static int unpack(spool_file *f, walfs_err *err)
     pool_release_fd(f->pool, f->fd);
     f->fd = nfd;
     f->plain = 1;
+    f->stats.unpacked = f->records_len > 0 || f->contig > 0 || f->size > 0;
     f->records_len = f->records_size = f->contig = 0;
     return 0;
 }
@@ -394,6 +396,7 @@ int spool_file_write(spool_file *f, const void *buf, size_t len, uint64_t off, w
         c->next = f->stash;
         f->stash = c;
         f->pool->stash_used += len;
+        f->stats.stashed_writes++;
         grow(f, off + len);
         return 0;
     }
@@ -476,6 +479,8 @@ int spool_file_seal(spool_file *f, walfs_err *err)
     drop_memory(f);
     return 0;
 }
+
+spool_file_stats spool_file_get_stats(const spool_file *f) { return f->stats; }
 
 int spool_file_data(const spool_file *f, spool_data *out, walfs_err *err)
 {

@@ -60,6 +60,13 @@ uint64_t spool_file_append_offset(const spool_file *f);
 /* Bytes it occupies in the cache directory. */
 uint64_t spool_file_disk_bytes(const spool_file *f);
 
+/* How the file was kept, for the log. */
+typedef struct spool_file_stats {
+    unsigned stashed_writes;    /* writes held in memory until the gap filled */
+    int unpacked;               /* turned plain after compressing had begun */
+} spool_file_stats;
+spool_file_stats spool_file_get_stats(const spool_file *f);
+
 /* A sealed file's content for the backup writer: lzop records or plain
  * bytes, len bytes of them from offset 0 of fd. */
 typedef struct spool_data {
