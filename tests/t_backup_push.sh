@@ -544,6 +544,42 @@ EOF
     mkdir -p "$dest/pg_stat_tmp" && echo stat >"$dest/pg_stat_tmp/global.stat"
     chown -R postgres: "$dest"
 }
+# Files written out of order (O_DIRECT, so each write reaches walfs as it
+# is made): one whose first MiB comes second (held in memory until the gap
+# fills, then compressed on), one also rewritten behind what was compressed
+# and ending after a hole (kept as plain bytes from there).  The same bytes
+# go into the staged copy, which the backup is compared with.
+cat >"$SCRATCH/ooo.py" <<'PY'
+import mmap, os, sys
+how, stage, dst = sys.argv[1:4]
+M = 1 << 20
+def content(n, seed):
+    text = b'walfs out of order %d ' % seed
+    return bytes((text * (n // len(text) + 1))[:n]) if seed % 2 else os.urandom(n // 4) + (text * n)[:n - n // 4]
+if how == 'swapped':
+    size = 2 * M + M // 2
+    data = content(size, 1)
+    writes = [(M, data[M:2 * M]), (0, data[:M]), (2 * M, data[2 * M:])]
+else:
+    size = 3 * M + 12288
+    data = bytearray(content(size, 2))
+    data[3 * M:3 * M + 8192] = bytes(8192)      # a hole
+    data = bytes(data)
+    writes = [(M, data[M:2 * M]), (0, data[:M]), (2 * M, os.urandom(M)), (2 * M, data[2 * M:3 * M]),
+              (3 * M + 8192, data[3 * M + 8192:])]
+name = 'walfs_ooo_' + how
+with open(os.path.join(stage, name), 'wb') as f:
+    f.write(data)
+os.chmod(os.path.join(stage, name), 0o600)
+fd = os.open(os.path.join(dst, name), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+for off, b in writes:
+    buf = mmap.mmap(-1, len(b))             # O_DIRECT wants aligned memory
+    buf.write(b)
+    if os.pwrite(fd, buf, off) != len(b):
+        sys.exit('short write at %d' % off)
+    buf.close()
+os.close(fd)
+PY
 # copy_push LABEL HOW: HOW = rsync or cp.  Sets PUSH_NAME.
 copy_push() {
     local label=$1 how=$2 stage=$COPIES/$1 newdir=incoming-$1 done=done-$1 rc start name dl=$SCRATCH/dl-$1
@@ -559,6 +595,10 @@ copy_push() {
         as_pg timeout "$BB_TIMEOUT" bash -c "mkdir '$BB/$newdir' && cp -a '$stage/backup_label' '$BB/$newdir/' &&
             cd '$stage' && cp -a \$(ls -A | grep -vx backup_label) '$BB/$newdir/'" 2>"$SCRATCH/$label.err"; rc=$?
         check "[$label] cp -a backup_label first, then the rest, into MNT/basebackups_005/$newdir/ (rc $rc)" [ $rc -eq 0 ]
+        for how in swapped rewritten; do
+            as_pg python3 "$SCRATCH/ooo.py" "$how" "$stage" "$BB/$newdir" 2>>"$SCRATCH/$label.err"
+            check "[$label] a file written out of order ($how) with O_DIRECT" [ $? -eq 0 ]
+        done
     fi
     [ $rc -eq 0 ] || head -n 5 "$SCRATCH/$label.err" | sed 's/^/#   /'
     check "[$label] no sentinel before the rename" no_sentinel pgdb "$name"
@@ -575,6 +615,12 @@ copy_push() {
     check "[$label] every partition passes lzop -t" lzop_all_ok "$dl"
     check "[$label] the sentinel was stored after every other key of the backup" sentinel_last pgdb "$name" "$dl"
     run_py "[$label]" "$dl" --name "$name" --prefix pgdb --wal copy --min-stop-seg "${start% *}" --source "$stage"
+    if [[ $how == cp ]]; then
+        local held plain
+        read -r plain held < <(sed -En "s/.*basebackups_005\/$newdir: .* spooled plain, ([0-9]+) of them after compressing had begun; [0-9]+ writes waited for an earlier one, ([0-9]+) were held in memory.*/\1 \2/p" "$(walfs_log "$MNT")" | tail -n 1)
+        check "[$label] the out-of-order writes were held in memory (${held:-?}) and the rewritten file turned plain (${plain:-?})" \
+            [ "${held:-0}" -ge 1 -a "${plain:-0}" -ge 1 ]
+    fi
 }
 copy_push rsync rsync; NAME_RSYNC=$PUSH_NAME
 copy_push cp cp; NAME_CP=$PUSH_NAME
