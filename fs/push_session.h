@@ -5,7 +5,8 @@
  * later file has been started, so tools that set modes and times or rename
  * after closing (rsync, cp -a) are seen through — and then appended to the
  * backup's current tar partition, which is compressed and uploaded as it
- * grows (backup/backup_writer.h).  The backup's name comes from the
+ * grows (backup/backup_writer.h).  A file arriving in order is compressed
+ * as it arrives and joins the partition as it is (fs/spool_file.h).  The backup's name comes from the
  * backup_label, which must arrive before the spool limit is reached
  * (pg_basebackup writes it first; rsync sends it before base/).
  *

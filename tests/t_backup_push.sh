@@ -595,9 +595,10 @@ copy_push() {
         as_pg timeout "$BB_TIMEOUT" bash -c "mkdir '$BB/$newdir' && cp -a '$stage/backup_label' '$BB/$newdir/' &&
             cd '$stage' && cp -a \$(ls -A | grep -vx backup_label) '$BB/$newdir/'" 2>"$SCRATCH/$label.err"; rc=$?
         check "[$label] cp -a backup_label first, then the rest, into MNT/basebackups_005/$newdir/ (rc $rc)" [ $rc -eq 0 ]
-        for how in swapped rewritten; do
-            as_pg python3 "$SCRATCH/ooo.py" "$how" "$stage" "$BB/$newdir" 2>>"$SCRATCH/$label.err"
-            check "[$label] a file written out of order ($how) with O_DIRECT" [ $? -eq 0 ]
+        local order
+        for order in swapped rewritten; do
+            as_pg python3 "$SCRATCH/ooo.py" "$order" "$stage" "$BB/$newdir" 2>>"$SCRATCH/$label.err"
+            check "[$label] a file written out of order ($order) with O_DIRECT" [ $? -eq 0 ]
         done
     fi
     [ $rc -eq 0 ] || head -n 5 "$SCRATCH/$label.err" | sed 's/^/#   /'
