@@ -1,7 +1,7 @@
 /* Base-backup writer: tar (libarchive, PAX) -> lzop encoder -> part buffer ->
- * streaming upload, one partition at a time.  Memory stays at one upload
- * part, the codec's block buffers, libarchive's 10240-byte record and a read
- * buffer, whatever the size of the backup. */
+ * streaming upload, one partition at a time; a member given as lzop records
+ * skips the encoder.  Memory stays at one upload part, the codec's block
+ * buffers and a read buffer, whatever the size of the backup. */
 #include "backup/backup_writer.h"
 
 #include <archive.h>
