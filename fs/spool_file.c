@@ -272,13 +272,12 @@ static int unpack(spool_file *f, walfs_err *err)
     for (stash_chunk *c = f->stash; !rc && c; c = c->next)
         rc = pwrite_all(nfd, c->data, c->len, c->off, err);
     free(out);
+    if (!rc && ftruncate(nfd, (off_t)f->size) != 0) /* the length, were the last bytes zeros */
+        rc = walfs_err_set(err, -EIO, "extending the spool: %s", strerror(errno));
     if (rc) {
         pool_release_fd(f->pool, nfd);
         return rc;
     }
-    /* A hole at the end (a stashed write beyond a gap) stays a hole. */
-    if (ftruncate(nfd, (off_t)f->size) != 0)
-        return walfs_err_set(err, -EIO, "extending the spool: %s", strerror(errno));
     drop_memory(f);
     pool_release_fd(f->pool, f->fd);
     f->fd = nfd;
