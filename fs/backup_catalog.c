@@ -24,6 +24,8 @@ typedef struct loaded_index {
     unsigned long last_used;
 } loaded_index;
 
+#define MAX_KEEPERS 4
+
 struct backup_catalog {
     store *st;
     char *index_dir;
@@ -35,6 +37,10 @@ struct backup_catalog {
     time_t listed_at;
     loaded_index loaded[MAX_LOADED];
     unsigned long use_clock;
+    /* Threads storing freshly built indexes (locally and in the bucket),
+     * off the path of the listing that built them; joined at free. */
+    pthread_t keepers[MAX_KEEPERS];
+    int n_keepers;
 };
 
 static int is_hex_upper(const char *s, size_t n)
@@ -82,6 +88,8 @@ void backup_catalog_free(backup_catalog *cat)
 {
     if (!cat)
         return;
+    for (int i = 0; i < cat->n_keepers; i++)
+        pthread_join(cat->keepers[i], NULL);
     for (int i = 0; i < MAX_LOADED; i++)
         backup_index_free(cat->loaded[i].idx);
     free(cat->listing);
@@ -371,8 +379,10 @@ static backup_index *load_candidate(const char *what, const char *name, const sm
     return idx;
 }
 
-static int obtain_index(backup_catalog *cat, const char *name, backup_index **out, walfs_err *err)
+static int obtain_index(backup_catalog *cat, const char *name, backup_index **out, int *built,
+                        walfs_err *err)
 {
+    *built = 0;
     backup_partition_listing *parts = NULL;
     size_t n_parts = 0;
     int rc = backup_list_partitions(cat->st, name, &parts, &n_parts, err);
@@ -409,25 +419,78 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
         log_info("indexing %s (%zu partitions): reading the backup once", name, n_parts);
         rc = backup_index_build(cat->st, name, parts, n_parts, &idx, err);
         if (!rc) {
-            char *json = NULL;
-            size_t len = 0;
-            walfs_err jerr = {0};
-            if (backup_index_to_json(idx, &json, &len, &jerr) == 0) {
-                write_local_file(local_path, json, len);
-                walfs_err perr = {0};
-                if (store_put(cat->st, stored_key, json, len, -1, &perr) != 0)
-                    log_warn("could not store the index of %s in the archive (%s); other "
-                             "machines will index the backup themselves", name, perr.msg);
-                free(json);
-            } else {
-                log_warn("could not serialize the index of %s: %s", name, jerr.msg);
-            }
             log_info("indexed %s: %zu members", name, idx->n_members);
+            *built = 1;
         }
     }
     backup_partition_listing_free(parts, n_parts);
     *out = idx;
     return rc;
+}
+
+/* Keeps a freshly built index: in the local cache for the next mount here,
+ * in the bucket for other machines. */
+static void keep_index(backup_catalog *cat, const backup_index *idx)
+{
+    char local_path[PATH_MAX], stored_key[256];
+    local_index_path(cat, idx->backup_name, local_path, sizeof local_path);
+    snprintf(stored_key, sizeof stored_key, BASEBACKUP_DIR "/%s/" BACKUP_INDEX_OBJECT,
+             idx->backup_name);
+    char *json = NULL;
+    size_t len = 0;
+    walfs_err err = {0};
+    if (backup_index_to_json(idx, &json, &len, &err) != 0) {
+        log_warn("could not serialize the index of %s: %s", idx->backup_name, err.msg);
+        return;
+    }
+    write_local_file(local_path, json, len);
+    if (store_put(cat->st, stored_key, json, len, -1, &err) != 0)
+        log_warn("could not store the index of %s in the archive (%s); other machines will "
+                 "index the backup themselves", idx->backup_name, err.msg);
+    free(json);
+}
+
+typedef struct keeper_job {
+    backup_catalog *cat;
+    const backup_index *idx;    /* a reference held until the job ends */
+} keeper_job;
+
+static void *keeper_main(void *arg)
+{
+    keeper_job *job = arg;
+    keep_index(job->cat, job->idx);
+    backup_catalog_release(job->cat, job->idx);
+    free(job);
+    return NULL;
+}
+
+/* Called with cat->lock held and a reference on idx taken for the job. */
+static void start_keeper(backup_catalog *cat, const backup_index *idx)
+{
+    keeper_job *job = malloc(sizeof *job);
+    if (job && cat->n_keepers == MAX_KEEPERS) {
+        /* Seldom: as many backups indexed at once as there are keepers. */
+        pthread_mutex_unlock(&cat->lock);
+        pthread_join(cat->keepers[0], NULL);
+        pthread_mutex_lock(&cat->lock);
+        memmove(cat->keepers, cat->keepers + 1, (MAX_KEEPERS - 1) * sizeof cat->keepers[0]);
+        cat->n_keepers--;
+    }
+    if (job) {
+        *job = (keeper_job){.cat = cat, .idx = idx};
+        if (pthread_create(&cat->keepers[cat->n_keepers], NULL, keeper_main, job) == 0) {
+            cat->n_keepers++;
+            return;
+        }
+        free(job);
+    }
+    /* No thread: keep it here, the listing waits a little longer. */
+    pthread_mutex_unlock(&cat->lock);
+    keep_index(cat, idx);
+    pthread_mutex_lock(&cat->lock);
+    for (int i = 0; i < MAX_LOADED; i++)
+        if (cat->loaded[i].idx == idx && cat->loaded[i].refs > 0)
+            cat->loaded[i].refs--;
 }
 
 int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_index **out,
@@ -464,7 +527,8 @@ int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_i
     }
     pthread_mutex_unlock(&cat->lock);
     backup_index *idx = NULL;
-    rc = obtain_index(cat, name, &idx, err);
+    int built = 0;
+    rc = obtain_index(cat, name, &idx, &built, err);
     if (!rc) {
         pthread_mutex_lock(&cat->lock);
         int slot = -1;
@@ -488,6 +552,10 @@ int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_i
             cat->loaded[slot].refs = 1;
             cat->loaded[slot].last_used = ++cat->use_clock;
             *out = idx;
+            if (built) {
+                cat->loaded[slot].refs++;
+                start_keeper(cat, idx);
+            }
         }
         pthread_mutex_unlock(&cat->lock);
     }
