@@ -14,7 +14,7 @@
  * against a "--name %s" template and keep the '='. */
 typedef struct raw_options {
     char *endpoint, *region, *addressing, *cache_dir, *cache_size, *connect_timeout,
-        *deadline, *low_speed_time, *attr_timeout, *prefetch, *spool_size, *part_bytes, *part_members, *sse, *storage_class, *ca_file, *log_level;
+        *deadline, *low_speed_time, *attr_timeout, *prefetch, *spool_size, *push_memory, *part_bytes, *part_members, *sse, *storage_class, *ca_file, *log_level;
     int help, version, skip_check;
     char *positional[2];
     int n_positional;
@@ -33,6 +33,7 @@ static const struct fuse_opt option_spec[] = {
     OPT("--attr-timeout=%s", attr_timeout),
     OPT("--prefetch=%s", prefetch),
     OPT("--spool-size=%s", spool_size),
+    OPT("--push-memory=%s", push_memory),
     OPT("--backup-partition-bytes=%s", part_bytes),
     OPT("--backup-partition-members=%s", part_members),
     OPT("--sse=%s", sse),
@@ -102,6 +103,9 @@ void walfs_print_usage(const char *prog)
            "                          into the cache (default 4; 0 disables)\n"
            "  --spool-size=MIB        local spool for files of a base backup push that wait\n"
            "                          for backup_label or completion (default 4096)\n"
+           "  --push-memory=MIB       writes of a push the kernel delivered out of order,\n"
+           "                          held until the gap fills (default 32; 0: such files\n"
+           "                          are spooled uncompressed)\n"
            "  --backup-partition-bytes=N    member data per pushed tar partition\n"
            "                          (default WAL-E's 1610612736)\n"
            "  --backup-partition-members=N  members per pushed tar partition (default 6144)\n"
@@ -248,6 +252,12 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
             goto out;
         s->push_spool_bytes = (uint64_t)(v * 1024 * 1024);
     }
+    s->push_reorder_bytes = 32ull << 20;
+    if (r.push_memory) {
+        if ((rc = parse_number(r.push_memory, "--push-memory", &v, err)))
+            goto out;
+        s->push_reorder_bytes = (uint64_t)(v * 1024 * 1024);
+    }
     if (r.part_bytes) {
         if ((rc = parse_number(r.part_bytes, "--backup-partition-bytes", &v, err)))
             goto out;
@@ -287,7 +297,7 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
     }
 out:
     free(r.endpoint); free(r.region); free(r.addressing); free(r.cache_dir); free(r.cache_size);
-    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch); free(r.spool_size); free(r.part_bytes); free(r.part_members);
+    free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch); free(r.spool_size); free(r.push_memory); free(r.part_bytes); free(r.part_members);
     free(r.sse); free(r.storage_class); free(r.ca_file); free(r.log_level);
     free(r.positional[0]); free(r.positional[1]);
     return rc;

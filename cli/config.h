@@ -24,6 +24,7 @@ typedef struct walfs_settings {
     double attr_timeout;
     int prefetch_segments;
     uint64_t push_spool_bytes;
+    uint64_t push_reorder_bytes;
     uint64_t backup_partition_bytes;
     uint32_t backup_partition_members;
     char *sse;

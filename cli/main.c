@@ -97,6 +97,7 @@ int main(int argc, char *argv[])
         .attr_timeout = settings.attr_timeout,
         .prefetch_segments = settings.prefetch_segments,
         .push_spool_bytes = settings.push_spool_bytes,
+        .push_reorder_bytes = settings.push_reorder_bytes,
         .push_limits = {.max_partition_bytes = settings.backup_partition_bytes,
                         .max_partition_members = settings.backup_partition_members},
     };

@@ -774,9 +774,9 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     reg->uid = uid;
     reg->gid = gid;
     /* Eight files compressing at once covers pg_basebackup (one data file
-     * and, with -X stream, one WAL file) with room; 32 MiB of out-of-order
-     * writes is more than the kernel keeps in flight. */
-    reg->spools = spool_pool_new(reg->spool_dir, 8, 32u << 20);
+     * and, with -X stream, one WAL file) with room; the default 32 MiB of
+     * out-of-order writes is more than the kernel keeps in flight. */
+    reg->spools = spool_pool_new(reg->spool_dir, 8, (size_t)settings->reorder_max_bytes);
     if (!reg->spool_dir || !reg->spools) {
         walfs_err_set(err, -ENOMEM, "out of memory");
         spool_pool_free(reg->spools);

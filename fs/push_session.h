@@ -34,6 +34,7 @@ typedef struct push_registry push_registry;
 typedef struct push_settings {
     const char *spool_dir;
     uint64_t spool_max_bytes;           /* files waiting for backup_label or completion */
+    uint64_t reorder_max_bytes;         /* out-of-order writes held in memory (spool_file.h) */
     backup_writer_limits limits;
 } push_settings;
 

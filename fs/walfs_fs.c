@@ -892,6 +892,7 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
                                       err);
     if (fs->backups) {
         push_settings ps = {.spool_dir = fs->spool_dir, .spool_max_bytes = cfg->push_spool_bytes,
+                           .reorder_max_bytes = cfg->push_reorder_bytes,
                             .limits = cfg->push_limits};
         fs->pushes = push_registry_new(cfg->st, &ps, fs->uid, fs->gid, err);
     }

@@ -22,6 +22,7 @@ typedef struct walfs_fs_config {
     double attr_timeout;    /* seconds the kernel may cache a file's attributes */
     int prefetch_segments;  /* WAL segments fetched ahead of a restoring reader; 0 = off */
     uint64_t push_spool_bytes;          /* files of a push waiting locally, at most */
+    uint64_t push_reorder_bytes;        /* out-of-order writes of a push held in memory */
     backup_writer_limits push_limits;   /* partition limits of pushed backups (0 = WAL-E's) */
 } walfs_fs_config;
 

@@ -48,6 +48,11 @@ fails_saying "--sse accepts only AES256" "AES256" \
     env AWS_ACCESS_KEY_ID=a AWS_SECRET_ACCESS_KEY=b "$BIN" --sse=aws:kms s3://b/p "$SCRATCH/m"
 fails_saying "a malformed --deadline is explained" "is not a non-negative number" \
     "$BIN" --deadline=soon "file://$SCRATCH" "$SCRATCH/m"
+fails_saying "a malformed --push-memory names the option" "push-memory" \
+    "$BIN" --push-memory=lots "file://$SCRATCH" "$SCRATCH/m"
+out=$("$BIN" --help 2>&1)
+check "--help documents --push-memory and --spool-size" \
+    bash -c 'grep -q -- "--push-memory=MIB" <<<"$1" && grep -q -- "--spool-size=MIB" <<<"$1"' _ "$out"
 
 # --- local-directory backend: write-once and corrupt objects ---
 ARCHIVE=$SCRATCH/archive
