@@ -36,7 +36,7 @@ typedef struct push_node {
     int open_count;
     int emitted;                /* in the backup (or deliberately left out) */
     int emitting;               /* the emitter thread is reading it right now */
-    int gap_waited_out;         /* a write ahead of the end waited in vain once */
+    int gap_waited_out;         /* a write ahead of the end waited in vain; the gap is open */
     uint64_t seq;               /* creation order: files are emitted in it */
     struct push_node *next;
 } push_node;
@@ -1184,6 +1184,10 @@ int push_write(push_registry *reg, void *handle, const char *buf, size_t size, o
         } else {
             account(s, n);
             now_ts(&n->mtime_sec, &n->mtime_nsec);
+            /* The gap filled after all: a slow writer, not one that seeks
+             * ahead, so later writes may wait for their turn again. */
+            if (n->gap_waited_out && spool_file_append_offset(n->spool) == n->size)
+                n->gap_waited_out = 0;
             if (reg->waiting_writes)
                 pthread_cond_broadcast(&reg->appended);
         }
