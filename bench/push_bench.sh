@@ -130,4 +130,7 @@ printf '%-52s %8s s\n' "walfs daemon CPU per push" "$(median "${cpus[@]}")"
 printf '%-52s %8s s\n' "machine busy CPU during a push (2 vCPUs)" "$(median "${busys[@]}")"
 printf '%-52s %8s KiB (target < 131072)\n' "walfs daemon peak RSS (VmHWM), all rounds" "$rss_kib"
 printf '%-52s %8s of %s\n' "backups listed" "$n_listed" "$ROUNDS"
+echo "how the spool fared in the last push (walfs's log):"
+grep "were compressed as they arrived" /tmp/push_bench_walfs.log | tail -n 1 | sed 's/.*INFO: /  /'
+
 walfs_umount "$MNT"
