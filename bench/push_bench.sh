@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 source tests/lib/rgw.sh
 source tests/lib/pg.sh
 source tests/lib/walfs.sh
+source bench/lib.sh
 SCALE=${1:-64}
 WALFS_BIN=${WALFS_BIN:-build/release/walfs}
 WALFS_BIN=$(readlink -f "$WALFS_BIN")
@@ -22,9 +23,6 @@ mkdir -p "$PG_SCRATCH"
 WALFS_SCRATCH=$B/walfs
 mkdir -p "$WALFS_SCRATCH"
 trap 'walfs_cleanup; pg_cleanup >/dev/null 2>&1; rgw_stop; rm -rf "$B"' EXIT
-now() { echo "${EPOCHREALTIME/./}"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 rgw_start "$B/rgw" "${RGW_BENCH_PORT:-7488}" 2>/dev/null
 rgw_s3 mb pbench >/dev/null
@@ -80,13 +78,11 @@ push_once() {
 # say where a second goes.
 daemon_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PID/stat"; }
 busy_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
-# Every measurement starts with the page cache emptied: this VM reclaims
-# cached pages on its own (kdamond), so otherwise each one would find a
-# different part of the data directory in memory.  PUSH_BENCH_WARM=1 skips it.
-settle() { sync; [[ -n ${PUSH_BENCH_WARM:-} ]] || echo 3 > /proc/sys/vm/drop_caches; }
+# Every measurement starts with the page cache emptied (drop_page_cache says
+# why); PUSH_BENCH_WARM=1 skips it.
+settle() { if [[ -n ${PUSH_BENCH_WARM:-} ]]; then sync; else drop_page_cache; fi; }
 measure() { local t0 t1; t0=$(now); "$@"; t1=$(now); secs "$t0" "$t1"; }
 timed() { settle; measure "$@"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # The machine is noisy (2 vCPUs shared with RGW and PostgreSQL): several
 # rounds, each measuring all three back to back, and the medians.

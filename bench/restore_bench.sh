@@ -13,6 +13,7 @@ source tests/lib/rgw.sh
 source tests/lib/pg.sh
 source tests/lib/walfs.sh
 source tests/lib/pg_wale_backup.sh
+source bench/lib.sh
 SCALE=${1:-64}
 WALFS_BIN=${WALFS_BIN:-build/release/walfs}
 WALFS_BIN=$(readlink -f "$WALFS_BIN")
@@ -23,9 +24,6 @@ mkdir -p "$PG_SCRATCH"
 WALFS_SCRATCH=$B/walfs
 mkdir -p "$WALFS_SCRATCH"
 trap 'walfs_cleanup; pg_cleanup >/dev/null 2>&1; rgw_stop; rm -rf "$B"' EXIT
-now() { echo "${EPOCHREALTIME/./}"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo "# building a pgbench database at scale $SCALE"
 PG_ARCHIVE_MODE=off pg_init src "$(pg_free_port 26432)" >/dev/null
@@ -48,7 +46,7 @@ wale_upload "$OUT" rbench pgdb "$NAME" >/dev/null
 CURL=(curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RGW_ACCESS_KEY:$RGW_SECRET_KEY"
       -H "x-amz-content-sha256: UNSIGNED-PAYLOAD")
 purl() { echo "$RGW_ENDPOINT/rbench/pgdb/basebackups_005/$NAME/tar_partitions/$1"; }
-sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+drop_page_cache
 
 # The floor: download only, then download + lzop -d + tar -x.
 t0=$(now); for p in $parts; do "${CURL[@]}" "$(purl "$p")" > /dev/null; done; t1=$(now)
@@ -77,12 +75,11 @@ big_bytes=$(stat -c %s "$PG_SCRATCH/src/$big")
 t0=$(now); cat "$MNT/basebackups_005/$NAME/$big" > /dev/null; t1=$(now)
 t_big=$(secs "$t0" "$t1")
 walfs_umount "$MNT"
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ROUNDS=${RESTORE_BENCH_ROUNDS:-3}
 floors=() rsyncs=() downloads=() firsts=() rss_kib=0
 printf '\n%-6s %9s %9s %12s %11s %10s\n' round "floor s" "rsync s" "rsync/floor" "download s" "listing s"
 for ((r = 1; r <= ROUNDS; r++)); do
-    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    drop_page_cache
     t0=$(now); floor_once; t1=$(now)
     f=$(secs "$t0" "$t1")
     t0=$(now); for p in $parts; do "${CURL[@]}" "$(purl "$p")" > /dev/null; done; t1=$(now)
@@ -95,7 +92,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     l=$(secs "$t0" "$t1")
     grep -q "indexing $NAME" "$(walfs_log "$MNT")" || l="$l(not-indexed!)"
     rm -rf "$B/restore" && mkdir -p "$B/restore"
-    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    drop_page_cache
     [[ -n ${RESTORE_BENCH_PERF:-} && $r -eq 1 ]] && { perf record -g -o "$RESTORE_BENCH_PERF" -p "$PID" 2>/dev/null & PERFPID=$!; sleep 0.3; }
     t0=$(now); rsync -a "$MNT/basebackups_005/$NAME/" "$B/restore/"; t1=$(now)
     [[ -n ${RESTORE_BENCH_PERF:-} && $r -eq 1 ]] && { kill -INT "$PERFPID"; wait "$PERFPID" || true; }

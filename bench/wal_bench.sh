@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/lib/rgw.sh
 source tests/lib/walfs.sh
+source bench/lib.sh
 N=${1:-48}
 WALFS_BIN=${WALFS_BIN:-build/release/walfs}
 WALFS_BIN=$(readlink -f "$WALFS_BIN")
@@ -33,7 +34,6 @@ walfs_mount "$B/mnt" s3://bench/walfs --endpoint="$RGW_ENDPOINT" --addressing=pa
 PID=${_WALFS_PID[$B/mnt]}
 as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
 ms() { echo $(( ($2 - $1) / 1000 )); }
-now() { echo "${EPOCHREALTIME/./}"; }
 
 # walfs: archive with cp, then restore with cp (cold: nothing cached yet).
 t0=$(now)
@@ -63,7 +63,6 @@ t2=$(now)
 raw_put=$(( $(ms "$t0" "$t1") * 1000 / N ))
 raw_get=$(( $(ms "$t1" "$t2") * 1000 / N ))
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 printf '\nwalfs WAL benchmark: %d segments of 16 MiB (real WAL), Ceph RGW on loopback\n' "$N"
 printf '%-34s %10s %10s %8s\n' "" "walfs" "raw floor" "ratio"
 printf '%-34s %8.1f ms %8.1f ms %8s\n' "archive, per segment (cp in)" "$(awk -v v=$walfs_put 'BEGIN{print v/1000}')" "$(awk -v v=$raw_put 'BEGIN{print v/1000}')" "$(ratio $walfs_put $raw_put)x"

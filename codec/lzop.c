@@ -279,11 +279,7 @@ int lzop_encoder_write(lzop_encoder *enc, const void *data, size_t len, lzop_sin
 
 int lzop_encoder_finish(lzop_encoder *enc, lzop_sink_fn sink, void *ctx, walfs_err *err)
 {
-    int rc = enc_begin(enc, sink, ctx, err);
-    if (rc == 0 && enc->fill > 0) {
-        rc = enc_emit_block(enc, enc->in, enc->fill, sink, ctx, err);
-        enc->fill = 0;
-    }
+    int rc = lzop_encoder_flush(enc, sink, ctx, err);
     if (rc == 0) {
         static const unsigned char end_marker[4] = {0, 0, 0, 0};
         rc = call_sink(sink, ctx, end_marker, sizeof end_marker, "lzop encoder", err);

@@ -38,7 +38,8 @@ struct backup_catalog {
     loaded_index loaded[MAX_LOADED];
     unsigned long use_clock;
     /* Threads storing freshly built indexes (locally and in the bucket),
-     * off the path of the listing that built them; joined at free. */
+     * off the path of the listing that built them; joined at free.
+     * Guarded by build_lock. */
     pthread_t keepers[MAX_KEEPERS];
     int n_keepers;
 };
@@ -464,18 +465,17 @@ static void *keeper_main(void *arg)
     return NULL;
 }
 
-/* Called with cat->lock held and a reference on idx taken for the job. */
+/* Called with cat->build_lock held (it guards the keepers) and a reference
+ * on idx taken for the job. */
 static void start_keeper(backup_catalog *cat, const backup_index *idx)
 {
-    keeper_job *job = malloc(sizeof *job);
-    if (job && cat->n_keepers == MAX_KEEPERS) {
+    if (cat->n_keepers == MAX_KEEPERS) {
         /* Seldom: as many backups indexed at once as there are keepers. */
-        pthread_mutex_unlock(&cat->lock);
         pthread_join(cat->keepers[0], NULL);
-        pthread_mutex_lock(&cat->lock);
         memmove(cat->keepers, cat->keepers + 1, (MAX_KEEPERS - 1) * sizeof cat->keepers[0]);
         cat->n_keepers--;
     }
+    keeper_job *job = malloc(sizeof *job);
     if (job) {
         *job = (keeper_job){.cat = cat, .idx = idx};
         if (pthread_create(&cat->keepers[cat->n_keepers], NULL, keeper_main, job) == 0) {
@@ -485,12 +485,8 @@ static void start_keeper(backup_catalog *cat, const backup_index *idx)
         free(job);
     }
     /* No thread: keep it here, the listing waits a little longer. */
-    pthread_mutex_unlock(&cat->lock);
     keep_index(cat, idx);
-    pthread_mutex_lock(&cat->lock);
-    for (int i = 0; i < MAX_LOADED; i++)
-        if (cat->loaded[i].idx == idx && cat->loaded[i].refs > 0)
-            cat->loaded[i].refs--;
+    backup_catalog_release(cat, idx);
 }
 
 int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_index **out,
@@ -549,15 +545,13 @@ int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_i
         } else {
             backup_index_free(cat->loaded[slot].idx);
             cat->loaded[slot].idx = idx;
-            cat->loaded[slot].refs = 1;
+            cat->loaded[slot].refs = built ? 2 : 1; /* the caller's, and the keeper's */
             cat->loaded[slot].last_used = ++cat->use_clock;
             *out = idx;
-            if (built) {
-                cat->loaded[slot].refs++;
-                start_keeper(cat, idx);
-            }
         }
         pthread_mutex_unlock(&cat->lock);
+        if (!rc && built)
+            start_keeper(cat, idx);
     }
     pthread_mutex_unlock(&cat->build_lock);
     return rc;

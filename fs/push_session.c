@@ -267,13 +267,14 @@ static int latched(const push_session *s)
                : -EIO;
 }
 
-static int read_spool(push_session *s, push_node *n, char *buf, size_t cap, size_t *len)
+static int read_spool(push_session *s, push_node *n, char *buf, size_t cap, uint64_t off,
+                      size_t *len)
 {
     walfs_err err;
-    int rc = spool_file_read(n->spool, buf, cap, 0, len, &err);
-    account(s, n); /* reading makes it plain bytes */
+    int rc = spool_file_read(n->spool, buf, cap, off, len, &err);
+    account(s, n); /* reading may make it plain bytes */
     if (rc)
-        log_error("basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
+        log_error("read basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
     return rc;
 }
 
@@ -342,7 +343,7 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
 {
     char text[4096];
     size_t len;
-    if (read_spool(s, label, text, sizeof text - 1, &len) != 0)
+    if (read_spool(s, label, text, sizeof text - 1, 0, &len) != 0)
         return walfs_err_set(err, -EIO, "could not read back backup_label from the spool");
     text[len] = '\0';
     const char *line = strstr(text, "START WAL LOCATION: ");
@@ -613,7 +614,7 @@ static int stop_from_manifest(push_session *s, push_node *manifest, backup_write
         return walfs_err_set(err, -EFBIG, "backup_manifest is implausibly large");
     char *text = malloc(manifest->size + 1);
     size_t len;
-    if (!text || read_spool(s, manifest, text, manifest->size, &len) != 0) {
+    if (!text || read_spool(s, manifest, text, manifest->size, 0, &len) != 0) {
         free(text);
         return walfs_err_set(err, -EIO, "could not read back backup_manifest from the spool");
     }
@@ -1119,14 +1120,8 @@ int push_read(push_registry *reg, void *handle, char *buf, size_t size, off_t of
                   "the finished backup's directory", h->session->dir, h->node->path);
         rc = -EIO;
     } else {
-        walfs_err err;
         size_t got = 0;
-        rc = spool_file_read(h->node->spool, buf, size, (uint64_t)off, &got, &err);
-        account(h->session, h->node);
-        if (rc)
-            log_error("read basebackups_005/%s/%s: %s", h->session->dir, h->node->path,
-                      err.msg);
-        rc = rc ? -EIO : (int)got;
+        rc = read_spool(h->session, h->node, buf, size, (uint64_t)off, &got) ? -EIO : (int)got;
     }
     pthread_mutex_unlock(&reg->lock);
     return rc;
@@ -1222,13 +1217,13 @@ static void file_settled(push_registry *reg, push_session *s, push_node *n)
     }
     if (strcmp(n->path, "PG_VERSION") == 0) {
         size_t len = 0;
-        if (read_spool(s, n, s->pg_version, sizeof s->pg_version - 1, &len) == 0) {
+        if (read_spool(s, n, s->pg_version, sizeof s->pg_version - 1, 0, &len) == 0) {
             s->pg_version[len] = '\0';
             s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
         }
     } else if (strcmp(n->path, CONTROL) == 0) {
         size_t len = 0;
-        s->have_control = read_spool(s, n, (char *)s->control, sizeof s->control, &len) == 0 &&
+        s->have_control = read_spool(s, n, (char *)s->control, sizeof s->control, 0, &len) == 0 &&
                           len >= 52;
     } else if (strcmp(n->path, LABEL) == 0 && !s->writer) {
         /* The label names the backup: from here on, partitions stream out. */

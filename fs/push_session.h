@@ -6,9 +6,10 @@
  * after closing (rsync, cp -a) are seen through — and then appended to the
  * backup's current tar partition, which is compressed and uploaded as it
  * grows (backup/backup_writer.h).  A file arriving in order is compressed
- * as it arrives and joins the partition as it is (fs/spool_file.h).  The backup's name comes from the
- * backup_label, which must arrive before the spool limit is reached
- * (pg_basebackup writes it first; rsync sends it before base/).
+ * as it arrives and joins the partition as it is (fs/spool_file.h).  The
+ * backup's name comes from the backup_label, which must arrive before the
+ * spool limit is reached (pg_basebackup writes it first; rsync sends it
+ * before base/).
  *
  * The backup is complete, and its sentinel written, when either
  *   - backup_manifest.tmp is renamed to backup_manifest (pg_basebackup's

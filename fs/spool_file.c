@@ -87,22 +87,32 @@ void spool_pool_free(spool_pool *pool)
     free(pool);
 }
 
+int spool_open_unnamed(const char *dir)
+{
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+        return fd >= 0 ? fd : -errno;
+    char tmpl[PATH_MAX];
+    snprintf(tmpl, sizeof tmpl, "%s/spool-XXXXXX", dir);
+    fd = mkstemp(tmpl);
+    if (fd < 0)
+        return -errno;
+    unlink(tmpl);
+    return fd;
+}
+
+/* A spool file, or -1 with errno. */
 static int pool_open_fd(spool_pool *pool)
 {
     if (pool->n_free_fds > 0)
         return pool->free_fds[--pool->n_free_fds];
-    int fd = open(pool->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    int fd = spool_open_unnamed(pool->dir);
     if (fd >= 0)
         return fd;
-    char tmpl[PATH_MAX];
-    snprintf(tmpl, sizeof tmpl, "%s/push-XXXXXX", pool->dir);
-    fd = mkstemp(tmpl);
-    if (fd >= 0)
-        unlink(tmpl);
-    else
-        log_error("cannot create a spool file in %s: %s (check --cache-dir)", pool->dir,
-                  strerror(errno));
-    return fd;
+    log_error("cannot create a spool file in %s: %s (check --cache-dir)", pool->dir,
+              strerror(-fd));
+    errno = -fd;
+    return -1;
 }
 
 static void pool_release_fd(spool_pool *pool, int fd)

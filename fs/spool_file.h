@@ -31,6 +31,11 @@
 typedef struct spool_pool spool_pool;
 typedef struct spool_file spool_file;
 
+/* An unnamed file in dir (O_TMPFILE, or created and unlinked at once where
+ * the filesystem lacks it): a crash leaves nothing behind and no one else
+ * can see it.  The fd, or -errno. */
+int spool_open_unnamed(const char *dir);
+
 /* dir: where the spool files live (unlinked at once, O_TMPFILE where the
  * filesystem has it).  max_compressing: files compressing at once, each
  * holding one 256 KiB block in memory; stash_limit: bytes of out-of-order

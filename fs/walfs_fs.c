@@ -21,6 +21,7 @@
 #include "fs/backup_view.h"
 #include "fs/push_session.h"
 #include "fs/object_cache.h"
+#include "fs/spool_file.h"
 #include "fs/wal_prefetch.h"
 #include "fs/wal_upload.h"
 
@@ -312,21 +313,6 @@ static void handle_free(wal_handle *h)
     free(h);
 }
 
-static int open_spool(walfs_fs *fs)
-{
-    /* Unnamed, so a crash leaves nothing behind and no one else can see it. */
-    int fd = open(fs->spool_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-    if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
-        return fd >= 0 ? fd : -errno;
-    char tmpl[PATH_MAX];
-    snprintf(tmpl, sizeof tmpl, "%s/spool-XXXXXX", fs->spool_dir);
-    fd = mkstemp(tmpl);
-    if (fd < 0)
-        return -errno;
-    unlink(tmpl);
-    return fd;
-}
-
 static void *probe_main(void *arg)
 {
     wal_handle *h = arg;
@@ -340,7 +326,7 @@ static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t
     wal_handle *h = handle_new(name);
     if (!h)
         return -ENOMEM;
-    h->fd = open_spool(fs);
+    h->fd = spool_open_unnamed(fs->spool_dir);
     if (h->fd < 0) {
         int e = -h->fd;
         log_error("write %s: cannot create a spool file in %s: %s (check --cache-dir)", path,
@@ -892,7 +878,7 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
                                       err);
     if (fs->backups) {
         push_settings ps = {.spool_dir = fs->spool_dir, .spool_max_bytes = cfg->push_spool_bytes,
-                           .reorder_max_bytes = cfg->push_reorder_bytes,
+                            .reorder_max_bytes = cfg->push_reorder_bytes,
                             .limits = cfg->push_limits};
         fs->pushes = push_registry_new(cfg->st, &ps, fs->uid, fs->gid, err);
     }
