@@ -545,10 +545,11 @@ EOF
     chown -R postgres: "$dest"
 }
 # Files written out of order (O_DIRECT, so each write reaches walfs as it
-# is made): one whose first MiB comes second (held in memory until the gap
-# fills, then compressed on), one also rewritten behind what was compressed
-# and ending after a hole (kept as plain bytes from there).  The same bytes
-# go into the staged copy, which the backup is compared with.
+# is made): one whose first MiB comes second (that write waits for its
+# turn, then is held in memory until the gap fills, then compressed on),
+# one also rewritten behind what was compressed and ending after a hole
+# (kept as plain bytes from there).  The same bytes go into the staged
+# copy, which the backup is compared with.
 cat >"$SCRATCH/ooo.py" <<'PY'
 import mmap, os, sys
 how, stage, dst = sys.argv[1:4]
@@ -617,10 +618,12 @@ copy_push() {
     check "[$label] the sentinel was stored after every other key of the backup" sentinel_last pgdb "$name" "$dl"
     run_py "[$label]" "$dl" --name "$name" --prefix pgdb --wal copy --min-stop-seg "${start% *}" --source "$stage"
     if [[ $how == cp ]]; then
-        local held plain
-        read -r plain held < <(sed -En "s/.*basebackups_005\/$newdir: .* spooled plain, ([0-9]+) of them after compressing had begun; [0-9]+ writes waited for an earlier one, ([0-9]+) were held in memory.*/\1 \2/p" "$(walfs_log "$MNT")" | tail -n 1)
+        local held plain waited
+        read -r plain waited held < <(sed -En "s/.*basebackups_005\/$newdir: .* spooled plain, ([0-9]+) of them after compressing had begun; ([0-9]+) writes waited for an earlier one, ([0-9]+) were held in memory.*/\1 \2 \3/p" "$(walfs_log "$MNT")" | tail -n 1)
         check "[$label] the out-of-order writes were held in memory (${held:-?}) and the rewritten file turned plain (${plain:-?})" \
             [ "${held:-0}" -ge 1 -a "${plain:-0}" -ge 1 ]
+        check "[$label] a write ahead of the end waited for its turn before it was held (${waited:-?} waited)" \
+            [ "${waited:-0}" -ge 1 ]
     fi
 }
 copy_push rsync rsync; NAME_RSYNC=$PUSH_NAME
