@@ -16,7 +16,7 @@ RELEASE_CFLAGS := -O2 -g
 ASAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 VERSION := 0.1.0
-LIB_SRCS := $(wildcard common/*.c codec/*.c s3/*.c store/*.c backup/*.c fs/*.c) cli/config.c
+LIB_SRCS := $(wildcard common/*.c codec/*.c s3/*.c store/*.c postgres/*.c backup/*.c fs/*.c) cli/config.c
 MAIN_SRC := cli/main.c
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
 

@@ -14,7 +14,8 @@
  * against a "--name %s" template and keep the '='. */
 typedef struct raw_options {
     char *endpoint, *region, *addressing, *cache_dir, *cache_size, *connect_timeout,
-        *deadline, *low_speed_time, *attr_timeout, *prefetch, *spool_size, *push_memory, *part_bytes, *part_members, *sse, *storage_class, *ca_file, *log_level;
+        *deadline, *low_speed_time, *attr_timeout, *prefetch, *spool_size, *push_memory, *part_bytes, *part_members, *sse, *storage_class, *ca_file, *log_level,
+        *log_file, *outage_limit;
     int help, version, skip_check;
     char *positional[2];
     int n_positional;
@@ -40,6 +41,8 @@ static const struct fuse_opt option_spec[] = {
     OPT("--storage-class=%s", storage_class),
     OPT("--ca-file=%s", ca_file),
     OPT("--log-level=%s", log_level),
+    OPT("--log-file=%s", log_file),
+    OPT("--restore-outage-limit=%s", outage_limit),
     {"--skip-startup-check", offsetof(raw_options, skip_check), 1},
     {"-h", offsetof(raw_options, help), 1},
     {"--help", offsetof(raw_options, help), 1},
@@ -95,8 +98,10 @@ void walfs_print_usage(const char *prog)
            "                          (default $XDG_CACHE_HOME/walfs or ~/.cache/walfs)\n"
            "  --cache-size=MIB        decompressed copies kept on disk (default 1024)\n"
            "  --connect-timeout=SEC   per connection attempt (default 5)\n"
-           "  --deadline=SEC          total time for one operation, retries included;\n"
-           "                          after it the operation fails with EIO (default 60)\n"
+           "  --deadline=SEC          total time for one file operation's requests,\n"
+           "                          retries included (default 60); an archiving cp fails\n"
+           "                          after it, a restoring read keeps waiting (see\n"
+           "                          --restore-outage-limit)\n"
            "  --low-speed-time=SEC    abort a transfer stalled below 1 KiB/s this long (default 15)\n"
            "  --attr-timeout=SEC      kernel attribute cache for existing files (default 1)\n"
            "  --prefetch=N            WAL segments fetched ahead of a restoring reader\n"
@@ -113,6 +118,12 @@ void walfs_print_usage(const char *prog)
            "  --storage-class=CLASS   storage class of uploads ($WALE_S3_STORAGE_CLASS)\n"
            "  --ca-file=FILE          CA bundle for TLS (certificates are always verified)\n"
            "  --log-level=LEVEL       error, warn, info (default) or debug\n"
+           "  --log-file=PATH         append the log to PATH (default: stderr with -f;\n"
+           "                          daemonized, syslog, or CACHE_DIR/walfs.log when\n"
+           "                          there is no /dev/log)\n"
+           "  --restore-outage-limit=SEC  how long a read of wal_005 waits through an S3\n"
+           "                          outage before failing with EIO (default 0: for as\n"
+           "                          long as it lasts; EIO ends an archive recovery)\n"
            "  --skip-startup-check    mount even if the archive is unreachable or the\n"
            "                          credentials are rejected at start\n"
            "  -h, --help              this text;  -V, --version  the version\n"
@@ -286,6 +297,14 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
         s->storage_class = strdup(sc);
     if (r.ca_file)
         s->ca_file = strdup(r.ca_file);
+    if (r.log_file)
+        s->log_file = strdup(r.log_file);
+    s->restore_outage_limit_ms = 0;
+    if (r.outage_limit) {
+        if ((rc = parse_number(r.outage_limit, "--restore-outage-limit", &v, err)))
+            goto out;
+        s->restore_outage_limit_ms = (long)(v * 1000);
+    }
     s->log_level = WALFS_LOG_INFO;
     const char *lvl = r.log_level ? r.log_level : env("WALFS_LOG_LEVEL");
     if (lvl) {
@@ -299,6 +318,7 @@ out:
     free(r.endpoint); free(r.region); free(r.addressing); free(r.cache_dir); free(r.cache_size);
     free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch); free(r.spool_size); free(r.push_memory); free(r.part_bytes); free(r.part_members);
     free(r.sse); free(r.storage_class); free(r.ca_file); free(r.log_level);
+    free(r.log_file); free(r.outage_limit);
     free(r.positional[0]); free(r.positional[1]);
     return rc;
 }
@@ -331,5 +351,6 @@ void walfs_settings_free(walfs_settings *s)
 {
     free(s->prefix); free(s->mountpoint); free(s->endpoint); free(s->region);
     free(s->cache_dir); free(s->sse); free(s->storage_class); free(s->ca_file);
+    free(s->log_file);
     memset(s, 0, sizeof *s);
 }

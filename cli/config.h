@@ -31,6 +31,8 @@ typedef struct walfs_settings {
     char *storage_class;
     char *ca_file;
     int log_level;
+    char *log_file;         /* NULL: stderr in the foreground, syslog (or CACHE_DIR/walfs.log) daemonized */
+    long restore_outage_limit_ms; /* 0: a wal_005 read waits through an outage for as long as it lasts */
     int show_help, show_version;
     int skip_startup_check;
 } walfs_settings;

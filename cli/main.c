@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli/config.h"
+#include "common/deadline.h"
 #include "common/log.h"
 #include "fs/walfs_fs.h"
 #include "store/store.h"
@@ -19,21 +20,58 @@
 
 static int stop_after_first(void *ctx, const store_entry *e) { return 1; }
 
+/* How long the start-up check may wait for an answer.  At boot everything
+ * ordered after the mount waits for it; an endpoint that is down costs this
+ * much, once. */
+#define STARTUP_PROBE_MS 3000
+
 /* One listing request proves the bucket exists and the credentials work,
- * so a wrong secret is reported when the operator mounts, not at the first
- * failed archive_command. */
+ * so a wrong secret (or a TLS certificate that fails verification) is
+ * reported when the operator mounts, not at the first failed
+ * archive_command.  Only an endpoint that does not answer in time is let
+ * through, with one warning. */
 static int check_archive(store *st)
 {
     walfs_err err = {0};
+    uint64_t outer = deadline_scope_begin(STARTUP_PROBE_MS);
     int rc = store_list(st, "wal_005/", stop_after_first, NULL, &err);
+    deadline_scope_end(outer);
     if (rc >= 0)
         return 0;
-    if (rc == -EACCES || rc == -ENOENT || rc == -EINVAL) {
+    if (rc != -ETIMEDOUT) {
         fprintf(stderr, "walfs: cannot use the archive %s: %s\n", st->url, err.msg);
         return -1;
     }
-    fprintf(stderr, "walfs: warning: archive %s not reachable now (%s); mounting anyway, "
-                    "operations will fail with EIO until it is\n", st->url, err.msg);
+    fprintf(stderr, "walfs: warning: archive %s did not answer within %d s (%s); mounting "
+                    "anyway: archiving fails (PostgreSQL retries it) and restoring waits until "
+                    "it answers\n", st->url, STARTUP_PROBE_MS / 1000, err.msg);
+    return 0;
+}
+
+/* Where a daemon's log goes: --log-file, else syslog, else (no /dev/log:
+ * containers, machines without a syslog daemon, where every syslog line
+ * would be lost) a file in the cache directory. */
+static int choose_log(const walfs_settings *settings, int foreground)
+{
+    const char *path = settings->log_file;
+    char fallback[4096];
+    if (!path && foreground)
+        return 0;
+    if (!path && walfs_log_syslog_available())
+        return 0; /* syslog, opened once daemonized */
+    if (!path) {
+        snprintf(fallback, sizeof fallback, "%s/walfs.log", settings->cache_dir);
+        path = fallback;
+    }
+    int rc = walfs_log_use_file(path);
+    if (rc) {
+        fprintf(stderr, "walfs: cannot open the log file %s: %s (choose another with "
+                        "--log-file)\n", path, strerror(-rc));
+        return -1;
+    }
+    if (!settings->log_file)
+        fprintf(stderr, "walfs: no syslog here (/dev/log is missing); logging to %s "
+                        "(choose with --log-file)\n", path);
     return 0;
 }
 
@@ -96,6 +134,8 @@ int main(int argc, char *argv[])
         .cache_max_bytes = settings.cache_max_bytes,
         .attr_timeout = settings.attr_timeout,
         .prefetch_segments = settings.prefetch_segments,
+        .deadline_ms = settings.deadline_ms,
+        .restore_outage_limit_ms = settings.restore_outage_limit_ms,
         .push_spool_bytes = settings.push_spool_bytes,
         .push_reorder_bytes = settings.push_reorder_bytes,
         .push_limits = {.max_partition_bytes = settings.backup_partition_bytes,
@@ -106,6 +146,8 @@ int main(int argc, char *argv[])
         fprintf(stderr, "walfs: %s\n", err.msg);
         goto out_opts;
     }
+    if (choose_log(&settings, fuse_opts.foreground) != 0)
+        goto out_opts;
     fuse = fuse_new(&args, walfs_fs_operations(), sizeof(struct fuse_operations), fs);
     if (!fuse)
         goto out_opts;
@@ -117,8 +159,14 @@ int main(int argc, char *argv[])
     }
     if (fuse_daemonize(fuse_opts.foreground) != 0)
         goto out_unmount;
-    if (!fuse_opts.foreground)
+    if (!fuse_opts.foreground && !settings.log_file && walfs_log_syslog_available())
         walfs_log_use_syslog(1);
+    /* Only now: a fork keeps the calling thread alone, and every thread
+     * started before fuse_daemonize would silently be gone. */
+    if (walfs_fs_start(fs, &err) != 0) {
+        log_error("%s", err.msg);
+        goto out_unmount;
+    }
     if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
         goto out_unmount;
     log_info("walfs %s serving %s at %s", WALFS_VERSION, st->url, fuse_opts.mountpoint);
@@ -149,5 +197,6 @@ out:
     store_close(st);
     walfs_settings_free(&settings);
     fuse_opt_free_args(&args);
+    walfs_log_close();
     return exit_code;
 }

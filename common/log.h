@@ -1,5 +1,5 @@
-/* Logging to stderr (or syslog when daemonized).  One line per event, with a
- * level prefix.  Callers must never pass credentials. */
+/* Logging to stderr, a file (--log-file) or syslog.  One line per event,
+ * with a time stamp and a level.  Callers must never pass credentials. */
 #ifndef WALFS_COMMON_LOG_H
 #define WALFS_COMMON_LOG_H
 
@@ -9,6 +9,12 @@ void walfs_log_set_level(enum walfs_log_level level);
 /* Parses "error", "warn", "info", "debug"; returns -1 when unknown. */
 int walfs_log_parse_level(const char *name);
 void walfs_log_use_syslog(int enable);
+/* Appends to path from now on (created 0600); 0 or a negative errno. */
+int walfs_log_use_file(const char *path);
+/* Whether syslog has a socket to write to: without /dev/log (containers,
+ * machines without a syslog daemon) every syslog line is lost. */
+int walfs_log_syslog_available(void);
+void walfs_log_close(void);
 void walfs_log(enum walfs_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

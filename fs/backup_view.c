@@ -21,6 +21,7 @@
 #define NEIGHBOURHOOD_BYTES (8u * 1024 * 1024)
 
 struct backup_view {
+    store *st;
     backup_catalog *catalog;
     block_reader *reader;
     uid_t uid;
@@ -49,15 +50,21 @@ backup_view *backup_view_new(store *st, const char *cache_dir, uid_t uid, gid_t 
     bv->uid = uid;
     bv->gid = gid;
     bv->mount_time = mount_time;
+    bv->st = st;
     bv->catalog = backup_catalog_new(st, cache_dir, err);
-    if (bv->catalog)
-        bv->reader = block_reader_new(st, BLOCK_CACHE_BYTES, READAHEAD_WORKERS, READAHEAD_BYTES,
-                                      err);
-    if (!bv->catalog || !bv->reader) {
+    if (!bv->catalog) {
         backup_view_free(bv);
         return NULL;
     }
     return bv;
+}
+
+int backup_view_start(backup_view *bv, walfs_err *err)
+{
+    if (!bv->reader)
+        bv->reader = block_reader_new(bv->st, BLOCK_CACHE_BYTES, READAHEAD_WORKERS,
+                                      READAHEAD_BYTES, err);
+    return bv->reader ? 0 : err->code ? err->code : -ENOMEM;
 }
 
 void backup_view_free(backup_view *bv)

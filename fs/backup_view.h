@@ -27,6 +27,8 @@ typedef struct backup_view backup_view;
 
 backup_view *backup_view_new(store *st, const char *cache_dir, uid_t uid, gid_t gid,
                              time_t mount_time, walfs_err *err);
+/* Starts the read-ahead threads; after daemonizing (a fork loses threads). */
+int backup_view_start(backup_view *bv, walfs_err *err);
 void backup_view_free(backup_view *bv);
 
 int backup_view_getattr(backup_view *bv, const char *rel, struct stat *st);

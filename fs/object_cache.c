@@ -23,11 +23,20 @@ typedef struct size_memo {
     struct size_memo *next;
 } size_memo;
 
+/* A copy being fetched: a second reader of the same object (a cp that
+ * caught up with read-ahead) waits for it instead of fetching it again. */
+typedef struct fill_in_flight {
+    char name[65];
+    struct fill_in_flight *next;
+} fill_in_flight;
+
 struct object_cache {
     store *st;
     char *dir;
     uint64_t max_bytes;
     pthread_mutex_t lock;
+    pthread_cond_t fill_done;
+    fill_in_flight *fills;
     size_memo *memo;
     size_t memo_count;
 };
@@ -75,6 +84,7 @@ object_cache *object_cache_new(store *st, const char *dir, uint64_t max_bytes, w
     oc->dir = strdup(path);
     oc->max_bytes = max_bytes;
     pthread_mutex_init(&oc->lock, NULL);
+    pthread_cond_init(&oc->fill_done, NULL);
     return oc;
 }
 
@@ -88,6 +98,7 @@ void object_cache_free(object_cache *oc)
         oc->memo = next;
     }
     pthread_mutex_destroy(&oc->lock);
+    pthread_cond_destroy(&oc->fill_done);
     free(oc->dir);
     free(oc);
 }
@@ -239,6 +250,15 @@ static int fill(object_cache *oc, const char *key, const char *final_path, walfs
     return rc;
 }
 
+/* Called with oc->lock held. */
+static int fill_running(const object_cache *oc, const char *name)
+{
+    for (const fill_in_flight *f = oc->fills; f; f = f->next)
+        if (strcmp(f->name, name) == 0)
+            return 1;
+    return 0;
+}
+
 int object_cache_open(object_cache *oc, const char *key, const store_stat *meta, int *fd_out,
                       uint64_t *size_out, walfs_err *err)
 {
@@ -246,8 +266,33 @@ int object_cache_open(object_cache *oc, const char *key, const store_stat *meta,
     cache_name(key, meta->etag, name);
     snprintf(path, sizeof path, "%s/%s", oc->dir, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    while (fd < 0) {
+        pthread_mutex_lock(&oc->lock);
+        if (fill_running(oc, name)) {
+            /* Looked up afresh after every wake: the filler's entry lives
+             * on its stack and is gone once it returns. */
+            do
+                pthread_cond_wait(&oc->fill_done, &oc->lock);
+            while (fill_running(oc, name));
+            pthread_mutex_unlock(&oc->lock);
+            /* Its copy, or (if its fetch failed) a fetch of our own. */
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            continue;
+        }
+        fill_in_flight mine = {.next = oc->fills};
+        memcpy(mine.name, name, sizeof mine.name);
+        oc->fills = &mine;
+        pthread_mutex_unlock(&oc->lock);
         int rc = fill(oc, key, path, err);
+        pthread_mutex_lock(&oc->lock);
+        for (fill_in_flight **p = &oc->fills; *p; p = &(*p)->next) {
+            if (*p == &mine) {
+                *p = mine.next;
+                break;
+            }
+        }
+        pthread_cond_broadcast(&oc->fill_done);
+        pthread_mutex_unlock(&oc->lock);
         if (rc)
             return rc;
         fd = open(path, O_RDONLY | O_CLOEXEC);

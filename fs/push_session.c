@@ -89,6 +89,8 @@ struct push_registry {
     int waiting_writes;
     pthread_t emitter;
     int emitter_running, stopping;
+    pthread_t cleanup;      /* push_cleanup_stale, once per mount */
+    int cleanup_running;
     push_session *sessions;
     push_session *retired;      /* replaced or removed, with handles still open */
     spool_pool *spools;
@@ -793,20 +795,28 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
     pthread_cond_init(&reg->appended, &monotonic);
     pthread_condattr_destroy(&monotonic);
-    if (pthread_create(&reg->emitter, NULL, emitter_main, reg) != 0) {
-        walfs_err_set(err, -EAGAIN, "cannot start the base backup push thread");
-        pthread_cond_destroy(&reg->work);
-        pthread_cond_destroy(&reg->progress);
-        pthread_cond_destroy(&reg->appended);
-        pthread_mutex_destroy(&reg->lock);
-        spool_pool_free(reg->spools);
-        free(reg->spool_dir);
-        free(reg);
-        return NULL;
-    }
-    reg->emitter_running = 1;
-    push_cleanup_stale(st);
     return reg;
+}
+
+/* Leftovers of pushes whose walfs died are removed off the mount's path: in
+ * an outage the listing alone waits out a whole deadline. */
+static void *cleanup_main(void *arg)
+{
+    push_registry *reg = arg;
+    push_cleanup_stale(reg->st);
+    return NULL;
+}
+
+int push_registry_start(push_registry *reg, walfs_err *err)
+{
+    if (!reg->emitter_running) {
+        if (pthread_create(&reg->emitter, NULL, emitter_main, reg) != 0)
+            return walfs_err_set(err, -EAGAIN, "cannot start the base backup push thread");
+        reg->emitter_running = 1;
+    }
+    if (!reg->cleanup_running)
+        reg->cleanup_running = pthread_create(&reg->cleanup, NULL, cleanup_main, reg) == 0;
+    return 0;
 }
 
 static void session_free(push_registry *reg, push_session *s)
@@ -902,6 +912,8 @@ void push_registry_free(push_registry *reg)
     pthread_mutex_unlock(&reg->lock);
     if (reg->emitter_running)
         pthread_join(reg->emitter, NULL);
+    if (reg->cleanup_running)
+        pthread_join(reg->cleanup, NULL);
     while (reg->sessions) {
         push_session *next = reg->sessions->next;
         if (!reg->sessions->completed && !reg->sessions->failed)

@@ -41,6 +41,10 @@ typedef struct push_settings {
 
 push_registry *push_registry_new(store *st, const push_settings *settings, uid_t uid,
                                  gid_t gid, walfs_err *err);
+/* Starts the thread that uploads partitions and, in the background, the
+ * removal of pushes a dead walfs left (fs/push_cleanup.h).  Call it after
+ * daemonizing: threads started before the fork are lost. */
+int push_registry_start(push_registry *reg, walfs_err *err);
 /* Aborts pushes that never completed (their uploads are removed). */
 void push_registry_free(push_registry *reg);
 

@@ -115,10 +115,14 @@ wal_prefetch *wal_prefetch_new(store *st, object_cache *cache, int depth)
     p->depth = depth > QUEUE_MAX ? QUEUE_MAX : depth;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
-    for (int i = 0; i < WORKERS && p->depth > 0; i++)
+    return p;
+}
+
+void wal_prefetch_start(wal_prefetch *p)
+{
+    for (int i = p->n_workers; i < WORKERS && p->depth > 0; i++)
         if (pthread_create(&p->workers[i], NULL, worker, p) == 0)
             p->n_workers++;
-    return p;
 }
 
 void wal_prefetch_free(wal_prefetch *p)
@@ -141,6 +145,15 @@ void wal_prefetch_after(wal_prefetch *p, const char *name, uint64_t segment_size
     if (!p || p->n_workers == 0)
         return;
     pthread_mutex_lock(&p->lock);
+    /* The reader is past what is still queued behind name: nobody needs it
+     * any more (in an outage such work would only keep retrying). */
+    int kept = 0;
+    for (int i = 0; i < p->count; i++) {
+        const char *queued = p->queue[(p->head + i) % QUEUE_MAX];
+        if (strcmp(queued, name) > 0)
+            memmove(p->queue[(p->head + kept++) % QUEUE_MAX], queued, 25);
+    }
+    p->count = kept;
     for (int ahead = 1; ahead <= p->depth; ahead++) {
         char next[25];
         if (wal_segment_name_after(name, segment_size, ahead, next) != 0)

@@ -14,8 +14,10 @@
 
 typedef struct wal_prefetch wal_prefetch;
 
-/* depth: how many segments ahead; 0 disables. */
+/* depth: how many segments ahead; 0 disables.  No thread runs until
+ * wal_prefetch_start: threads started before a daemon forks are lost. */
 wal_prefetch *wal_prefetch_new(store *st, object_cache *cache, int depth);
+void wal_prefetch_start(wal_prefetch *p);
 void wal_prefetch_free(wal_prefetch *p);
 
 /* A reader opened wal_005/<name> whose decompressed size is segment_size:

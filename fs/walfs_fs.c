@@ -16,14 +16,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/deadline.h"
 #include "common/log.h"
 #include "fs/background_compressor.h"
+#include "fs/caller.h"
+#include "fs/outage_wait.h"
 #include "fs/backup_view.h"
 #include "fs/push_session.h"
 #include "fs/object_cache.h"
 #include "fs/spool_file.h"
 #include "fs/wal_prefetch.h"
 #include "fs/wal_upload.h"
+#include "postgres/wal_file.h"
 
 #define WAL_DIR "wal_005"
 #define LZO_SUFFIX ".lzo"
@@ -48,9 +52,12 @@ typedef struct wal_handle {
     background_compressor *compressor; /* compresses while the writer appends */
     pthread_t probe_thread; /* checks whether the name exists while the writer writes */
     int probe_pending;      /* probe_thread started and not joined yet */
+    int probe_ready;        /* probe holds an answer without a thread (a fresh 404) */
     wal_probe probe;
     store *probe_store;
+    uint64_t budget_ms;     /* what is left of the cp's --deadline for the probe and upload */
     int latched_error;      /* result of the last upload, returned by every later flush */
+    int scratch;            /* a dot-name (rsync's temporary): stored only by a rename */
     pthread_mutex_t lock;   /* size, dirty: held only briefly, getattr takes it */
     pthread_mutex_t upload_lock; /* serializes uploads; held for the whole upload */
     struct wal_handle *next_writer;
@@ -65,6 +72,15 @@ struct walfs_fs {
     char *spool_dir;
     pthread_mutex_t writers_lock;
     wal_handle *writers;    /* files being written, so getattr sees them before upload */
+    /* Closed temporary files (rsync writes ".NAME.XXXXXX" and renames it
+     * to NAME): kept locally until renamed into the archive or removed. */
+    struct scratch_file {
+        char *name;
+        int fd;
+        uint64_t size;
+        mode_t mode;
+        struct scratch_file *next;
+    } *scratch;
     uid_t uid;
     gid_t gid;
     time_t mount_time;
@@ -76,7 +92,152 @@ struct walfs_fs {
     pthread_t forget_thread;
     int forget_started, forget_pending, forget_stop;
     struct fuse_session *session;
+    /* Names that were just looked up and missing: the lookups, the create
+     * and the upload of one archiving cp share one --deadline, and its
+     * write-once check reuses the lookup's 404 instead of asking again. */
+    pthread_mutex_t misses_lock;
+    struct recent_miss {
+        char name[NAME_MAX + 1];
+        uint64_t chain_start_ms, last_ms;
+    } misses[16];
+    unsigned misses_next;
+    /* Names this mount archived lately: install and rsync set the mode and
+     * times of the file they just wrote, after the close that stored it;
+     * that is accepted (and ignored: they are in the lzop header already). */
+    struct recent_store {
+        char name[NAME_MAX + 1];
+        uint64_t at_ms;
+    } stored[16];
+    unsigned stored_next;
 };
+
+#define RECENT_STORE_MS 60000
+
+static node_kind classify(const char *path, const char **name);
+
+static void remember_stored(walfs_fs *fs, const char *name)
+{
+    pthread_mutex_lock(&fs->misses_lock);
+    struct recent_store *slot = &fs->stored[fs->stored_next++ % 16];
+    snprintf(slot->name, sizeof slot->name, "%s", name);
+    slot->at_ms = deadline_now_ms();
+    pthread_mutex_unlock(&fs->misses_lock);
+}
+
+static int stored_lately(walfs_fs *fs, const char *path)
+{
+    const char *name;
+    if (classify(path, &name) != NODE_WAL_FILE)
+        return 0;
+    int found = 0;
+    uint64_t now = deadline_now_ms();
+    pthread_mutex_lock(&fs->misses_lock);
+    for (unsigned i = 0; i < 16 && !found; i++)
+        found = fs->stored[i].at_ms && now - fs->stored[i].at_ms < RECENT_STORE_MS &&
+                strcmp(fs->stored[i].name, name) == 0;
+    pthread_mutex_unlock(&fs->misses_lock);
+    return found;
+}
+
+/* A 404 this recent still answers the write-once check of a create. */
+#define FRESH_MISS_MS 2000
+
+/* When the operation on name that starts now began, for its deadline: the
+ * start of a run of lookups of the same missing name in quick succession
+ * (an archiving cp's stat and create), else now. */
+static uint64_t operation_start(walfs_fs *fs, const char *name, int *fresh_miss)
+{
+    uint64_t now = deadline_now_ms(), start = now;
+    *fresh_miss = 0;
+    pthread_mutex_lock(&fs->misses_lock);
+    for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0]; i++) {
+        struct recent_miss *m = &fs->misses[i];
+        if (m->last_ms && strcmp(m->name, name) == 0 && now - m->last_ms < FRESH_MISS_MS &&
+            now - m->chain_start_ms < (uint64_t)fs->cfg.deadline_ms) {
+            start = m->chain_start_ms;
+            *fresh_miss = 1;
+        }
+    }
+    pthread_mutex_unlock(&fs->misses_lock);
+    return start;
+}
+
+static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start)
+{
+    uint64_t now = deadline_now_ms();
+    pthread_mutex_lock(&fs->misses_lock);
+    struct recent_miss *slot = NULL;
+    for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0] && !slot; i++)
+        if (strcmp(fs->misses[i].name, name) == 0)
+            slot = &fs->misses[i];
+    if (!slot) {
+        slot = &fs->misses[fs->misses_next++ % (sizeof fs->misses / sizeof fs->misses[0])];
+        snprintf(slot->name, sizeof slot->name, "%s", name);
+        slot->chain_start_ms = op_start;
+    } else if (now - slot->last_ms >= FRESH_MISS_MS ||
+               now - slot->chain_start_ms >= (uint64_t)fs->cfg.deadline_ms) {
+        slot->chain_start_ms = op_start;
+    }
+    slot->last_ms = now;
+    pthread_mutex_unlock(&fs->misses_lock);
+}
+
+static void forget_miss(walfs_fs *fs, const char *name)
+{
+    pthread_mutex_lock(&fs->misses_lock);
+    for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0]; i++)
+        if (strcmp(fs->misses[i].name, name) == 0)
+            fs->misses[i].last_ms = 0;
+    pthread_mutex_unlock(&fs->misses_lock);
+}
+
+/* What is left of an operation's --deadline that began at start; never
+ * nothing, so a request that is answered at once still gets its answer. */
+static uint64_t budget_left(const walfs_fs *fs, uint64_t start)
+{
+    uint64_t end = start + (uint64_t)fs->cfg.deadline_ms, now = deadline_now_ms();
+    uint64_t floor = 1000;
+    return end > now + floor ? end - now : floor;
+}
+
+/* The request went away (the caller was interrupted: ^C, PostgreSQL
+ * shutting down) or the filesystem is being unmounted. */
+static int request_gone(void *ctx)
+{
+    walfs_fs *fs = ctx;
+    return fuse_interrupted() || (fs->session && fuse_session_exited(fs->session));
+}
+
+/* The store's stat of a wal_005 object, and its decompressed size or its
+ * verified decompressed copy (fd_out non-NULL).  A read waits through an
+ * outage (fs/outage_wait.h): only the archive's 404 is ENOENT, and nothing
+ * but the store's final answer ends the wait.  The archiver's lookups
+ * (archive_command's cp looking at its destination) fail after the
+ * deadline instead, so PostgreSQL retries and can shut down. */
+static int read_wal_object(walfs_fs *fs, const char *op, const char *name, const char *key,
+                           store_stat *meta, uint64_t *size_out, int *fd_out, walfs_err *err)
+{
+    int patient = !caller_is_wal_archiver(fuse_get_context()->pid);
+    char what[160];
+    snprintf(what, sizeof what, "%s %s", op, key);
+    outage_wait wait;
+    outage_wait_init(&wait, what, (uint64_t)fs->cfg.restore_outage_limit_ms, request_gone, fs);
+    int rc, fresh;
+    do {
+        uint64_t start = operation_start(fs, name, &fresh);
+        uint64_t outer = deadline_scope_begin(budget_left(fs, start));
+        rc = store_stat_key(fs->cfg.st, key, meta, err);
+        if (rc == -ENOENT)
+            remember_miss(fs, name, start);
+        else if (!rc && fd_out)
+            rc = object_cache_open(fs->cache, key, meta, fd_out, size_out, err);
+        else if (!rc)
+            rc = object_cache_size(fs->cache, key, meta, size_out, err);
+        deadline_scope_end(outer);
+    } while (patient && outage_wait_retry(&wait, rc, err));
+    outage_wait_end(&wait, rc);
+    return rc;
+}
 
 static walfs_fs *current_fs(void) { return fuse_get_context()->private_data; }
 
@@ -138,6 +299,7 @@ static int report(int rc, const walfs_err *err, const char *op, const char *path
     }
     log_error("%s %s failed: %s", op, path, err && err->msg[0] ? err->msg : strerror(-rc));
     if (rc == -EACCES || rc == -EEXIST || rc == -ENOSPC || rc == -ENOMEM || rc == -EROFS ||
+        rc == -ENODATA ||
         rc == -EPERM || rc == -ENAMETOOLONG || rc == -EINVAL)
         return rc;
     return -EIO; /* timeouts, corrupt data, server errors: never mistaken for "missing" */
@@ -209,17 +371,24 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
         pthread_mutex_unlock(&fs->writers_lock);
         return 0;
     }
+    for (struct scratch_file *f = fs->scratch; f; f = f->next) {
+        if (strcmp(f->name, name) == 0) {
+            fill_file_stat(fs, st, f->size, time(NULL), f->mode);
+            pthread_mutex_unlock(&fs->writers_lock);
+            return 0;
+        }
+    }
     pthread_mutex_unlock(&fs->writers_lock);
+    if (name[0] == '.')
+        return -ENOENT; /* temporary names are never archived */
 
     char *key = wal_key(name);
     if (!key)
         return -ENOMEM;
     walfs_err err = {0};
     store_stat meta;
-    int rc = store_stat_key(fs->cfg.st, key, &meta, &err);
     uint64_t size = 0;
-    if (!rc)
-        rc = object_cache_size(fs->cache, key, &meta, &size, &err);
+    int rc = read_wal_object(fs, "lookup", name, key, &meta, &size, NULL, &err);
     free(key);
     if (rc)
         return report(rc, &err, "lookup", path);
@@ -316,7 +485,9 @@ static void handle_free(wal_handle *h)
 static void *probe_main(void *arg)
 {
     wal_handle *h = arg;
+    uint64_t outer = deadline_scope_begin(h->budget_ms);
     wal_probe_run(h->probe_store, h->key, &h->probe);
+    deadline_scope_end(outer);
     return NULL;
 }
 
@@ -340,9 +511,21 @@ static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t
     h->dirty = 1; /* even an empty file is an archive request */
     /* Without it the archive still works, compressing at close. */
     h->compressor = background_compressor_start(h->fd, h->mode, time(NULL));
-    /* Without it the check runs at close. */
-    h->probe_store = fs->cfg.st;
-    h->probe_pending = pthread_create(&h->probe_thread, NULL, probe_main, h) == 0;
+    int fresh_miss;
+    uint64_t start = operation_start(fs, name, &fresh_miss);
+    h->budget_ms = budget_left(fs, start);
+    h->scratch = name[0] == '.';
+    if (h->scratch) {
+        /* checked when it is renamed to its archive name */
+    } else if (fresh_miss) {
+        /* The lookup in front of this create was answered 404 a moment ago. */
+        h->probe.rc = -ENOENT;
+        h->probe_ready = 1;
+    } else {
+        /* Without it the check runs at close. */
+        h->probe_store = fs->cfg.st;
+        h->probe_pending = pthread_create(&h->probe_thread, NULL, probe_main, h) == 0;
+    }
     pthread_mutex_lock(&fs->writers_lock);
     h->next_writer = fs->writers;
     fs->writers = h;
@@ -420,11 +603,28 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
     wal_handle *h = handle_new(name);
     if (!h)
         return -ENOMEM;
+    if (name[0] == '.') {
+        /* A closed temporary file, read back by its writer (rsync does). */
+        pthread_mutex_lock(&fs->writers_lock);
+        for (struct scratch_file *f = fs->scratch; f && h->fd < 0; f = f->next) {
+            if (strcmp(f->name, name) == 0) {
+                h->fd = dup(f->fd);
+                h->size = f->size;
+            }
+        }
+        pthread_mutex_unlock(&fs->writers_lock);
+        if (h->fd < 0) {
+            handle_free(h);
+            return -ENOENT;
+        }
+        h->mode = 0600;
+        fi->fh = (uint64_t)(uintptr_t)h;
+        fi->direct_io = 1;
+        return 0;
+    }
     walfs_err err = {0};
     store_stat meta;
-    int rc = store_stat_key(fs->cfg.st, h->key, &meta, &err);
-    if (!rc)
-        rc = object_cache_open(fs->cache, h->key, &meta, &h->fd, &h->size, &err);
+    int rc = read_wal_object(fs, "open", name, h->key, &meta, &h->size, &h->fd, &err);
     if (rc) {
         handle_free(h);
         return report(rc, &err, "open", path);
@@ -492,6 +692,34 @@ static int walfs_write(const char *path, const char *buf, size_t size, off_t off
 /* Uploads if anything changed since the last upload; otherwise repeats the
  * last result, so a second flush (after dup) neither uploads twice nor
  * loses the first error. */
+/* Whether what a handle holds may be stored under its name now: 1 yes;
+ * -ENODATA when nothing was written (the shell's redirection closes its
+ * first descriptor before a byte is written, and ignores that close's
+ * result; a cp of an empty file must not exit 0 with nothing stored);
+ * -EIO when the
+ * start of a segment says it is longer than what arrived (a flush of a
+ * descriptor that did not write the whole file: if it is the last close,
+ * its caller must not take it for archived). */
+static int ready_to_store(wal_handle *h, uint64_t size, const char *path)
+{
+    if (size == 0) {
+        log_debug("archive %s: a close with nothing written yet stores nothing", path);
+        return -ENODATA;
+    }
+    if (!wal_name_is_segment(h->name))
+        return 1;
+    unsigned char head[WAL_LONG_HEADER_BYTES];
+    ssize_t n = pread(h->fd, head, sizeof head, 0);
+    uint64_t expected = 0;
+    if (n > 0 && wal_segment_check(head, (size_t)n, size, &expected) == 0) {
+        log_error("archive %s: not stored: %llu bytes arrived of a %llu-byte segment (its page "
+                  "header says so); it is stored once a close follows the whole segment",
+                  path, (unsigned long long)size, (unsigned long long)expected);
+        return -EIO;
+    }
+    return 1;
+}
+
 static int sync_handle(wal_handle *h, const char *path, const char *op)
 {
     walfs_fs *fs = current_fs();
@@ -499,6 +727,15 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
     pthread_mutex_lock(&h->lock);
     int dirty = h->dirty;
     uint64_t size = h->size;
+    pthread_mutex_unlock(&h->lock);
+    int ready = dirty ? ready_to_store(h, size, path) : 1;
+    if (ready <= 0) {
+        pthread_mutex_unlock(&h->upload_lock);
+        return ready;
+    }
+    pthread_mutex_lock(&h->lock);
+    dirty = h->dirty;
+    size = h->size;
     h->dirty = 0; /* a write during the upload sets it again */
     background_compressor *bc = h->compressor;
     h->compressor = NULL; /* it covers one close; later writes compress at their close */
@@ -519,18 +756,30 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
         pthread_join(h->probe_thread, NULL);
         h->probe_pending = 0;
         probe = &h->probe;
+    } else if (h->probe_ready) {
+        h->probe_ready = 0;
+        probe = &h->probe;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (dirty) {
         walfs_err err = {0};
+        /* The cp's remaining --deadline; a later upload of the same handle
+         * (written again after a close) gets a whole one. */
+        uint64_t outer = deadline_scope_begin(h->budget_ms ? h->budget_ms
+                                                           : (uint64_t)fs->cfg.deadline_ms);
+        h->budget_ms = 0;
+        forget_miss(fs, h->name);
         int rc = wal_upload(fs->cfg.st, h->key, h->fd, size, h->mode, time(NULL), compressed,
                             compressed_len, compressed_sha256[0] ? compressed_sha256 : NULL,
                             probe, &err);
+        deadline_scope_end(outer);
         clock_gettime(CLOCK_MONOTONIC, &t2);
         log_debug("%s: %.1f ms finishing compression, %.1f ms storing", h->key,
                   (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
                   (t2.tv_sec - t1.tv_sec) * 1e3 + (t2.tv_nsec - t1.tv_nsec) / 1e6);
         h->latched_error = rc ? report(rc, &err, op, path) : 0;
+        if (!rc)
+            remember_stored(fs, h->name);
     }
     int rc = h->latched_error;
     pthread_mutex_unlock(&h->upload_lock);
@@ -542,7 +791,7 @@ static int walfs_flush(const char *path, struct fuse_file_info *fi)
     if (kind_of(fi) == HANDLE_PUSH_FILE)
         return push_flush(current_fs()->pushes, (void *)(uintptr_t)fi->fh);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
-    if (kind_of(fi) != HANDLE_WAL || !h->writable)
+    if (kind_of(fi) != HANDLE_WAL || !h->writable || h->scratch)
         return 0;
     return sync_handle(h, path, "archive");
 }
@@ -552,7 +801,7 @@ static int walfs_fsync(const char *path, int datasync, struct fuse_file_info *fi
     if (kind_of(fi) == HANDLE_PUSH_FILE)
         return push_flush(current_fs()->pushes, (void *)(uintptr_t)fi->fh);
     wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
-    if (kind_of(fi) != HANDLE_WAL || !h->writable)
+    if (kind_of(fi) != HANDLE_WAL || !h->writable || h->scratch)
         return 0;
     return sync_handle(h, path, "archive (fsync)");
 }
@@ -579,8 +828,27 @@ static int walfs_release(const char *path, struct fuse_file_info *fi)
     if (h->writable) {
         /* The kernel ignores release's result, so this is only a last
          * attempt for writers that never flushed; their error was logged. */
-        sync_handle(h, path, "archive (release)");
+        if (h->dirty && h->size == 0 && !h->scratch)
+            log_warn("archive %s: closed with nothing written; nothing was stored (an empty "
+                     "file is never a WAL segment or history file)", path);
+        else if (!h->scratch)
+            sync_handle(h, path, "archive (release)");
+        struct scratch_file *kept = h->scratch ? calloc(1, sizeof *kept) : NULL;
+        if (kept) {
+            kept->name = h->name;
+            kept->fd = h->fd;
+            kept->size = h->size;
+            kept->mode = h->mode;
+            h->name = NULL;
+            h->fd = -1;
+        } else if (h->scratch) {
+            log_error("write %s: out of memory keeping the temporary file; it is lost", path);
+        }
         pthread_mutex_lock(&fs->writers_lock);
+        if (kept) {
+            kept->next = fs->scratch;
+            fs->scratch = kept;
+        }
         for (wal_handle **p = &fs->writers; *p; p = &(*p)->next_writer) {
             if (*p == h) {
                 *p = h->next_writer;
@@ -633,8 +901,40 @@ static const char *push_path(const char *path)
     return NULL;
 }
 
+/* Takes the closed temporary file name out of the list (NULL if none). */
+static struct scratch_file *take_scratch(walfs_fs *fs, const char *name)
+{
+    pthread_mutex_lock(&fs->writers_lock);
+    struct scratch_file *found = NULL;
+    for (struct scratch_file **p = &fs->scratch; *p; p = &(*p)->next) {
+        if (strcmp((*p)->name, name) == 0) {
+            found = *p;
+            *p = found->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&fs->writers_lock);
+    return found;
+}
+
+static void scratch_free(struct scratch_file *f)
+{
+    if (!f)
+        return;
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f->name);
+    free(f);
+}
+
 static int walfs_unlink(const char *path)
 {
+    const char *name;
+    if (classify(path, &name) == NODE_WAL_FILE && name[0] == '.') {
+        struct scratch_file *f = take_scratch(current_fs(), name);
+        scratch_free(f);
+        return f ? 0 : -ENOENT;
+    }
     const char *rel = push_path(path);
     return rel ? push_unlink(current_fs()->pushes, rel) : refuse("unlink", path);
 }
@@ -697,8 +997,56 @@ static void forget_backup_names(walfs_fs *fs)
     pthread_mutex_unlock(&fs->forget_lock);
 }
 
+/* rsync's last step: its temporary file becomes NAME.  Storing happens
+ * here, and rename returns the upload's result, as close does for cp. */
+static int store_scratch(walfs_fs *fs, const char *from, const char *from_name,
+                         const char *to, const char *to_name)
+{
+    if (to_name[0] == '.')
+        return refuse("rename", from);
+    struct scratch_file *f = take_scratch(fs, from_name);
+    if (!f)
+        return -ENOENT;
+    char *key = wal_key(to_name);
+    if (!key) {
+        scratch_free(f);
+        return -ENOMEM;
+    }
+    int rc;
+    if (f->size == 0) {
+        log_error("archive %s: refused: the file is empty (an empty file is never a WAL "
+                  "segment or history file)", to);
+        rc = -EINVAL;
+    } else {
+        uint64_t outer = deadline_scope_begin((uint64_t)fs->cfg.deadline_ms);
+        walfs_err err = {0};
+        rc = wal_upload(fs->cfg.st, key, f->fd, f->size, f->mode, time(NULL), NULL, 0, NULL,
+                        NULL, &err);
+        deadline_scope_end(outer);
+        if (rc)
+            rc = report(rc, &err, "archive (rename)", to);
+        else
+            remember_stored(fs, to_name);
+    }
+    free(key);
+    if (rc) {
+        /* Kept, so the writer may retry the rename or remove it. */
+        pthread_mutex_lock(&fs->writers_lock);
+        f->next = fs->scratch;
+        fs->scratch = f;
+        pthread_mutex_unlock(&fs->writers_lock);
+        return rc;
+    }
+    scratch_free(f);
+    return 0;
+}
+
 static int walfs_rename(const char *from, const char *to, unsigned int flags)
 {
+    const char *from_name, *wal_to;
+    if (classify(from, &from_name) == NODE_WAL_FILE && from_name[0] == '.' &&
+        classify(to, &wal_to) == NODE_WAL_FILE && (flags & ~RENAME_NOREPLACE) == 0)
+        return store_scratch(current_fs(), from, from_name, to, wal_to);
     const char *rel = push_path(from);
     const char *to_name;
     /* mv asks for RENAME_NOREPLACE; nothing here is ever replaced implicitly. */
@@ -711,14 +1059,48 @@ static int walfs_rename(const char *from, const char *to, unsigned int flags)
     return rc;
 }
 
+/* A temporary dot-file, open or closed: its attributes are the writer's to
+ * set (rsync sets mode and times before it renames). */
+static int is_scratch_path(const char *path)
+{
+    const char *name;
+    return classify(path, &name) == NODE_WAL_FILE && name[0] == '.';
+}
+
 static int walfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
+    const char *wal_name;
+    int open_writer = 0;
+    if (classify(path, &wal_name) == NODE_WAL_FILE) {
+        walfs_fs *fs = current_fs();
+        pthread_mutex_lock(&fs->writers_lock);
+        open_writer = find_writer(fs, wal_name) != NULL;
+        pthread_mutex_unlock(&fs->writers_lock);
+    }
+    if (is_scratch_path(path) || open_writer) {
+        /* The mode of a file still being written goes into its lzop header
+         * (install sets it before it closes). */
+        walfs_fs *fs = current_fs();
+        const char *name;
+        classify(path, &name);
+        pthread_mutex_lock(&fs->writers_lock);
+        for (struct scratch_file *f = fs->scratch; f; f = f->next)
+            if (strcmp(f->name, name) == 0)
+                f->mode = mode & 0777;
+        wal_handle *w = find_writer(fs, name);
+        if (w)
+            w->mode = mode & 0777;
+        pthread_mutex_unlock(&fs->writers_lock);
+        return 0;
+    }
     const char *rel = push_path(path);
     return rel ? push_chmod(current_fs()->pushes, rel, mode) : refuse("chmod", path);
 }
 
 static int walfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
+    if (is_scratch_path(path))
+        return 0; /* files are the mounting user's */
     const char *rel = push_path(path);
     return rel ? push_chown(current_fs()->pushes, rel, uid, gid) : refuse("chown", path);
 }
@@ -740,7 +1122,8 @@ static int walfs_utimens(const char *path, const struct timespec tv[2], struct f
 {
     /* Timestamps are the store's; accept the request on a file being
      * written (tools set them after copying) and ignore it. */
-    if (kind_of(fi) == HANDLE_WAL && ((wal_handle *)(uintptr_t)fi->fh)->writable)
+    if ((kind_of(fi) == HANDLE_WAL && ((wal_handle *)(uintptr_t)fi->fh)->writable) ||
+        is_scratch_path(path) || stored_lately(current_fs(), path))
         return 0;
     const char *rel = push_path(path);
     return rel ? push_utimens(current_fs()->pushes, rel, tv) : refuse("utimens", path);
@@ -839,6 +1222,42 @@ static const struct fuse_operations operations = {
 
 const struct fuse_operations *walfs_fs_operations(void) { return &operations; }
 
+/* mkdir -p with mode 0700: a stock Debian postgres (or a new machine's
+ * root) has no ~/.cache, and the default cache directory is below it. */
+static int make_dirs(const char *dir, walfs_err *err)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
+        return walfs_err_set(err, -ENAMETOOLONG, "cache directory %s: name too long", dir);
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+            int e = errno;
+            return walfs_err_set(err, -e, "cannot create cache directory %s: %s creating %s "
+                                 "(set --cache-dir to a directory this user may write)",
+                                 dir, strerror(e), path);
+        }
+        *p = saved;
+        if (saved == '\0')
+            break;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return walfs_err_set(err, -ENOTDIR, "cache directory %s is not a directory (set "
+                             "--cache-dir)", dir);
+    return 0;
+}
+
+int walfs_fs_start(walfs_fs *fs, walfs_err *err)
+{
+    wal_prefetch_start(fs->prefetch);
+    int rc = backup_view_start(fs->backups, err);
+    return rc ? rc : push_registry_start(fs->pushes, err);
+}
+
 walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
 {
     walfs_fs *fs = calloc(1, sizeof *fs);
@@ -847,15 +1266,16 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
         return NULL;
     }
     fs->cfg = *cfg;
+    if (fs->cfg.deadline_ms <= 0)
+        fs->cfg.deadline_ms = 60000;
     fs->uid = getuid();
     fs->gid = getgid();
     fs->mount_time = time(NULL);
     pthread_mutex_init(&fs->writers_lock, NULL);
+    pthread_mutex_init(&fs->misses_lock, NULL);
     pthread_mutex_init(&fs->forget_lock, NULL);
     pthread_cond_init(&fs->forget_wake, NULL);
-    if (mkdir(cfg->cache_dir, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cannot create cache directory %s: %s (set --cache-dir)",
-                      cfg->cache_dir, strerror(errno));
+    if (make_dirs(cfg->cache_dir, err) != 0) {
         walfs_fs_free(fs);
         return NULL;
     }
@@ -893,11 +1313,19 @@ void walfs_fs_free(walfs_fs *fs)
 {
     if (!fs)
         return;
+    while (fs->scratch) {
+        struct scratch_file *next = fs->scratch->next;
+        log_warn("temporary file wal_005/%s was never renamed into the archive; dropped",
+                 fs->scratch->name);
+        scratch_free(fs->scratch);
+        fs->scratch = next;
+    }
     push_registry_free(fs->pushes);
     backup_view_free(fs->backups);
     wal_prefetch_free(fs->prefetch);
     object_cache_free(fs->cache);
     pthread_mutex_destroy(&fs->writers_lock);
+    pthread_mutex_destroy(&fs->misses_lock);
     pthread_mutex_destroy(&fs->forget_lock);
     pthread_cond_destroy(&fs->forget_wake);
     free(fs->spool_dir);

@@ -21,6 +21,8 @@ typedef struct walfs_fs_config {
     uint64_t cache_max_bytes;
     double attr_timeout;    /* seconds the kernel may cache a file's attributes */
     int prefetch_segments;  /* WAL segments fetched ahead of a restoring reader; 0 = off */
+    long deadline_ms;       /* one archiving cp, from its first lookup to the stored object */
+    long restore_outage_limit_ms; /* 0: a wal_005 read waits through an outage for good */
     uint64_t push_spool_bytes;          /* files of a push waiting locally, at most */
     uint64_t push_reorder_bytes;        /* out-of-order writes of a push held in memory */
     backup_writer_limits push_limits;   /* partition limits of pushed backups (0 = WAL-E's) */
@@ -28,7 +30,12 @@ typedef struct walfs_fs_config {
 
 typedef struct walfs_fs walfs_fs;
 
+/* Checks and creates the cache directory (with missing parents); starts no
+ * thread. */
 walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err);
+/* Starts the background threads (read-ahead, the push uploader, clean-up).
+ * Call it after fuse_daemonize: a fork keeps only the calling thread. */
+int walfs_fs_start(walfs_fs *fs, walfs_err *err);
 void walfs_fs_free(walfs_fs *fs);
 /* Operations to pass to fuse_new with the walfs_fs as private data. */
 const struct fuse_operations *walfs_fs_operations(void);

@@ -14,6 +14,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include "common/deadline.h"
 #include "common/log.h"
 #include "s3/s3_xml.h"
 #include "s3/sigv4.h"
@@ -176,6 +177,10 @@ typedef struct s3_op {
     int n_meta;
     int body_started, done, bad_range;
     uint64_t pos;
+    /* stall detection: the last time low_speed_limit more bytes had moved */
+    uint64_t stall_mark_ms;
+    curl_off_t stall_mark_bytes;
+    int stalled;
 
     /* outcome */
     int attempts;
@@ -526,6 +531,28 @@ static int permanent_curl_error(CURLcode rc)
     }
 }
 
+/* libcurl's own low-speed check averages over a window of its own and
+ * aborted a stalled body only after about three times --low-speed-time;
+ * this one aborts once fewer than low_speed_limit bytes moved in the last
+ * low_speed_time seconds (checked about once a second). */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    s3_op *op = ud;
+    uint64_t now = now_ms();
+    curl_off_t moved = dlnow + ulnow;
+    if (op->stall_mark_ms == 0 || moved - op->stall_mark_bytes >= op->c->low_speed_limit) {
+        op->stall_mark_ms = now;
+        op->stall_mark_bytes = moved;
+        return 0;
+    }
+    if (now - op->stall_mark_ms >= (uint64_t)op->c->low_speed_time_s * 1000) {
+        op->stalled = 1;
+        return 1;
+    }
+    return 0;
+}
+
 static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, size_t lastlen,
                    walfs_err *err)
 {
@@ -539,6 +566,9 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
     op->err_code[0] = '\0';
     op->n_meta = 0;
     op->have_content_length = 0;
+    op->stall_mark_ms = 0;
+    op->stall_mark_bytes = 0;
+    op->stalled = 0;
 
     char amz_date[17];
     sigv4_amz_date(time(NULL), amz_date);
@@ -614,8 +644,9 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
                      c->connect_timeout_ms < timeout ? c->connect_timeout_ms : timeout);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout);
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, c->low_speed_time_s);
-    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, c->low_speed_limit);
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, op);
     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, c->insecure ? 0L : 1L);
     curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, c->insecure ? 0L : 2L);
     if (c->ca_file)
@@ -651,9 +682,14 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
               crc == CURLE_OK ? "HTTP " : "curl error, HTTP ", op->status, took, op->attempts);
 
     if (op->sink_rc) {
-        *rc_out = walfs_err_set(err, op->sink_rc < 0 ? op->sink_rc : -EIO,
-                                "%s %s: the consumer of the data failed (%d)", op->name,
-                                op->object, op->sink_rc);
+        /* The sink's own message (a checksum mismatch, a full cache disk)
+         * says what failed and what to do; keep it. */
+        int code = op->sink_rc < 0 ? op->sink_rc : -EIO;
+        if (err && err->code == op->sink_rc && err->msg[0])
+            *rc_out = code;
+        else
+            *rc_out = walfs_err_set(err, code, "%s %s: the consumer of the data failed (%s)",
+                                    op->name, op->object, strerror(-code));
         return ATTEMPT_DONE;
     }
     if (op->bad_range) {
@@ -669,7 +705,11 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
 
     if (crc != CURLE_OK && !(op->done && crc == CURLE_WRITE_ERROR)) {
         const char *what = *errbuf ? errbuf : curl_easy_strerror(crc);
-        snprintf(last, lastlen, "%s", what);
+        if (op->stalled)
+            snprintf(last, lastlen, "stalled: under %ld bytes/s for %ld s", c->low_speed_limit,
+                     c->low_speed_time_s);
+        else
+            snprintf(last, lastlen, "%s", what);
         if (permanent_curl_error(crc)) {
             const char *hint = "";
             if (crc == CURLE_PEER_FAILED_VERIFICATION || crc == CURLE_SSL_CACERT_BADFILE)
@@ -725,12 +765,17 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
     return ATTEMPT_DONE;
 }
 
-/* Runs op until it succeeds, fails for good, or the deadline passes. */
+/* Runs op until it succeeds, fails for good, or its budget passes: the
+ * client's deadline, cut to what is left of the calling thread's file
+ * operation (common/deadline.h).  Transient failures until then give
+ * -ETIMEDOUT: the object may well exist, the server just did not say. */
 static int perform(s3_op *op, long deadline_ms, walfs_err *err)
 {
+    walfs_err_clear(err);
     uint64_t start = now_ms();
-    uint64_t deadline = start + (uint64_t)deadline_ms;
-    char last[512] = "no attempt could start";
+    uint64_t budget = deadline_budget_ms((uint64_t)deadline_ms);
+    uint64_t deadline = start + budget;
+    char last[512] = "no time was left for a first attempt";
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline)
@@ -751,17 +796,18 @@ static int perform(s3_op *op, long deadline_ms, walfs_err *err)
         now = now_ms();
         if (now + pause >= deadline)
             break;
-        log_warn("s3: %s %s: attempt %d failed (%s); retrying in %" PRIu64 " ms", op->name,
-                 op->object, op->attempts, last, pause);
+        /* Debug only: whoever gives up or waits on says so once. */
+        log_debug("s3: %s %s: attempt %d failed (%s); retrying in %" PRIu64 " ms", op->name,
+                  op->object, op->attempts, last, pause);
         sleep_ms(pause);
     }
     double secs = (double)(now_ms() - start) / 1000.0;
     int http_failure = strncmp(last, "HTTP ", 5) == 0;
-    return walfs_err_set(err, -EIO,
+    return walfs_err_set(err, -ETIMEDOUT,
                          "%s %s: gave up after %d attempt%s over %.1f s (deadline %.1f s); %s "
                          "last error: %s",
                          op->name, op->object, op->attempts, op->attempts == 1 ? "" : "s", secs,
-                         (double)deadline_ms / 1000.0,
+                         (double)budget / 1000.0,
                          http_failure ? "the server kept failing;" : "is the endpoint reachable?",
                          last);
 }

@@ -1,12 +1,16 @@
 /* A small S3 client on libcurl + OpenSSL: SigV4, path-style or
  * virtual-hosted addressing, retries with backoff and jitter under a total
- * deadline, connection reuse.  Knows nothing of FUSE or lzop.
+ * deadline (--deadline, cut to the calling thread's common/deadline.h scope),
+ * connection reuse.  Knows nothing of FUSE or lzop.
  *
  * Every call returns 0 or a negative errno and fills err:
  *   -ENOENT  the server answered 404 (NoSuchKey / NoSuchBucket: the message says which)
  *   -EACCES  403 (bad credentials, signature mismatch, access denied, skewed clock)
  *   -EEXIST  412 precondition failed
- *   -EIO     anything else, after transient failures were retried until the deadline
+ *   -ETIMEDOUT  transient failures (network, timeouts, stalls, 5xx, throttling) were
+ *            retried until the deadline: the server never said; ask again later
+ *   -EIO     anything else that is final (a TLS certificate refused, a malformed
+ *            answer, an object that changed mid-read, a failing consumer)
  *   -EINVAL  bad configuration
  * Thread-safe: one client can be used from many threads at once. */
 #ifndef WALFS_S3_CLIENT_H

@@ -5,7 +5,9 @@
  *
  * Every call returns 0 or a negative errno and fills err (see common/err.h):
  * -ENOENT means the backend said the object does not exist, and nothing else
- * does; transient failures are retried inside the backend up to its deadline. */
+ * does; transient failures are retried inside the backend up to its deadline
+ * (common/deadline.h cuts it to the caller's file operation), then give
+ * -ETIMEDOUT: the object may exist, the backend just did not answer. */
 #ifndef WALFS_STORE_STORE_H
 #define WALFS_STORE_STORE_H
 

@@ -1,7 +1,12 @@
 # shellcheck shell=bash
 # tests/lib/walfs.sh — mount and unmount walfs in tests, the way an operator
-# runs it: as the postgres user, in the foreground of a background job, with
-# its log in a file.  Every mount made here is unmounted by walfs_cleanup.
+# runs it: as the postgres user, with its log in a file.  WALFS_MODE picks how:
+#   foreground (default)  walfs -f in a background job of the test
+#   daemon                walfs daemonizes as README says to run it, with
+#                         --log-file, and HOME a fresh directory without
+#                         ~/.cache, so the default cache directory must be
+#                         created (unless the caller passes --cache-dir)
+# Every mount made here is unmounted by walfs_cleanup.
 #
 #   walfs_mount MNT PREFIX [walfs options...]   mount, wait until it serves
 #                                               (a --cache-dir among the options replaces
@@ -12,6 +17,8 @@
 #                                               fail if it exited non-zero or a
 #                                               sanitizer reported anything
 #   walfs_log MNT                               path of that mount's log
+#   walfs_pid MNT                               the serving process (the daemon's own pid)
+#   walfs_cache_dir MNT                         that mount's cache directory
 #   walfs_cleanup                               lazy-unmount and kill leftovers
 #
 # WALFS_BIN (default build/release/walfs) picks the build; WALFS_USER
@@ -20,7 +27,8 @@
 : "${WALFS_BIN:=build/release/walfs}"
 : "${WALFS_USER:=postgres}"
 WALFS_BIN=$(readlink -f "$WALFS_BIN")
-declare -gA _WALFS_PID _WALFS_LOG
+: "${WALFS_MODE:=foreground}"
+declare -gA _WALFS_PID _WALFS_LOG _WALFS_CACHE
 _WALFS_MOUNTS=()
 
 _walfs_prepare() {
@@ -35,6 +43,17 @@ _walfs_prepare() {
 }
 
 walfs_log() { echo "${_WALFS_LOG[$1]}"; }
+walfs_pid() { echo "${_WALFS_PID[$1]}"; }
+walfs_cache_dir() { echo "${_WALFS_CACHE[$1]}"; }
+
+# The daemon of the mount at $1: the walfs process whose arguments name it.
+_walfs_find_daemon() {
+    local mnt=$1 pid
+    for pid in $(pgrep -u "$WALFS_USER" -x walfs); do
+        tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$mnt" && { echo "$pid"; return 0; }
+    done
+    return 1
+}
 
 walfs_mount() {
     local mnt=$1 prefix=$2; shift 2
@@ -48,15 +67,47 @@ walfs_mount() {
     # setpriv execs walfs itself, so $! is the daemon and its exit status ours.
     local prefix_arg=("$prefix")
     [[ $prefix == - ]] && prefix_arg=()
-    local wrapper=() cache_arg=(--cache-dir="$cache") a
+    local wrapper=() cache_arg=(--cache-dir="$cache") a home=$WALFS_SCRATCH
     [[ -n ${WALFS_WRAPPER:-} ]] && read -r -a wrapper <<<"$WALFS_WRAPPER"
-    for a in "$@"; do [[ $a == --cache-dir=* ]] && cache_arg=(); done # the caller's own
+    if [[ $WALFS_MODE == daemon ]]; then
+        # README's mode: no --cache-dir, a home without ~/.cache.
+        home=$WALFS_SCRATCH/home-$n
+        mkdir -p "$home"
+        chown "$WALFS_USER" "$home"
+        cache_arg=()
+        cache=$home/.cache/walfs
+    fi
+    for a in "$@"; do
+        if [[ $a == --cache-dir=* ]]; then cache_arg=(); cache=${a#--cache-dir=}; fi # the caller's own
+    done
+    _WALFS_CACHE[$mnt]=$cache
+    _WALFS_MOUNTS+=("$mnt")
+    if [[ $WALFS_MODE == daemon ]]; then
+        # The sanitizers write where the daemon's stderr (now /dev/null) cannot.
+        local rc=0 i
+        ASAN_OPTIONS="${ASAN_OPTIONS:-}:log_path=$log.sanitizer" \
+        UBSAN_OPTIONS="${UBSAN_OPTIONS:-}:log_path=$log.sanitizer" \
+        setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
+            env HOME="$home" "${wrapper[@]}" "$WALFS_BIN" -o allow_other,default_permissions \
+            "${prefix_arg[@]}" "$mnt" --log-file="$log" "${cache_arg[@]}" "$@" \
+            >"$log.start" 2>&1 || rc=$?
+        if [[ $rc -ne 0 ]] || ! grep -qs " $mnt fuse" /proc/mounts; then
+            echo "walfs (daemon) did not mount $mnt (exit $rc):" >&2
+            cat "$log.start" "$log" >&2 2>/dev/null
+            return 1
+        fi
+        for ((i = 0; i < 50; i++)); do
+            _WALFS_PID[$mnt]=$(_walfs_find_daemon "$mnt") && return 0
+            sleep 0.1
+        done
+        echo "walfs mounted $mnt but its daemon process was not found" >&2
+        return 1
+    fi
     setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
-        env HOME="$WALFS_SCRATCH" "${wrapper[@]}" "$WALFS_BIN" -f -o allow_other,default_permissions \
+        env HOME="$home" "${wrapper[@]}" "$WALFS_BIN" -f -o allow_other,default_permissions \
         "${prefix_arg[@]}" "$mnt" "${cache_arg[@]}" "$@" \
         >"$log" 2>&1 &
     _WALFS_PID[$mnt]=$!
-    _WALFS_MOUNTS+=("$mnt")
     local i
     for ((i = 0; i < 100; i++)); do
         if grep -qs " $mnt fuse" /proc/mounts; then
@@ -76,7 +127,7 @@ walfs_mount() {
 
 # Sanitizer reports in a log mean a bug even when the exit status is 0.
 walfs_log_clean() {
-    ! grep -qE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1"
+    ! grep -qsE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1" "$1".sanitizer*
 }
 
 walfs_umount() {
@@ -92,12 +143,17 @@ walfs_umount() {
             kill -9 "$pid" 2>/dev/null
             rc=1
         fi
-        wait "$pid" 2>/dev/null || rc=$?
+        if [[ $WALFS_MODE != daemon ]]; then
+            wait "$pid" 2>/dev/null || rc=$?
+        elif ! grep -q "walfs unmounted from" "${_WALFS_LOG[$mnt]}"; then
+            echo "walfs (daemon) for $mnt did not log its clean exit" >&2
+            rc=1
+        fi
         unset "_WALFS_PID[$mnt]"
     fi
     if ! walfs_log_clean "${_WALFS_LOG[$mnt]}"; then
         echo "sanitizer report in $(walfs_log "$mnt"):" >&2
-        grep -A30 -E 'Sanitizer|runtime error' "${_WALFS_LOG[$mnt]}" | head -60 >&2
+        grep -A30 -E 'Sanitizer|runtime error' "${_WALFS_LOG[$mnt]}" "${_WALFS_LOG[$mnt]}".sanitizer* 2>/dev/null | head -60 >&2
         rc=1
     fi
     if [[ $rc -ne 0 ]]; then
