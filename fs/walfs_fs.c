@@ -92,13 +92,15 @@ struct walfs_fs {
     pthread_t forget_thread;
     int forget_started, forget_pending, forget_stop;
     struct fuse_session *session;
-    /* Names that were just looked up and missing: the lookups, the create
-     * and the upload of one archiving cp share one --deadline, and its
-     * write-once check reuses the lookup's 404 instead of asking again. */
+    /* Names that were just looked up and missing (or unanswered): the
+     * lookups, the create and the upload of one archiving cp share one
+     * --deadline, and its write-once check reuses the lookup's 404 instead
+     * of asking again. */
     pthread_mutex_t misses_lock;
     struct recent_miss {
         char name[NAME_MAX + 1];
         uint64_t chain_start_ms, last_ms;
+        int was_404;        /* the store said missing (not: did not answer) */
     } misses[16];
     unsigned misses_next;
     /* Names this mount archived lately: install and rsync set the mode and
@@ -155,14 +157,15 @@ static uint64_t operation_start(walfs_fs *fs, const char *name, int *fresh_miss)
         if (m->last_ms && strcmp(m->name, name) == 0 && now - m->last_ms < FRESH_MISS_MS &&
             now - m->chain_start_ms < (uint64_t)fs->cfg.deadline_ms) {
             start = m->chain_start_ms;
-            *fresh_miss = 1;
+            *fresh_miss = m->was_404;
         }
     }
     pthread_mutex_unlock(&fs->misses_lock);
     return start;
 }
 
-static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start)
+/* rc: the lookup's result, -ENOENT or a failure. */
+static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start, int rc)
 {
     uint64_t now = deadline_now_ms();
     pthread_mutex_lock(&fs->misses_lock);
@@ -179,6 +182,7 @@ static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start)
         slot->chain_start_ms = op_start;
     }
     slot->last_ms = now;
+    slot->was_404 = rc == -ENOENT;
     pthread_mutex_unlock(&fs->misses_lock);
 }
 
@@ -227,8 +231,8 @@ static int read_wal_object(walfs_fs *fs, const char *op, const char *name, const
         uint64_t start = operation_start(fs, name, &fresh);
         uint64_t outer = deadline_scope_begin(budget_left(fs, start));
         rc = store_stat_key(fs->cfg.st, key, meta, err);
-        if (rc == -ENOENT)
-            remember_miss(fs, name, start);
+        if (rc == -ENOENT || rc == -ETIMEDOUT)
+            remember_miss(fs, name, start, rc);
         else if (!rc && fd_out)
             rc = object_cache_open(fs->cache, key, meta, fd_out, size_out, err);
         else if (!rc)

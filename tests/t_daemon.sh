@@ -85,11 +85,21 @@ direct_mount() {
     [[ -n $DPID ]] || { echo "# no daemon process found for $mnt"; return 1; }
     DIRECT_MNTS+=("$mnt") DIRECT_PIDS+=("$DPID")
 }
-# wait_gone PID SECONDS: 0 once the process is gone, within the bound.
+# Has PID a thread that is not a zombie?  A daemon is reparented to PID 1,
+# which reaps it when it gets round to it (this machine's init every ~2 s),
+# so kill -0 would time the reaper: a zombie has exited.
+alive() {
+    local st
+    for st in /proc/"$1"/task/*/stat; do
+        [[ $(sed 's/.*) //' "$st" 2>/dev/null | cut -c1) == [^ZX] ]] && return 0
+    done
+    return 1
+}
+# wait_gone PID SECONDS: 0 once the process has exited, within the bound.
 wait_gone() {
     local pid=$1 limit=$2 t0
     t0=$(now)
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         le "$(elapsed "$t0" "$(now)")" "$limit" || return 1
         sleep 0.02
     done
@@ -239,8 +249,8 @@ if walfs_mount "$MNT4" "file://$ARCHIVE"; then
     OBJ=$(walfs_cache_dir "$MNT4")/objects
     count() { find "$OBJ" -maxdepth 1 -type f ! -name '.*' 2>/dev/null | wc -l; }
     check "[prefetch] the fresh mount's cache is empty ($(count) objects)" [ "$(count)" -eq 0 ]
-    as_pg cp "$MNT4/wal_005/000000010000000000000001" "$SCRATCH/restored1"
-    check "[prefetch] cp of segment 1 out of the mount" cmp -s "$SCRATCH/restored1" "$SEGS/000000010000000000000001"
+    as_pg cp "$MNT4/wal_005/000000010000000000000001" "$LOGS/restored1"
+    check "[prefetch] cp of segment 1 out of the mount" cmp -s "$LOGS/restored1" "$SEGS/000000010000000000000001"
     t0=$(now)
     for _ in $(seq 100); do [ "$(count)" -ge 5 ] && break; sleep 0.1; done
     n=$(count)
@@ -312,13 +322,13 @@ if walfs_mount "$MNT6" "file://$ARCHIVE"; then
     kill -TERM "$pid"
     gone=1
     while :; do
-        if ! kill -0 "$pid" 2>/dev/null && ! mounted "$MNT6"; then gone=0; break; fi
+        if ! alive "$pid" && ! mounted "$MNT6"; then gone=0; break; fi
         le "$(elapsed "$t0" "$(now)")" 2 || break
         sleep 0.02
     done
     s=$(elapsed "$t0" "$(now)")
     check "[sigterm] SIGTERM: the daemon exits and $MNT6 is unmounted within 2 s (${s}s)" [ $gone -eq 0 ]
-    [ $gone -eq 0 ] || { echo "# alive: $(kill -0 "$pid" 2>/dev/null && echo yes || echo no), mounted: $(mounted "$MNT6" && echo yes || echo no)"; tail -n 5 "$(walfs_log "$MNT6")" | indent; }
+    [ $gone -eq 0 ] || { echo "# alive: $(alive "$pid" && echo yes || echo no), mounted: $(mounted "$MNT6" && echo yes || echo no)"; tail -n 5 "$(walfs_log "$MNT6")" | indent; }
     check "[sigterm] ... cleanly (logged 'walfs unmounted from', no sanitizer report)" walfs_umount "$MNT6"
 else
     not_ok "[sigterm] mount"

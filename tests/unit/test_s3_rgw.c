@@ -146,6 +146,7 @@ typedef struct proxy {
     int fail_503;         /* answer this many first connections with 503 SlowDown */
     int cut_conns;        /* cut this many first forwarded connections ... */
     long cut_after;       /* ... after this many response bytes */
+    int stall_ms;         /* ... then send nothing this long (until the client hangs up) */
     const char **canned;  /* when set: answer connection i with canned[min(i, n_canned-1)] */
     int n_canned;
 } proxy;
@@ -240,8 +241,15 @@ static void proxy_serve(proxy *p, int cfd, int index)
             if (r > 0 && write(cfd, data, (size_t)r) != r)
                 break;
             down += r;
-            if (cut && down >= p->cut_after)
+            if (cut && down >= p->cut_after) {
+                /* A stalled body: the connection stays open, silent. */
+                for (int waited = 0; waited < p->stall_ms && !p->stop; waited += 100) {
+                    struct pollfd hup = {cfd, POLLIN, 0};
+                    if (poll(&hup, 1, 100) > 0 && read(cfd, data, sizeof data) <= 0)
+                        break;
+                }
                 break;
+            }
         }
     }
     close(ufd);
@@ -644,6 +652,32 @@ static void test_faults(s3_client *direct)
           "object replaced mid-read: -EIO, not a spliced body: %s", err.msg);
     buf_free(&b);
     s3_client_free(c);
+
+    /* A body that stalls: --low-speed-time means what it says (libcurl's
+     * own check took about three times as long). */
+    {
+        s3_config cfg = base_config();
+        char ep[64];
+        snprintf(ep, sizeof ep, "http://127.0.0.1:%d", p.port);
+        cfg.endpoint = ep;
+        cfg.deadline_ms = 20000;
+        cfg.low_speed_time_s = 2;
+        p.conns = 0;
+        p.fail_503 = 0;
+        p.cut_conns = 1;
+        p.stall_ms = 15000;
+        c = s3_client_new(&cfg, bucket, &err);
+        t0 = now_s();
+        rc = s3_get(c, "fault/obj", 0, 0, buf_sink, &b, &err);
+        double stalled_for = now_s() - t0;
+        CHECK(rc == 0 && b.len == len && memcmp(b.p, data, len) == 0 && p.conns == 2 &&
+                  stalled_for >= 1.9 && stalled_for < 4.5,
+              "a body stalled after 1 MB is abandoned after --low-speed-time=2 and resumed "
+              "(%.2f s, %d conns) %s", stalled_for, p.conns, err.msg);
+        buf_free(&b);
+        s3_client_free(c);
+        p.stall_ms = 0;
+    }
 
     /* 503 forever: gives up at the deadline with the last error. */
     c = proxied(&p, 1500, 1000, 0);
