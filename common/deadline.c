@@ -4,6 +4,11 @@
 
 /* 0: no scope open on this thread. */
 static _Thread_local uint64_t scope_end_ms;
+static _Thread_local const _Atomic int *cancel_flag;
+
+void deadline_cancel_on(const _Atomic int *flag) { cancel_flag = flag; }
+
+int deadline_cancelled(void) { return cancel_flag && *cancel_flag; }
 
 uint64_t deadline_now_ms(void)
 {

@@ -25,4 +25,9 @@ void deadline_scope_end(uint64_t previous_end);
  * the thread's scope (0 when it has passed). */
 uint64_t deadline_budget_ms(uint64_t default_ms);
 
+/* A flag that, once set, makes the calling thread's requests stop at once
+ * (a background job at unmount).  NULL: none. */
+void deadline_cancel_on(const _Atomic int *flag);
+int deadline_cancelled(void);
+
 #endif

@@ -165,8 +165,12 @@ void push_cleanup_stale(store *st)
 {
     top_listing t = {0};
     walfs_err err = {0};
-    if (store_list(st, BASEBACKUP_DIR "/", collect_top, &t, &err) != 0) {
-        log_warn("could not look for unfinished pushes: %s", err.msg);
+    int rc = store_list(st, BASEBACKUP_DIR "/", collect_top, &t, &err);
+    if (rc == -ECANCELED) {
+        goto out; /* unmounted first: the next mount looks again */
+    } else if (rc != 0) {
+        log_warn("could not look for the leftovers of unfinished base backup pushes (the next "
+                 "mount looks again): %s", err.msg);
         goto out;
     }
     for (size_t i = 0; i < t.dirs.n; i++) {

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/deadline.h"
 #include "common/log.h"
 #include "fs/backup_view.h"
 #include "fs/push_cleanup.h"
@@ -91,6 +92,7 @@ struct push_registry {
     int emitter_running, stopping;
     pthread_t cleanup;      /* push_cleanup_stale, once per mount */
     int cleanup_running;
+    _Atomic int cleanup_stop; /* unmounting: the clean-up's requests stop at once */
     push_session *sessions;
     push_session *retired;      /* replaced or removed, with handles still open */
     spool_pool *spools;
@@ -803,7 +805,9 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
 static void *cleanup_main(void *arg)
 {
     push_registry *reg = arg;
+    deadline_cancel_on(&reg->cleanup_stop);
     push_cleanup_stale(reg->st);
+    deadline_cancel_on(NULL);
     return NULL;
 }
 
@@ -906,14 +910,16 @@ void push_registry_free(push_registry *reg)
 {
     if (!reg)
         return;
+    /* The clean-up is best effort and starts again at the next mount. */
+    reg->cleanup_stop = 1;
+    if (reg->cleanup_running)
+        pthread_join(reg->cleanup, NULL);
     pthread_mutex_lock(&reg->lock);
     reg->stopping = 1;
     pthread_cond_broadcast(&reg->work);
     pthread_mutex_unlock(&reg->lock);
     if (reg->emitter_running)
         pthread_join(reg->emitter, NULL);
-    if (reg->cleanup_running)
-        pthread_join(reg->cleanup, NULL);
     while (reg->sessions) {
         push_session *next = reg->sessions->next;
         if (!reg->sessions->completed && !reg->sessions->failed)

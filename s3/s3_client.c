@@ -539,6 +539,8 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
                        curl_off_t ulnow)
 {
     s3_op *op = ud;
+    if (deadline_cancelled())
+        return 1;
     uint64_t now = now_ms();
     curl_off_t moved = dlnow + ulnow;
     if (op->stall_mark_ms == 0 || moved - op->stall_mark_bytes >= op->c->low_speed_limit) {
@@ -778,6 +780,9 @@ static int perform(s3_op *op, long deadline_ms, walfs_err *err)
     char last[512] = "no time was left for a first attempt";
     for (;;) {
         uint64_t now = now_ms();
+        if (deadline_cancelled())
+            return walfs_err_set(err, -ECANCELED, "%s %s: stopped: walfs is unmounting",
+                                 op->name, op->object);
         if (now >= deadline)
             break;
         op->attempts++;
@@ -799,7 +804,8 @@ static int perform(s3_op *op, long deadline_ms, walfs_err *err)
         /* Debug only: whoever gives up or waits on says so once. */
         log_debug("s3: %s %s: attempt %d failed (%s); retrying in %" PRIu64 " ms", op->name,
                   op->object, op->attempts, last, pause);
-        sleep_ms(pause);
+        for (uint64_t slept = 0; slept < pause && !deadline_cancelled(); slept += 100)
+            sleep_ms(pause - slept < 100 ? pause - slept : 100);
     }
     double secs = (double)(now_ms() - start) / 1000.0;
     int http_failure = strncmp(last, "HTTP ", 5) == 0;

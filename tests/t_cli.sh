@@ -80,4 +80,43 @@ check "[local] different content under the same name is refused" bash -c "! setp
 check "[local] the stored object is unchanged" cmp -s <(lzop -dc < "$ARCHIVE/wal_005/00000003.history.lzo") "$SCRATCH/seg"
 check "[local] writing into basebackups_005 is refused" bash -c "! setpriv --reuid=postgres --regid=postgres --init-groups cp $SCRATCH/seg $MNT/basebackups_005/x"
 check "[local] walfs unmounts cleanly" walfs_umount "$MNT"
+
+# --- start-up with S3 down: a few seconds and one warning, not minutes ---
+closed_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+t0=$(date +%s%N)
+AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s walfs_mount "$MNT" s3://bucket/pgdb \
+    --endpoint="http://127.0.0.1:$closed_port" --addressing=path
+rc=$?
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "[down] with the endpoint refusing connections the mount appears (${ms} ms)" [ $rc -eq 0 ]
+check "[down] ... within 6 s" [ $ms -lt 6000 ]
+start_log=$(walfs_log "$MNT")
+[[ -e $start_log.start ]] && start_log="$start_log.start $start_log"
+warnings=$(cat $start_log | grep -ci "warn")
+check "[down] ... with one warning ($warnings)" [ "$warnings" -eq 1 ]
+check "[down] ... that says the archive did not answer" grep -q "did not answer" $start_log
+check "[down] walfs unmounts cleanly" walfs_umount "$MNT"
+
+# --- a TLS certificate that fails verification refuses the mount ---
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$SCRATCH/key.pem" -out "$SCRATCH/cert.pem" \
+    -days 1 -subj /CN=not-the-endpoint >/dev/null 2>&1
+tls_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 - "$SCRATCH/cert.pem" "$SCRATCH/key.pem" "$tls_port" <<'PY' &
+import http.server, ssl, sys
+srv = http.server.HTTPServer(("127.0.0.1", int(sys.argv[3])), http.server.BaseHTTPRequestHandler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.timeout = 30
+srv.handle_request(); srv.handle_request()
+PY
+tls_pid=$!
+sleep 1
+t0=$SECONDS
+out=$(AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "$BIN" -f s3://bucket/pgdb "$MNT" \
+      --endpoint="https://127.0.0.1:$tls_port" --addressing=path --cache-dir="$SCRATCH/c-tls" 2>&1)
+rc=$?
+check "[tls] a certificate that fails verification refuses the mount (exit $rc, $((SECONDS - t0)) s)" [ $rc -ne 0 ]
+check "[tls] ... saying why" grep -qi "certificate" <<<"$out"
+check "[tls] ... and nothing is mounted" bash -c "! grep -qs ' $MNT fuse' /proc/mounts"
+kill $tls_pid 2>/dev/null; wait $tls_pid 2>/dev/null
 t_summary
