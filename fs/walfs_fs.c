@@ -143,6 +143,10 @@ static int stored_lately(walfs_fs *fs, const char *path)
 
 /* A 404 this recent still answers the write-once check of a create. */
 #define FRESH_MISS_MS 2000
+/* A run of lookups of one name older than this starts afresh: a standby
+ * polling for a segment every 200 ms must not run on leftover budgets for
+ * good.  Between one and two deadlines a lookup gets budget_left's floor. */
+#define CHAIN_MAX_DEADLINES 2
 
 /* When the operation on name that starts now began, for its deadline: the
  * start of a run of lookups of the same missing name in quick succession
@@ -155,7 +159,7 @@ static uint64_t operation_start(walfs_fs *fs, const char *name, int *fresh_miss)
     for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0]; i++) {
         struct recent_miss *m = &fs->misses[i];
         if (m->last_ms && strcmp(m->name, name) == 0 && now - m->last_ms < FRESH_MISS_MS &&
-            now - m->chain_start_ms < (uint64_t)fs->cfg.deadline_ms) {
+            now - m->chain_start_ms < CHAIN_MAX_DEADLINES * (uint64_t)fs->cfg.deadline_ms) {
             start = m->chain_start_ms;
             *fresh_miss = m->was_404;
         }
@@ -178,7 +182,7 @@ static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start, int
         snprintf(slot->name, sizeof slot->name, "%s", name);
         slot->chain_start_ms = op_start;
     } else if (now - slot->last_ms >= FRESH_MISS_MS ||
-               now - slot->chain_start_ms >= (uint64_t)fs->cfg.deadline_ms) {
+               now - slot->chain_start_ms >= CHAIN_MAX_DEADLINES * (uint64_t)fs->cfg.deadline_ms) {
         slot->chain_start_ms = op_start;
     }
     slot->last_ms = now;
