@@ -12,6 +12,7 @@ bash scripts/install-deps.sh
 make -j2 release
 source tests/lib/walfs.sh
 WALFS_BIN=build/release/walfs
+WALFS_MODE=daemon # as README runs it: daemonized, as postgres, default cache directory
 WALFS_BIN=$(readlink -f "$WALFS_BIN")
 DEMO=$(mktemp -d /tmp/walfs-demo.XXXXXX)
 chmod 0755 "$DEMO"

@@ -61,6 +61,7 @@ walfs_mount() {
     mkdir -p "$mnt"
     chown "$WALFS_USER" "$mnt"
     local n=${#_WALFS_MOUNTS[@]}
+    while [[ -e $WALFS_SCRATCH/walfs-$n.log ]]; do n=$((n + 1)); done # mounts made in subshells
     local log="$WALFS_SCRATCH/walfs-$n.log"
     local cache="$WALFS_SCRATCH/cache-$n"
     _WALFS_LOG[$mnt]=$log
@@ -85,6 +86,8 @@ walfs_mount() {
     if [[ $WALFS_MODE == daemon ]]; then
         # The sanitizers write where the daemon's stderr (now /dev/null) cannot.
         local rc=0 i
+        : >"$log"
+        chown "$WALFS_USER" "$log"
         ASAN_OPTIONS="${ASAN_OPTIONS:-}:log_path=$log.sanitizer" \
         UBSAN_OPTIONS="${UBSAN_OPTIONS:-}:log_path=$log.sanitizer" \
         setpriv --reuid="$WALFS_USER" --regid="$WALFS_USER" --init-groups \
