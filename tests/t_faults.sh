@@ -12,8 +12,9 @@
 #      (timed_cp runs cp and logs its duration, exit status and the segment's
 #      SHA-256), pgbench -i and a base backup; then faults on;
 #   3. load: pgbench chunks, rows for pg_results, pg_switch_wal after each,
-#      until $SEGMENTS segments were switched; radosgw killed and restarted
-#      during it; then wait until PostgreSQL has archived everything;
+#      until $SEGMENTS segments were switched; radosgw killed (for longer
+#      than --deadline) and restarted during it; then wait until PostgreSQL
+#      has archived everything;
 #   4. checks, against RGW directly (rgw_s3, not through the proxy): every file
 #      PostgreSQL archived (a .done in pg_wal, or a cp that exited 0) is in the
 #      bucket, passes lzop -t and decompresses to the bytes in pg_wal (or to
@@ -32,8 +33,10 @@
 # (503,500,reset-before,reset-mid-body,stall,short-body; faultproxy.py also
 # knows reset-after), FAULT_STALL_SECONDS (8), FAULT_DEADLINE (20),
 # FAULT_LOW_SPEED_TIME (3), FAULT_CP_MARGIN (5), FAULT_SEGMENTS (160),
-# FAULT_KILL_AT (segment number of the radosgw kill, 50), FAULT_OUTAGE
-# (seconds radosgw stays down before the restart, 8), FAULT_ARCHIVE_WAIT
+# FAULT_KILL_AT (the radosgw kill comes after that many switches, 50),
+# FAULT_OUTAGE (seconds radosgw stays down before the restart; default
+# --deadline + 10, so that an archiving cp caught by it has to fail within
+# --deadline and be retried by PostgreSQL), FAULT_ARCHIVE_WAIT
 # (seconds for PostgreSQL to archive the backlog, 300), FAULT_RECOVERY_TIMEOUT
 # (300), FAULT_RESTORE_OUTAGE_AT (unset: if set, radosgw is also killed that
 # many seconds into the recovery, for $FAULT_OUTAGE s), FAULT_WALFS_LOG_LEVEL
@@ -63,7 +66,7 @@ LOW_SPEED_TIME=${FAULT_LOW_SPEED_TIME:-3}
 CP_MARGIN=${FAULT_CP_MARGIN:-5}
 SEGMENTS=${FAULT_SEGMENTS:-160}
 KILL_AT=${FAULT_KILL_AT:-50}
-OUTAGE=${FAULT_OUTAGE:-8}
+OUTAGE=${FAULT_OUTAGE:-$((DEADLINE + 10))}
 ARCHIVE_WAIT=${FAULT_ARCHIVE_WAIT:-300}
 RECOVERY_TIMEOUT=${FAULT_RECOVERY_TIMEOUT:-300}
 MIN_SEGMENTS=150

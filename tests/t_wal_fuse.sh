@@ -118,6 +118,9 @@ for name in 0000000100000000000000C1 0000000100000000000000C2; do
     check "the log names the object $name" grep -q "$name" "$(walfs_log "$MNT")"
     rm -f "$SCRATCH/restored"
 done
+check "the log keeps the decoder's own message (Adler-32 mismatch, what to do)" \
+    grep -q "C1.lzo: block .* Adler-32 .* mismatch.*restore it from another copy" "$(walfs_log "$MNT")"
+check "... not a generic 'consumer of the data failed'" bash -c "! grep -q 'consumer of the data failed' '$(walfs_log "$MNT")'"
 
 # --- the server down or hanging ---
 # archive_command runs under PostgreSQL's archiver: its cp fails within the
@@ -164,6 +167,10 @@ check "walfs unmounts cleanly (exit 0, no sanitizer report)" walfs_umount "$MNT"
 if walfs_mount "$MNT" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" --log-level=debug --prefetch=3; then
     LOG=$(walfs_log "$MNT")
     as_pg cat "$MNT/wal_005/000000010000000000000001" > /dev/null
+    # At once: segment 2's read-ahead is still in flight, and the reader joins it.
+    as_pg cat "$MNT/wal_005/000000010000000000000002" > /dev/null
+    check "a read of a segment whose read-ahead is in flight joins it (one download)" \
+        [ "$(grep -c 'fetching wal_005/000000010000000000000002.lzo' "$LOG")" -eq 1 ]
     for i in $(seq 50); do grep -q "prefetched wal_005/000000010000000000000003.lzo" "$LOG" && break; sleep 0.1; done
     check "reading segment 1 prefetches segment 3" grep -q "prefetched wal_005/000000010000000000000003.lzo" "$LOG"
     check "a segment not yet archived is not prefetched (no error)" bash -c "! grep -q 'prefetch of .*000000010000000000000005' '$LOG'"
