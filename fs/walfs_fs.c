@@ -56,6 +56,7 @@ typedef struct wal_handle {
     wal_probe probe;
     store *probe_store;
     uint64_t budget_ms;     /* what is left of the cp's --deadline for the probe and upload */
+    pid_t writer_pid;       /* the process that created it */
     int latched_error;      /* result of the last upload, returned by every later flush */
     int scratch;            /* a dot-name (rsync's temporary): stored only by a rename */
     pthread_mutex_t lock;   /* size, dirty: held only briefly, getattr takes it */
@@ -109,6 +110,7 @@ struct walfs_fs {
     struct recent_store {
         char name[NAME_MAX + 1];
         uint64_t at_ms;
+        pid_t writer;       /* the process that wrote it */
     } stored[16];
     unsigned stored_next;
 };
@@ -117,12 +119,13 @@ struct walfs_fs {
 
 static node_kind classify(const char *path, const char **name);
 
-static void remember_stored(walfs_fs *fs, const char *name)
+static void remember_stored(walfs_fs *fs, const char *name, pid_t writer)
 {
     pthread_mutex_lock(&fs->misses_lock);
     struct recent_store *slot = &fs->stored[fs->stored_next++ % 16];
     snprintf(slot->name, sizeof slot->name, "%s", name);
     slot->at_ms = deadline_now_ms();
+    slot->writer = writer;
     pthread_mutex_unlock(&fs->misses_lock);
 }
 
@@ -133,10 +136,11 @@ static int stored_lately(walfs_fs *fs, const char *path)
         return 0;
     int found = 0;
     uint64_t now = deadline_now_ms();
+    pid_t caller = fuse_get_context()->pid;
     pthread_mutex_lock(&fs->misses_lock);
     for (unsigned i = 0; i < 16 && !found; i++)
         found = fs->stored[i].at_ms && now - fs->stored[i].at_ms < RECENT_STORE_MS &&
-                strcmp(fs->stored[i].name, name) == 0;
+                fs->stored[i].writer == caller && strcmp(fs->stored[i].name, name) == 0;
     pthread_mutex_unlock(&fs->misses_lock);
     return found;
 }
@@ -515,6 +519,7 @@ static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t
         return -e;
     }
     h->writable = 1;
+    h->writer_pid = fuse_get_context()->pid;
     h->mode = mode & 0777 ? mode & 0777 : 0600;
     h->dirty = 1; /* even an empty file is an archive request */
     /* Without it the archive still works, compressing at close. */
@@ -787,7 +792,7 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
                   (t2.tv_sec - t1.tv_sec) * 1e3 + (t2.tv_nsec - t1.tv_nsec) / 1e6);
         h->latched_error = rc ? report(rc, &err, op, path) : 0;
         if (!rc)
-            remember_stored(fs, h->name);
+            remember_stored(fs, h->name, h->writer_pid);
     }
     int rc = h->latched_error;
     pthread_mutex_unlock(&h->upload_lock);
@@ -1034,7 +1039,7 @@ static int store_scratch(walfs_fs *fs, const char *from, const char *from_name,
         if (rc)
             rc = report(rc, &err, "archive (rename)", to);
         else
-            remember_stored(fs, to_name);
+            remember_stored(fs, to_name, fuse_get_context()->pid);
     }
     free(key);
     if (rc) {
@@ -1077,6 +1082,8 @@ static int is_scratch_path(const char *path)
 
 static int walfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
+    if (stored_lately(current_fs(), path))
+        return 0;
     const char *wal_name;
     int open_writer = 0;
     if (classify(path, &wal_name) == NODE_WAL_FILE) {

@@ -113,15 +113,6 @@ direct_umount() {
     wait_gone "$pid" 30 || { echo 999; kill -9 "$pid" 2>/dev/null; return 1; }
     elapsed "$t0" "$(now)"
 }
-# timed_umount MNT: walfs_umount (clean exit, logged, no sanitizer report);
-# sets UMOUNT_S to the seconds it took, and returns its status.
-timed_umount() {
-    local t0 rc
-    t0=$(now)
-    walfs_umount "$1"; rc=$?
-    UMOUNT_S=$(elapsed "$t0" "$(now)")
-    return $rc
-}
 # settled_threads PID: the thread count once it stops changing (3 s at most).
 settled_threads() {
     local pid=$1 n prev=-1 i

@@ -81,6 +81,35 @@ check "... and stores nothing" empty_not_stored
 meta=$(rgw_s3 head "$BUCKET" pgdb/wal_005/000000010000000000000013.lzo)
 check "x-amz-meta-walfs-uncompressed-size is 16777216" grep -q "walfs-uncompressed-size=16777216" <<<"$meta"
 
+# --- writers other than cp: each archives exactly once, never an empty or partial object ---
+WSEG=$SCRATCH/real-segment
+lzop -dc < "$FIXTURE/pgdb/wal_005/000000010000000000000003.lzo" > "$WSEG"
+chmod 0644 "$WSEG"
+stored_equals() { # name: the bucket's object decompresses to the real segment
+    rgw_s3 get "$BUCKET" "pgdb/wal_005/$1.lzo" "$SCRATCH/w.lzo" >/dev/null 2>&1 &&
+        lzop -t "$SCRATCH/w.lzo" 2>/dev/null && cmp -s <(lzop -dc < "$SCRATCH/w.lzo") "$WSEG"
+}
+declare -A WRITERS=(
+    [000000010000000000000050]='cp "$0" "$1"'
+    [000000010000000000000051]='cat "$0" > "$1"'
+    [000000010000000000000052]='dd if="$0" of="$1" bs=64k status=none'
+    [000000010000000000000053]='install -m 0600 "$0" "$1"'
+    [000000010000000000000054]='rsync "$0" "$1"'
+    [000000010000000000000055]='python3 -c "import shutil,sys; shutil.copyfile(sys.argv[1], sys.argv[2])" "$0" "$1"'
+)
+for name in $(printf '%s\n' "${!WRITERS[@]}" | sort); do
+    how=${WRITERS[$name]}
+    check "writer '$how' into wal_005/$name exits 0" as_pg sh -c "$how" "$WSEG" "$MNT/wal_005/$name"
+    check "... stored exactly the segment (lzop -t, same bytes)" stored_equals "$name"
+    check "... and reads back" cmp -s "$MNT/wal_005/$name" "$WSEG"
+done
+check "rsync left no temporary file visible" bash -c "! ls -a '$MNT/wal_005' | grep -q '^\.0000'"
+out=$(as_pg sh -c 'head -c 8388608 "$0" > "$1"' "$WSEG" "$MNT/wal_005/000000010000000000000056" 2>&1)
+check "half a segment through a shell redirection is not reported stored" [ $? -ne 0 ]
+not_stored_56() { ! rgw_s3 head "$BUCKET" pgdb/wal_005/000000010000000000000056.lzo >/dev/null 2>&1; }
+check "... and nothing is stored under its name" not_stored_56
+check "... the whole segment then archives under that name" as_pg cp "$WSEG" "$MNT/wal_005/000000010000000000000056"
+
 # --- write-once ---
 seg=000000010000000000000012
 before=$(rgw_s3 get "$BUCKET" "pgdb/wal_005/$seg.lzo" | sha256sum)

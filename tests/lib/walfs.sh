@@ -49,7 +49,8 @@ walfs_cache_dir() { echo "${_WALFS_CACHE[$1]}"; }
 # The daemon of the mount at $1: the walfs process whose arguments name it.
 _walfs_find_daemon() {
     local mnt=$1 pid
-    for pid in $(pgrep -u "$WALFS_USER" -x walfs); do
+    for pid in $(pgrep -u "$WALFS_USER"); do
+        [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$WALFS_BIN" ]] || continue
         tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$mnt" && { echo "$pid"; return 0; }
     done
     return 1
@@ -133,15 +134,23 @@ walfs_log_clean() {
     ! grep -qsE 'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$1" "$1".sanitizer*
 }
 
+# Running, and not a zombie: an exited daemon's parent is init, which on
+# these machines reaps orphans only every ~2 s.
+_walfs_alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
 walfs_umount() {
     local mnt=$1 pid=${_WALFS_PID[$1]:-} rc=0 i
     fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true
     if [[ -n $pid ]]; then
         for ((i = 0; i < 300; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
+            _walfs_alive "$pid" || break
             sleep 0.1
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if _walfs_alive "$pid"; then
             echo "walfs for $mnt did not exit within 30 s after unmount" >&2
             kill -9 "$pid" 2>/dev/null
             rc=1
