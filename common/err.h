@@ -4,8 +4,10 @@
  * fills a walfs_err with a sentence a user can act on: what failed, on which
  * object, and what to do.  The errno is chosen for what the filesystem layer
  * must tell the kernel: -ENOENT only when the store said the object does not
- * exist, -EACCES for rejected credentials, -EIO for everything that is not the
- * caller's fault (corrupt data, deadline exceeded).  Secrets never go in here. */
+ * exist, -EACCES for rejected credentials, -ETIMEDOUT when the store did not
+ * answer within the deadline (the object may exist: a reader waits and asks
+ * again), -EIO for other failures that are not the caller's fault (corrupt
+ * data, a malformed answer).  Secrets never go in here. */
 #ifndef WALFS_COMMON_ERR_H
 #define WALFS_COMMON_ERR_H
 
