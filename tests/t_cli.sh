@@ -85,7 +85,8 @@ check "[local] walfs unmounts cleanly" walfs_umount "$MNT"
 closed_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 t0=$(date +%s%N)
 AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s walfs_mount "$MNT" s3://bucket/pgdb \
-    --endpoint="http://127.0.0.1:$closed_port" --addressing=path
+    --endpoint="http://127.0.0.1:$closed_port" --addressing=path --deadline=2 \
+    --restore-outage-limit=4
 rc=$?
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 check "[down] with the endpoint refusing connections the mount appears (${ms} ms)" [ $rc -eq 0 ]
@@ -95,6 +96,12 @@ start_log=$(walfs_log "$MNT")
 warnings=$(cat $start_log | grep -ci "warn")
 check "[down] ... with one warning ($warnings)" [ "$warnings" -eq 1 ]
 check "[down] ... that says the archive did not answer" grep -q "did not answer" $start_log
+t0=$SECONDS
+out=$(as_pg cat "$MNT/wal_005/000000010000000000000001" 2>&1 >/dev/null)
+took=$((SECONDS - t0))
+check "[down] with --restore-outage-limit=4 a read waits, then fails (${took} s)" [ $took -ge 4 -a $took -le 12 ]
+check "[down] ... with an I/O error, not 'No such file'" grep -q "Input/output error" <<<"$out"
+check "[down] ... and the log says the limit ended the wait" grep -q "gave up waiting for the archive after .* (--restore-outage-limit)" "$(walfs_log "$MNT")"
 check "[down] walfs unmounts cleanly" walfs_umount "$MNT"
 
 # --- a TLS certificate that fails verification refuses the mount ---
