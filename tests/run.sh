@@ -71,7 +71,7 @@ if [[ ${WALFS_TEST_ONLY:-} != unit ]]; then
             t_pg_e2e|t_standby_e2e|t_backup_push)
                 run_one "$name" env WALFS_BIN=${WALFS_BIN:-build/asan/walfs} bash "$script"
                 run_one "$name[daemon]" env WALFS_MODE=daemon WALFS_BIN=${WALFS_BIN:-build/release/walfs} bash "$script" ;;
-            t_restore_outage|t_daemon)
+            t_restore_outage|t_daemon|t_faults)
                 run_one "$name[daemon]" env WALFS_MODE=daemon WALFS_BIN=${WALFS_BIN:-build/asan/walfs} bash "$script" ;;
             *)
                 run_one "$name" env WALFS_BIN=${WALFS_BIN:-build/asan/walfs} bash "$script" ;;
