@@ -40,6 +40,9 @@ typedef enum node_kind {
     NODE_NONE,
 } node_kind;
 
+/* Entries of the small tables of names seen lately (misses, stores). */
+#define RECENT_SLOTS 16
+
 typedef struct wal_handle {
     handle_kind kind;       /* HANDLE_WAL; first, see backup_view.h */
     int writable;
@@ -102,7 +105,7 @@ struct walfs_fs {
         char name[NAME_MAX + 1];
         uint64_t chain_start_ms, last_ms;
         int was_404;        /* the store said missing (not: did not answer) */
-    } misses[16];
+    } misses[RECENT_SLOTS];
     unsigned misses_next;
     /* Names this mount archived lately: install and rsync set the mode and
      * times of the file they just wrote, after the close that stored it;
@@ -111,7 +114,7 @@ struct walfs_fs {
         char name[NAME_MAX + 1];
         uint64_t at_ms;
         pid_t writer;       /* the process that wrote it */
-    } stored[16];
+    } stored[RECENT_SLOTS];
     unsigned stored_next;
 };
 
@@ -122,7 +125,7 @@ static node_kind classify(const char *path, const char **name);
 static void remember_stored(walfs_fs *fs, const char *name, pid_t writer)
 {
     pthread_mutex_lock(&fs->misses_lock);
-    struct recent_store *slot = &fs->stored[fs->stored_next++ % 16];
+    struct recent_store *slot = &fs->stored[fs->stored_next++ % RECENT_SLOTS];
     snprintf(slot->name, sizeof slot->name, "%s", name);
     slot->at_ms = deadline_now_ms();
     slot->writer = writer;
@@ -138,7 +141,7 @@ static int stored_lately(walfs_fs *fs, const char *path)
     uint64_t now = deadline_now_ms();
     pid_t caller = fuse_get_context()->pid;
     pthread_mutex_lock(&fs->misses_lock);
-    for (unsigned i = 0; i < 16 && !found; i++)
+    for (unsigned i = 0; i < RECENT_SLOTS && !found; i++)
         found = fs->stored[i].at_ms && now - fs->stored[i].at_ms < RECENT_STORE_MS &&
                 fs->stored[i].writer == caller && strcmp(fs->stored[i].name, name) == 0;
     pthread_mutex_unlock(&fs->misses_lock);
@@ -160,7 +163,7 @@ static uint64_t operation_start(walfs_fs *fs, const char *name, int *fresh_miss)
     uint64_t now = deadline_now_ms(), start = now;
     *fresh_miss = 0;
     pthread_mutex_lock(&fs->misses_lock);
-    for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0]; i++) {
+    for (unsigned i = 0; i < RECENT_SLOTS; i++) {
         struct recent_miss *m = &fs->misses[i];
         if (m->last_ms && strcmp(m->name, name) == 0 && now - m->last_ms < FRESH_MISS_MS &&
             now - m->chain_start_ms < CHAIN_MAX_DEADLINES * (uint64_t)fs->cfg.deadline_ms) {
@@ -178,11 +181,11 @@ static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start, int
     uint64_t now = deadline_now_ms();
     pthread_mutex_lock(&fs->misses_lock);
     struct recent_miss *slot = NULL;
-    for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0] && !slot; i++)
+    for (unsigned i = 0; i < RECENT_SLOTS && !slot; i++)
         if (strcmp(fs->misses[i].name, name) == 0)
             slot = &fs->misses[i];
     if (!slot) {
-        slot = &fs->misses[fs->misses_next++ % (sizeof fs->misses / sizeof fs->misses[0])];
+        slot = &fs->misses[fs->misses_next++ % (RECENT_SLOTS)];
         snprintf(slot->name, sizeof slot->name, "%s", name);
         slot->chain_start_ms = op_start;
     } else if (now - slot->last_ms >= FRESH_MISS_MS ||
@@ -197,7 +200,7 @@ static void remember_miss(walfs_fs *fs, const char *name, uint64_t op_start, int
 static void forget_miss(walfs_fs *fs, const char *name)
 {
     pthread_mutex_lock(&fs->misses_lock);
-    for (unsigned i = 0; i < sizeof fs->misses / sizeof fs->misses[0]; i++)
+    for (unsigned i = 0; i < RECENT_SLOTS; i++)
         if (strcmp(fs->misses[i].name, name) == 0)
             fs->misses[i].last_ms = 0;
     pthread_mutex_unlock(&fs->misses_lock);
@@ -229,7 +232,7 @@ static int request_gone(void *ctx)
 static int read_wal_object(walfs_fs *fs, const char *op, const char *name, const char *key,
                            store_stat *meta, uint64_t *size_out, int *fd_out, walfs_err *err)
 {
-    int patient = !caller_is_wal_archiver(fuse_get_context()->pid);
+    int patient = -1; /* asked of /proc only once the store fails to answer */
     char what[160];
     snprintf(what, sizeof what, "%s %s", op, key);
     outage_wait wait;
@@ -246,7 +249,9 @@ static int read_wal_object(walfs_fs *fs, const char *op, const char *name, const
         else if (!rc)
             rc = object_cache_size(fs->cache, key, meta, size_out, err);
         deadline_scope_end(outer);
-    } while (patient && outage_wait_retry(&wait, rc, err));
+        if (rc == -ETIMEDOUT && patient < 0)
+            patient = !caller_is_wal_archiver(fuse_get_context()->pid);
+    } while (patient > 0 && outage_wait_retry(&wait, rc, err));
     outage_wait_end(&wait, rc);
     return rc;
 }
@@ -341,6 +346,23 @@ static void fill_file_stat(const walfs_fs *fs, struct stat *st, uint64_t size, t
     st->st_mtime = st->st_ctime = st->st_atime = mtime;
 }
 
+/* The closed temporary file called name; fs->writers_lock held. */
+static struct scratch_file *find_scratch(walfs_fs *fs, const char *name)
+{
+    for (struct scratch_file *f = fs->scratch; f; f = f->next)
+        if (strcmp(f->name, name) == 0)
+            return f;
+    return NULL;
+}
+
+static void keep_scratch(walfs_fs *fs, struct scratch_file *f)
+{
+    pthread_mutex_lock(&fs->writers_lock);
+    f->next = fs->scratch;
+    fs->scratch = f;
+    pthread_mutex_unlock(&fs->writers_lock);
+}
+
 static wal_handle *find_writer(walfs_fs *fs, const char *name)
 {
     for (wal_handle *h = fs->writers; h; h = h->next_writer)
@@ -383,12 +405,11 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
         pthread_mutex_unlock(&fs->writers_lock);
         return 0;
     }
-    for (struct scratch_file *f = fs->scratch; f; f = f->next) {
-        if (strcmp(f->name, name) == 0) {
-            fill_file_stat(fs, st, f->size, time(NULL), f->mode);
-            pthread_mutex_unlock(&fs->writers_lock);
-            return 0;
-        }
+    struct scratch_file *f = find_scratch(fs, name);
+    if (f) {
+        fill_file_stat(fs, st, f->size, time(NULL), f->mode);
+        pthread_mutex_unlock(&fs->writers_lock);
+        return 0;
     }
     pthread_mutex_unlock(&fs->writers_lock);
     if (name[0] == '.')
@@ -619,11 +640,10 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
     if (name[0] == '.') {
         /* A closed temporary file, read back by its writer (rsync does). */
         pthread_mutex_lock(&fs->writers_lock);
-        for (struct scratch_file *f = fs->scratch; f && h->fd < 0; f = f->next) {
-            if (strcmp(f->name, name) == 0) {
-                h->fd = dup(f->fd);
-                h->size = f->size;
-            }
+        struct scratch_file *f = find_scratch(fs, name);
+        if (f) {
+            h->fd = dup(f->fd);
+            h->size = f->size;
         }
         pthread_mutex_unlock(&fs->writers_lock);
         if (h->fd < 0) {
@@ -702,17 +722,13 @@ static int walfs_write(const char *path, const char *buf, size_t size, off_t off
     return (int)size;
 }
 
-/* Uploads if anything changed since the last upload; otherwise repeats the
- * last result, so a second flush (after dup) neither uploads twice nor
- * loses the first error. */
 /* Whether what a handle holds may be stored under its name now: 1 yes;
  * -ENODATA when nothing was written (the shell's redirection closes its
  * first descriptor before a byte is written, and ignores that close's
  * result; a cp of an empty file must not exit 0 with nothing stored);
- * -EIO when the
- * start of a segment says it is longer than what arrived (a flush of a
- * descriptor that did not write the whole file: if it is the last close,
- * its caller must not take it for archived). */
+ * -EIO when the start of a segment says it is longer than what arrived (a
+ * flush of a descriptor that did not write the whole file: if it is the
+ * last close, its caller must not take it for archived). */
 static int ready_to_store(wal_handle *h, uint64_t size, const char *path)
 {
     if (size == 0) {
@@ -733,6 +749,9 @@ static int ready_to_store(wal_handle *h, uint64_t size, const char *path)
     return 1;
 }
 
+/* Uploads if anything changed since the last upload; otherwise repeats the
+ * last result, so a second flush (after dup) neither uploads twice nor
+ * loses the first error. */
 static int sync_handle(wal_handle *h, const char *path, const char *op)
 {
     walfs_fs *fs = current_fs();
@@ -854,14 +873,11 @@ static int walfs_release(const char *path, struct fuse_file_info *fi)
             kept->mode = h->mode;
             h->name = NULL;
             h->fd = -1;
+            keep_scratch(fs, kept);
         } else if (h->scratch) {
             log_error("write %s: out of memory keeping the temporary file; it is lost", path);
         }
         pthread_mutex_lock(&fs->writers_lock);
-        if (kept) {
-            kept->next = fs->scratch;
-            fs->scratch = kept;
-        }
         for (wal_handle **p = &fs->writers; *p; p = &(*p)->next_writer) {
             if (*p == h) {
                 *p = h->next_writer;
@@ -1043,11 +1059,7 @@ static int store_scratch(walfs_fs *fs, const char *from, const char *from_name,
     }
     free(key);
     if (rc) {
-        /* Kept, so the writer may retry the rename or remove it. */
-        pthread_mutex_lock(&fs->writers_lock);
-        f->next = fs->scratch;
-        fs->scratch = f;
-        pthread_mutex_unlock(&fs->writers_lock);
+        keep_scratch(fs, f); /* so the writer may retry the rename or remove it */
         return rc;
     }
     scratch_free(f);
@@ -1082,34 +1094,26 @@ static int is_scratch_path(const char *path)
 
 static int walfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-    if (stored_lately(current_fs(), path))
+    walfs_fs *fs = current_fs();
+    if (stored_lately(fs, path))
         return 0;
-    const char *wal_name;
-    int open_writer = 0;
-    if (classify(path, &wal_name) == NODE_WAL_FILE) {
-        walfs_fs *fs = current_fs();
-        pthread_mutex_lock(&fs->writers_lock);
-        open_writer = find_writer(fs, wal_name) != NULL;
-        pthread_mutex_unlock(&fs->writers_lock);
-    }
-    if (is_scratch_path(path) || open_writer) {
+    const char *name;
+    if (classify(path, &name) == NODE_WAL_FILE) {
         /* The mode of a file still being written goes into its lzop header
          * (install sets it before it closes). */
-        walfs_fs *fs = current_fs();
-        const char *name;
-        classify(path, &name);
         pthread_mutex_lock(&fs->writers_lock);
-        for (struct scratch_file *f = fs->scratch; f; f = f->next)
-            if (strcmp(f->name, name) == 0)
-                f->mode = mode & 0777;
+        struct scratch_file *f = find_scratch(fs, name);
         wal_handle *w = find_writer(fs, name);
+        if (f)
+            f->mode = mode & 0777;
         if (w)
             w->mode = mode & 0777;
         pthread_mutex_unlock(&fs->writers_lock);
-        return 0;
+        if (f || w || name[0] == '.')
+            return 0;
     }
     const char *rel = push_path(path);
-    return rel ? push_chmod(current_fs()->pushes, rel, mode) : refuse("chmod", path);
+    return rel ? push_chmod(fs->pushes, rel, mode) : refuse("chmod", path);
 }
 
 static int walfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)

@@ -6,7 +6,7 @@ PACKAGES=(
     build-essential pkg-config
     libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev liblzo2-dev libisal-dev libarchive-dev
     libxml2-dev libjson-c-dev
-    lzop curl python3 util-linux procps rsync
+    lzop curl python3 util-linux procps rsync openssl
     postgresql-15
     ceph-mon ceph-osd radosgw
     daemontools

@@ -50,17 +50,6 @@ mounted() { grep -qs " $1 fuse" /proc/mounts; }
 threads() { ls "/proc/$1/task" 2>/dev/null | wc -l; }
 indent() { sed 's/^/#   /'; }
 
-# The daemon of a mount, by the binary it runs (the lib looks for a process
-# named walfs, which a copy such as walfs-release is not).
-find_daemon() {
-    local mnt=$1 pid
-    for pid in $(pgrep -u "$WALFS_USER"); do
-        [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$WALFS_BIN" ]] || continue
-        tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$mnt" && { echo "$pid"; return 0; }
-    done
-    return 1
-}
-_walfs_find_daemon() { find_daemon "$@"; }
 
 # direct_mount MNT HOME OUT [walfs options...]: README's command, as postgres,
 # stdout+stderr of the starting walfs in OUT; sets DPID.
@@ -79,7 +68,7 @@ direct_mount() {
         return 1
     fi
     for ((i = 0; i < 50; i++)); do
-        DPID=$(find_daemon "$mnt") && break
+        DPID=$(_walfs_find_daemon "$mnt") && break
         sleep 0.1
     done
     [[ -n $DPID ]] || { echo "# no daemon process found for $mnt"; return 1; }

@@ -88,36 +88,29 @@ class Peer:
         self.buf += data
         return True
 
+    def _read_until(self, delim, what, eof_ok):
+        """The bytes up to and including delim; None on EOF before any byte if eof_ok."""
+        start = 0
+        while True:
+            i = self.buf.find(delim, max(0, start - len(delim) + 1))
+            if i >= 0:
+                out = bytes(self.buf[: i + len(delim)])
+                del self.buf[: i + len(delim)]
+                return out
+            if len(self.buf) > HEAD_LIMIT:
+                raise ProtocolError(what + " too long")
+            start = len(self.buf)
+            if not self._fill():
+                if eof_ok and not self.buf:
+                    return None
+                raise ProtocolError("EOF inside a " + what)
+
     def read_head(self):
         """The bytes up to and including the blank line; None on EOF before any byte."""
-        start = 0
-        while True:
-            i = self.buf.find(b"\r\n\r\n", max(0, start - 3))
-            if i >= 0:
-                head = bytes(self.buf[: i + 4])
-                del self.buf[: i + 4]
-                return head
-            if len(self.buf) > HEAD_LIMIT:
-                raise ProtocolError("head too long")
-            start = len(self.buf)
-            if not self._fill():
-                if self.buf:
-                    raise ProtocolError("EOF inside a head")
-                return None
+        return self._read_until(b"\r\n\r\n", "head", True)
 
     def read_line(self):
-        start = 0
-        while True:
-            i = self.buf.find(b"\r\n", max(0, start - 1))
-            if i >= 0:
-                line = bytes(self.buf[: i + 2])
-                del self.buf[: i + 2]
-                return line
-            if len(self.buf) > HEAD_LIMIT:
-                raise ProtocolError("line too long")
-            start = len(self.buf)
-            if not self._fill():
-                raise ProtocolError("EOF inside a line")
+        return self._read_until(b"\r\n", "line", False)
 
     def read_some(self, limit):
         """Up to limit bytes (at least 1); b'' on EOF."""
