@@ -26,6 +26,12 @@
 /* A FUSE path beyond these cannot be looked up anyway. */
 #define MAX_PATH_LEN 4095
 #define MAX_NAME_LEN 255
+/* The index (memory, and its JSON) must stay a small multiple of the tar
+ * headers it describes: every member has a header of at least 512 bytes,
+ * which its entry never outgrows, but parents synthesized for deep paths
+ * without directory entries cost the square of the depth. */
+#define INDEX_BUDGET_FACTOR 4
+#define INDEX_BUDGET_SLACK_MIB 4
 
 #define CORRUPT_TODO "the object is damaged or was not written by WAL-E: restore it from another copy " \
                      "or take a new base backup"
@@ -119,6 +125,126 @@ static int path_fits(const char *path)
             c++;
     }
     return 1;
+}
+
+/* ---------------------------------------------------- header verification */
+
+/* A numeric tar field: octal digits (leading spaces or NULs allowed, ended
+ * by a space or NUL), or GNU/star base-256 when the top bit is set.  -1 when
+ * it is neither, or does not fit. */
+static int64_t tar_number(const unsigned char *f, size_t n)
+{
+    if (f[0] & 0x80) {
+        if (f[0] == 0xff)
+            return -1; /* negative: no size is */
+        uint64_t v = f[0] & 0x3f;
+        for (size_t i = 1; i < n; i++) {
+            if (v >> 55)
+                return -1;
+            v = v << 8 | f[i];
+        }
+        return v > INT64_MAX ? -1 : (int64_t)v;
+    }
+    size_t i = 0;
+    while (i < n && (f[i] == ' ' || f[i] == '\0'))
+        i++;
+    uint64_t v = 0;
+    size_t digits = 0;
+    for (; i < n && f[i] >= '0' && f[i] <= '7'; i++, digits++)
+        v = v << 3 | (uint64_t)(f[i] - '0');
+    if (!digits)
+        return -1;
+    for (; i < n; i++)
+        if (f[i] != ' ' && f[i] != '\0')
+            return -1;
+    return (int64_t)v;
+}
+
+static int tar_checksum_ok(const unsigned char *h)
+{
+    int64_t want = tar_number(h + 148, 8);
+    uint64_t u = 0;
+    int64_t sg = 0;
+    for (size_t i = 0; i < BACKUP_TAR_HEADER_LEN; i++) {
+        unsigned char c = i >= 148 && i < 156 ? ' ' : h[i];
+        u += c;
+        sg += (signed char)c;
+    }
+    /* Old writers summed signed chars; both are tar. */
+    return want >= 0 && ((uint64_t)want == u || want == sg);
+}
+
+static int mismatch(const backup_member *m, walfs_err *err, const char *what)
+{
+    return walfs_err_set(err, -EBADMSG, "the tar header in front of \"%s\" (decompressed offset %" PRIu64
+                         ") %s", m->path, m->data_offset, what);
+}
+
+/* Python's tarfile (WAL-E) writes a name it cannot encode in ASCII to a pax
+ * record, and in the header field with '?' for each such character. */
+static int header_name_matches(const char *path, const char *h, int prefix)
+{
+    const unsigned char *p = (const unsigned char *)path, *q = (const unsigned char *)h;
+    while (*q) {
+        if (*q == '?' && *p >= 0x80) {
+            p++;
+            while (*p >= 0x80 && *p < 0xc0)
+                p++;
+            q++;
+            continue;
+        }
+        if (*p != *q)
+            return 0;
+        p++;
+        q++;
+    }
+    return prefix || *p == '\0';
+}
+
+int backup_member_check_header(const backup_member *m, const unsigned char *h, walfs_err *err)
+{
+    if (!tar_checksum_ok(h))
+        return mismatch(m, err, "is not a tar header (bad checksum): the offset points into other data");
+    /* '0', NUL (pre-POSIX) and '7' (contiguous) are what libarchive reads
+     * as a regular file with data. */
+    if (h[156] != '0' && h[156] != '\0' && h[156] != '7')
+        return mismatch(m, err, "is not that of a regular file");
+    int64_t size = tar_number(h + 124, 12);
+    /* Beyond 8 GiB only a pax record can carry the size; the octal field is
+     * then whatever the writer put there. */
+    if (m->size < ((uint64_t)1 << 33) - 1 && (size < 0 || (uint64_t)size != m->size))
+        return mismatch(m, err, "gives another size");
+    char full[100 + 1 + 155 + 1];
+    size_t nlen = strnlen((const char *)h, 100), plen = 0;
+    full[0] = '\0';
+    /* POSIX ustar splits long names into prefix/name; GNU's magic has no
+     * prefix field there. */
+    if (memcmp(h + 257, "ustar\0", 6) == 0) {
+        plen = strnlen((const char *)h + 345, 155);
+        if (plen) {
+            memcpy(full, h + 345, plen);
+            full[plen++] = '/';
+        }
+    }
+    memcpy(full + plen, h, nlen);
+    full[plen + nlen] = '\0';
+    /* A name longer than the field lives in a GNU 'L' or pax record before
+     * this header, which keeps only its first 99 or 100 bytes: those must
+     * begin the member's name. */
+    int truncated = plen == 0 && nlen >= 99;
+    if (truncated) {
+        const char *t = full;
+        while (t[0] == '/' || (t[0] == '.' && t[1] == '/'))
+            t += t[0] == '/' ? 1 : 2;
+        if (header_name_matches(m->path, t, 1))
+            return 0;
+    }
+    char *norm = backup_normalize_path(full, NULL);
+    int same = norm && header_name_matches(m->path, norm, 0);
+    free(norm);
+    if (same)
+        return 0;
+    return mismatch(m, err, "names another member");
 }
 
 /* -------------------------------------------------------------- listing */
@@ -794,6 +920,7 @@ typedef struct tar_walk {
     uint64_t prev_size;
     uint64_t prev_header_pos;
     uint64_t prev_data_pos;  /* consumed position right after its header chain */
+    uint64_t *header_bytes;  /* tar header bytes read so far, all partitions */
 } tar_walk;
 
 static void skip_member(const tar_walk *w, const char *name, const char *why)
@@ -905,6 +1032,13 @@ static int take_entry(tar_walk *w, struct archive_entry *e, walfs_err *err)
                 skip_member(w, raw, "symlink without a target");
                 goto out;
             }
+            if (strlen(t) > MAX_PATH_LEN) {
+                /* readlink(2) could never return it: listing it would
+                 * only make every reader of the link fail with EIO. */
+                skip_member(w, raw, "its symlink target is longer than 4095 bytes, more than readlink "
+                                    "can return");
+                goto out;
+            }
             m.type = MEMBER_SYMLINK;
             m.link_target = strdup(t);
             if (!m.link_target) {
@@ -1001,6 +1135,8 @@ static int walk_tar(tar_walk *w, consumer *c, walfs_err *err)
         w->prev_member = SIZE_MAX;
         w->prev_header_pos = header_pos;
         w->prev_data_pos = (uint64_t)archive_filter_bytes(a, 0);
+        if (w->prev_data_pos > header_pos)
+            *w->header_bytes += w->prev_data_pos - header_pos;
         w->prev_size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0
                            ? (uint64_t)archive_entry_size(e) : 0;
         rc = take_entry(w, e, err);
@@ -1024,7 +1160,8 @@ static void queue_free(bqueue *q)
 }
 
 static int index_partition(store *st, const char *backup, const backup_partition_listing *pl,
-                           uint32_t part_no, mvec *mv, backup_partition *out, walfs_err *err)
+                           uint32_t part_no, mvec *mv, uint64_t *header_bytes, backup_partition *out,
+                           walfs_err *err)
 {
     bqueue q;
     memset(&q, 0, sizeof q);
@@ -1054,7 +1191,8 @@ static int index_partition(store *st, const char *backup, const backup_partition
         rc = walfs_err_set(err, -e, "%s: cannot start a thread: %s", pl->key, strerror(e));
         goto out_nothread;
     }
-    tar_walk w = {.backup = backup, .key = pl->key, .part = part_no, .mv = mv, .prev_member = SIZE_MAX};
+    tar_walk w = {.backup = backup, .key = pl->key, .part = part_no, .mv = mv, .prev_member = SIZE_MAX,
+                  .header_bytes = header_bytes};
     walfs_err cerr;
     walfs_err_clear(&cerr);
     size_t n_before = mv->n;
@@ -1158,7 +1296,21 @@ static const backup_member *find_in(const backup_member *v, size_t n, const char
 
 /* Sorts, applies "later entry wins", synthesizes missing parents, then
  * drops what the filesystem could not present consistently. */
-static int finish_members(const char *backup, mvec *mv, walfs_err *err)
+static uint64_t member_cost(const backup_member *m)
+{
+    return sizeof *m + strlen(m->path) + 1 + (m->link_target ? strlen(m->link_target) + 1 : 0);
+}
+
+static int over_budget(const char *backup, uint64_t cost, uint64_t header_bytes, walfs_err *err)
+{
+    return walfs_err_set(err, -EIO, "backup %s: its index would need more than %" PRIu64 " MiB for %" PRIu64
+                         " KiB of tar headers (members nested deep under directories the tar does not "
+                         "contain); walfs refuses indexes beyond %dx the tar's header bytes + %d MiB: "
+                         "this is not a data directory WAL-E wrote, use another backup",
+                         backup, cost >> 20, header_bytes >> 10, INDEX_BUDGET_FACTOR, INDEX_BUDGET_SLACK_MIB);
+}
+
+static int finish_members(const char *backup, mvec *mv, uint64_t header_bytes, walfs_err *err)
 {
     /* Sorting is not stable: carry the tar order in a spare field. The
      * real rdev values are kept aside and restored after deduplication. */
@@ -1207,10 +1359,25 @@ static int finish_members(const char *backup, mvec *mv, walfs_err *err)
         n_want = cap_want = 1;
     }
     size_t n_orig = mv->n;
+    uint64_t budget = header_bytes * INDEX_BUDGET_FACTOR + ((uint64_t)INDEX_BUDGET_SLACK_MIB << 20), cost = 0;
+    for (size_t i = 0; i < n_orig; i++)
+        cost += member_cost(&mv->v[i]);
+    if (cost > budget) {
+        rc = over_budget(backup, cost, header_bytes, err);
+        goto fail;
+    }
     for (size_t i = 0; i < n_orig; i++) {
         const char *path = mv->v[i].path;
+        /* Sorted: the ancestors shared with the previous member were seen
+         * with it, so each missing parent is counted (and built) once. */
+        size_t common = 0;
+        if (i > 0)
+            while (path[common] && path[common] == mv->v[i - 1].path[common])
+                common++;
         for (const char *s = strchr(path, '/'); s; s = strchr(s + 1, '/')) {
             size_t plen = (size_t)(s - path);
+            if (plen < common && mv->v[i - 1].path[plen] == '/')
+                continue;
             /* Most parents exist: only collect the missing ones. */
             char *anc = strndup(path, plen);
             if (!anc)
@@ -1230,6 +1397,11 @@ static int finish_members(const char *backup, mvec *mv, walfs_err *err)
                 cap_want = cap;
             }
             want[n_want++] = anc;
+            cost += sizeof(backup_member) + plen + 1;
+            if (cost > budget) {
+                rc = over_budget(backup, cost, header_bytes, err);
+                goto fail;
+            }
         }
     }
     if (n_want) {
@@ -1323,11 +1495,13 @@ static int finish_members(const char *backup, mvec *mv, walfs_err *err)
     free(drop);
     return rc;
 oom:
+    rc = walfs_err_set(err, -ENOMEM, "out of memory");
+fail:
     if (want)
         for (size_t i = 0; i < n_want; i++)
             free(want[i]);
     free(want);
-    return walfs_err_set(err, -ENOMEM, "out of memory");
+    return rc;
 }
 
 int backup_index_build(store *st, const char *backup_name, const backup_partition_listing *parts,
@@ -1349,13 +1523,15 @@ int backup_index_build(store *st, const char *backup_name, const backup_partitio
         return walfs_err_set(err, -ENOMEM, "out of memory");
     }
     mvec mv = {0};
+    uint64_t header_bytes = 0;
     for (size_t i = 0; i < n_parts; i++) {
-        rc = index_partition(st, backup_name, &parts[i], (uint32_t)i, &mv, &idx->partitions[i], err);
+        rc = index_partition(st, backup_name, &parts[i], (uint32_t)i, &mv, &header_bytes,
+                             &idx->partitions[i], err);
         if (rc)
             goto fail;
         idx->n_partitions++;
     }
-    rc = finish_members(backup_name, &mv, err);
+    rc = finish_members(backup_name, &mv, header_bytes, err);
     if (rc)
         goto fail;
     idx->members = mv.v;
@@ -1748,8 +1924,8 @@ static int load_member(loader *L, json_object *e, const backup_index *idx, backu
         const char *t;
         if ((rc = get_str(L, json_object_array_get_idx(e, 7), &t)))
             return rc;
-        if (!*t)
-            return bad(L, "empty link target");
+        if (!*t || strlen(t) > MAX_PATH_LEN)
+            return bad(L, "empty or overlong link target");
         m->link_target = strdup(t);
         if (!m->link_target)
             return walfs_err_set(L->err, -ENOMEM, "out of memory");
@@ -1799,6 +1975,48 @@ static int check_tree(loader *L, const backup_index *idx)
     }
     L->where[0] = '\0';
     return 0;
+}
+
+static int cmp_extent(const void *a, const void *b)
+{
+    const backup_member *x = *(const backup_member *const *)a, *y = *(const backup_member *const *)b;
+    if (x->partition != y->partition)
+        return x->partition < y->partition ? -1 : 1;
+    return (x->data_offset > y->data_offset) - (x->data_offset < y->data_offset);
+}
+
+/* Where a tar puts data: each file's behind its own 512-byte header, on a
+ * 512-byte boundary, inside its partition, never overlapping another's.
+ * Cheap to check, and refuses the crude forgeries before any read. */
+static int check_extents(loader *L, const backup_index *idx)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < idx->n_members; i++)
+        n += idx->members[i].type == MEMBER_FILE;
+    const backup_member **v = malloc((n ? n : 1) * sizeof *v);
+    if (!v)
+        return walfs_err_set(L->err, -ENOMEM, "out of memory");
+    n = 0;
+    for (size_t i = 0; i < idx->n_members; i++)
+        if (idx->members[i].type == MEMBER_FILE)
+            v[n++] = &idx->members[i];
+    qsort(v, n, sizeof *v, cmp_extent);
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const backup_member *m = v[i];
+        uint64_t end = m->data_offset + round_up_512(m->size);
+        snprintf(L->where, sizeof L->where, "member \"%.60s\"", m->path);
+        if (m->data_offset < 512 || m->data_offset % 512 != 0)
+            rc = bad(L, "data does not start on a tar block after a header");
+        else if (end > idx->partitions[m->partition].blocks.uncomp_size)
+            rc = bad(L, "data runs past the end of its partition");
+        else if (i + 1 < n && v[i + 1]->partition == m->partition && end + 512 > v[i + 1]->data_offset)
+            rc = bad(L, "data overlaps the next member or its header");
+    }
+    if (!rc)
+        L->where[0] = '\0';
+    free(v);
+    return rc;
 }
 
 int backup_index_from_json(const char *json, size_t len, backup_index **out, walfs_err *err)
@@ -1904,6 +2122,8 @@ int backup_index_from_json(const char *json, size_t len, backup_index **out, wal
     }
     L.where[0] = '\0';
     if ((rc = check_tree(&L, idx)))
+        goto fail;
+    if ((rc = check_extents(&L, idx)))
         goto fail;
     json_object_put(root);
     *out = idx;

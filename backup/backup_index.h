@@ -96,6 +96,14 @@ int backup_index_matches(const backup_index *idx, const backup_partition_listing
 int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walfs_err *err);
 int backup_index_from_json(const char *json, size_t len, backup_index **out, walfs_err *err);
 
+/* The partition is the authority, an index (above all one read from the
+ * bucket, which anyone allowed to store indexes can forge) only a claim:
+ * checks the 512-byte tar header that ends where m's data starts against m
+ * (valid checksum, regular file, m's size, m's name).  0, or -EBADMSG with
+ * err saying what disagrees. */
+#define BACKUP_TAR_HEADER_LEN 512
+int backup_member_check_header(const backup_member *m, const unsigned char *hdr, walfs_err *err);
+
 /* Binary search by normalized path; NULL when absent. */
 const backup_member *backup_index_find(const backup_index *idx, const char *path);
 
