@@ -16,30 +16,58 @@
 
 #define MAX_LOADED 16
 #define LISTING_TTL_SECONDS 1
-#define SMALL_OBJECT_MAX (1024 * 1024)
+/* The largest stored index read back: a backup of millions of members
+ * stays below it, and json-c needs several times this much to parse. */
+#define STORED_INDEX_MAX ((size_t)256 << 20)
+/* A failed build is retried when the partitions change, or after this
+ * long (the failure may have been the network's, not the backup's). */
+#define FAILED_RETRY_SECONDS 600
+#define MAX_FAILED 16
+#define MAX_BUILDING 8
+#define MAX_DISTRUSTED 16
 
 typedef struct loaded_index {
     backup_index *idx;
     int refs;
     unsigned long last_used;
+    int built;          /* read from the partitions here, not from a cache or the bucket */
+    int stale;          /* found to disagree with a partition: never handed out again */
 } loaded_index;
+
+/* A build that failed, and the partitions it failed on. */
+typedef struct failed_build {
+    char name[64];
+    unsigned char sig[32];  /* sha256 of the partitions' keys, sizes and ETags */
+    time_t when;
+    walfs_err err;
+} failed_build;
 
 #define MAX_KEEPERS 4
 
 struct backup_catalog {
     store *st;
     char *index_dir;
-    pthread_mutex_t lock;           /* listing cache and loaded indexes */
-    pthread_mutex_t build_lock;     /* one index load/build at a time */
+    /* Guards everything below; never held across network I/O: a thread
+     * obtaining an index registers it in building[] and works unlocked,
+     * and others wanting the same backup wait on build_done. */
+    pthread_mutex_t lock;
+    pthread_cond_t build_done;
+    pthread_cond_t listing_done;
+    int listing_busy;           /* a thread is listing the backups */
     backup_entry *listing;
     size_t n_listing;
     int latest;
     time_t listed_at;
     loaded_index loaded[MAX_LOADED];
     unsigned long use_clock;
+    char building[MAX_BUILDING][64];
+    failed_build failed[MAX_FAILED];
+    /* Backups whose cached and stored indexes were caught disagreeing
+     * with a partition: the next load builds from the partitions. */
+    char distrusted[MAX_DISTRUSTED][64];
+    int next_distrusted;
     /* Threads storing freshly built indexes (locally and in the bucket),
-     * off the path of the listing that built them; joined at free.
-     * Guarded by build_lock. */
+     * off the path of the listing that built them; joined at free. */
     pthread_t keepers[MAX_KEEPERS];
     int n_keepers;
 };
@@ -81,7 +109,8 @@ backup_catalog *backup_catalog_new(store *st, const char *cache_dir, walfs_err *
     }
     cat->latest = -1;
     pthread_mutex_init(&cat->lock, NULL);
-    pthread_mutex_init(&cat->build_lock, NULL);
+    pthread_cond_init(&cat->build_done, NULL);
+    pthread_cond_init(&cat->listing_done, NULL);
     return cat;
 }
 
@@ -96,7 +125,8 @@ void backup_catalog_free(backup_catalog *cat)
     free(cat->listing);
     free(cat->index_dir);
     pthread_mutex_destroy(&cat->lock);
-    pthread_mutex_destroy(&cat->build_lock);
+    pthread_cond_destroy(&cat->build_done);
+    pthread_cond_destroy(&cat->listing_done);
     free(cat);
 }
 
@@ -133,10 +163,17 @@ static int by_name(const void *a, const void *b)
     return strcmp(((const backup_entry *)a)->name, ((const backup_entry *)b)->name);
 }
 
+/* Lists with cat->lock released (others wait on listing_done for this
+ * one), then installs the result under it. */
 static int refresh_listing(backup_catalog *cat, walfs_err *err)
 {
     listing_builder b = {0};
+    cat->listing_busy = 1;
+    pthread_mutex_unlock(&cat->lock);
     int rc = store_list(cat->st, BASEBACKUP_DIR "/", collect_sentinel, &b, err);
+    pthread_mutex_lock(&cat->lock);
+    cat->listing_busy = 0;
+    pthread_cond_broadcast(&cat->listing_done);
     if (rc) {
         free(b.items);
         return rc == -ENOMEM ? walfs_err_set(err, rc, "out of memory listing backups") : rc;
@@ -162,6 +199,8 @@ int backup_catalog_list(backup_catalog *cat, backup_entry **out, size_t *n, int 
 {
     pthread_mutex_lock(&cat->lock);
     int rc = 0;
+    while (cat->listing_busy && (!cat->listing || time(NULL) - cat->listed_at >= LISTING_TTL_SECONDS))
+        pthread_cond_wait(&cat->listing_done, &cat->lock);
     if (!cat->listing || time(NULL) - cat->listed_at >= LISTING_TTL_SECONDS)
         rc = refresh_listing(cat, err);
     if (!rc) {
@@ -202,12 +241,13 @@ int backup_catalog_find(backup_catalog *cat, const char *name, backup_entry *out
 typedef struct small_buffer {
     char *data;
     size_t len, cap;
+    size_t max;         /* refuse the object beyond this */
 } small_buffer;
 
 static int append_small(void *ctx, const void *data, size_t len)
 {
     small_buffer *b = ctx;
-    if (b->len + len > SMALL_OBJECT_MAX)
+    if (len > b->max - b->len)
         return -EFBIG;
     if (b->len + len + 1 > b->cap) {
         size_t cap = (b->len + len + 1) * 2;
@@ -228,10 +268,11 @@ static int append_small(void *ctx, const void *data, size_t len)
 static int fetch_object(store *st, const char *key, size_t max, small_buffer *out, walfs_err *err)
 {
     memset(out, 0, sizeof *out);
+    out->max = max;
     int rc = store_get(st, key, 0, 0, append_small, out, err);
-    if (rc == -EFBIG || (!rc && out->len > max))
-        rc = walfs_err_set(err, -EIO, "%s is larger than expected; it is not what walfs wrote",
-                           key);
+    if (rc == -EFBIG)
+        rc = walfs_err_set(err, -EIO, "%s is larger than %zu bytes; it is not what walfs wrote",
+                           key, max);
     else if (rc == -ENOMEM)
         rc = walfs_err_set(err, -ENOMEM, "out of memory reading %s", key);
     if (rc) {
@@ -277,8 +318,16 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
         json_object_is_type(v, json_type_string))
         snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
     if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
-        json_object_is_type(v, json_type_int))
-        out->expanded_size_bytes = json_object_get_int64(v);
+        json_object_is_type(v, json_type_int)) {
+        /* json-c saturates what int64 cannot hold (a uint64 above it reads
+         * as INT64_MAX): such a size is no size. */
+        int64_t size = json_object_get_int64(v);
+        if (size < 0 || size == INT64_MAX)
+            log_warn("sentinel %s: expanded_size_bytes %s is out of range; leaving it blank", key,
+                     json_object_to_json_string(v));
+        else
+            out->expanded_size_bytes = size;
+    }
     json_object_put(root);
 
     snprintf(key, sizeof key, BASEBACKUP_DIR "/%s/extended_version.txt", name);
@@ -314,7 +363,7 @@ static int read_local_file(const char *path, small_buffer *out)
     if (fd < 0)
         return -errno;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size < 0 || sb.st_size > (off_t)1 << 31) {
+    if (fstat(fd, &sb) != 0 || sb.st_size < 0 || (size_t)sb.st_size > STORED_INDEX_MAX) {
         close(fd);
         return -EIO;
     }
@@ -380,15 +429,106 @@ static backup_index *load_candidate(const char *what, const char *name, const sm
     return idx;
 }
 
+static void partitions_sig(const backup_partition_listing *parts, size_t n, unsigned char sig[32])
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned int len = 0;
+    memset(sig, 0, 32);
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(ctx);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char size[32];
+        snprintf(size, sizeof size, "%llu", (unsigned long long)parts[i].size);
+        EVP_DigestUpdate(ctx, parts[i].key, strlen(parts[i].key) + 1);
+        EVP_DigestUpdate(ctx, size, strlen(size) + 1);
+        EVP_DigestUpdate(ctx, parts[i].etag, strlen(parts[i].etag) + 1);
+    }
+    EVP_DigestFinal_ex(ctx, sig, &len);
+    EVP_MD_CTX_free(ctx);
+}
+
+/* With cat->lock held. */
+static failed_build *find_failed(backup_catalog *cat, const char *name)
+{
+    for (int i = 0; i < MAX_FAILED; i++)
+        if (cat->failed[i].name[0] && strcmp(cat->failed[i].name, name) == 0)
+            return &cat->failed[i];
+    return NULL;
+}
+
+/* Position of name in a table of backup names ("" finds a free entry). */
+static int find_name(char (*names)[64], int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+/* With cat->lock held. */
+static int find_distrusted(backup_catalog *cat, const char *name)
+{
+    return find_name(cat->distrusted, MAX_DISTRUSTED, name);
+}
+
+/* Remembers (or, with err NULL, forgets) a failed build of name. */
+static void remember_failure(backup_catalog *cat, const char *name, const unsigned char sig[32],
+                             const walfs_err *err)
+{
+    pthread_mutex_lock(&cat->lock);
+    failed_build *f = find_failed(cat, name);
+    if (!f && err) {
+        f = &cat->failed[0];
+        for (int i = 0; i < MAX_FAILED; i++) {
+            if (!cat->failed[i].name[0]) {
+                f = &cat->failed[i];
+                break;
+            }
+            if (cat->failed[i].when < f->when)
+                f = &cat->failed[i];
+        }
+    }
+    if (f && err) {
+        snprintf(f->name, sizeof f->name, "%s", name);
+        memcpy(f->sig, sig, 32);
+        f->when = time(NULL);
+        f->err = *err;
+    } else if (f) {
+        memset(f, 0, sizeof *f);
+    }
+    pthread_mutex_unlock(&cat->lock);
+}
+
+/* Runs without any lock held: lists, reads and builds over the network. */
 static int obtain_index(backup_catalog *cat, const char *name, backup_index **out, int *built,
                         walfs_err *err)
 {
     *built = 0;
+    *out = NULL;
     backup_partition_listing *parts = NULL;
     size_t n_parts = 0;
     int rc = backup_list_partitions(cat->st, name, &parts, &n_parts, err);
     if (rc)
         return rc;
+    unsigned char sig[32];
+    partitions_sig(parts, n_parts, sig);
+    pthread_mutex_lock(&cat->lock);
+    failed_build *f = find_failed(cat, name);
+    int known_bad = f && memcmp(f->sig, sig, 32) == 0 && time(NULL) - f->when < FAILED_RETRY_SECONDS;
+    long ago = f ? (long)(time(NULL) - f->when) : 0;
+    if (known_bad)
+        *err = f->err;
+    int distrusted = find_distrusted(cat, name) >= 0;
+    pthread_mutex_unlock(&cat->lock);
+    if (known_bad) {
+        backup_partition_listing_free(parts, n_parts);
+        walfs_err_prefix(err, "indexing %s failed %lds ago and its partitions have not changed "
+                         "since (walfs retries when they do, or after %ds): ", name, ago,
+                         FAILED_RETRY_SECONDS);
+        return err->code ? err->code : -EIO;
+    }
     char local_path[PATH_MAX];
     local_index_path(cat, name, local_path, sizeof local_path);
     char stored_key[256];
@@ -396,15 +536,15 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
 
     backup_index *idx = NULL;
     small_buffer buf;
-    if (read_local_file(local_path, &buf) == 0) {
+    if (!distrusted && read_local_file(local_path, &buf) == 0) {
         idx = load_candidate("cached", name, &buf, parts, n_parts);
         free(buf.data);
         if (idx)
             log_info("using cached index for %s", name);
     }
-    if (!idx) {
+    if (!idx && !distrusted) {
         walfs_err gerr = {0};
-        int grc = fetch_object(cat->st, stored_key, (size_t)1 << 30, &buf, &gerr);
+        int grc = fetch_object(cat->st, stored_key, STORED_INDEX_MAX, &buf, &gerr);
         if (grc == 0) {
             idx = load_candidate("stored", name, &buf, parts, n_parts);
             if (idx) {
@@ -422,6 +562,9 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
         if (!rc) {
             log_info("indexed %s: %zu members", name, idx->n_members);
             *built = 1;
+            remember_failure(cat, name, sig, NULL);
+        } else if (rc != -ENOMEM) {
+            remember_failure(cat, name, sig, err);
         }
     }
     backup_partition_listing_free(parts, n_parts);
@@ -465,21 +608,33 @@ static void *keeper_main(void *arg)
     return NULL;
 }
 
-/* Called with cat->build_lock held (it guards the keepers) and a reference
- * on idx taken for the job. */
+/* Called with no lock held and a reference on idx taken for the job. */
 static void start_keeper(backup_catalog *cat, const backup_index *idx)
 {
-    if (cat->n_keepers == MAX_KEEPERS) {
-        /* Seldom: as many backups indexed at once as there are keepers. */
-        pthread_join(cat->keepers[0], NULL);
+    pthread_mutex_lock(&cat->lock);
+    int full = cat->n_keepers == MAX_KEEPERS;
+    pthread_t oldest = cat->keepers[0];
+    if (full) {
         memmove(cat->keepers, cat->keepers + 1, (MAX_KEEPERS - 1) * sizeof cat->keepers[0]);
         cat->n_keepers--;
     }
+    pthread_mutex_unlock(&cat->lock);
+    /* Seldom: as many backups indexed at once as there are keepers. */
+    if (full)
+        pthread_join(oldest, NULL);
     keeper_job *job = malloc(sizeof *job);
     if (job) {
         *job = (keeper_job){.cat = cat, .idx = idx};
-        if (pthread_create(&cat->keepers[cat->n_keepers], NULL, keeper_main, job) == 0) {
-            cat->n_keepers++;
+        pthread_t th;
+        if (pthread_create(&th, NULL, keeper_main, job) == 0) {
+            pthread_mutex_lock(&cat->lock);
+            if (cat->n_keepers < MAX_KEEPERS) {
+                cat->keepers[cat->n_keepers++] = th;
+                th = 0;
+            }
+            pthread_mutex_unlock(&cat->lock);
+            if (th)
+                pthread_join(th, NULL); /* another builder filled the table meanwhile */
             return;
         }
         free(job);
@@ -489,72 +644,123 @@ static void start_keeper(backup_catalog *cat, const backup_index *idx)
     backup_catalog_release(cat, idx);
 }
 
+/* With cat->lock held: a reference to name's loaded index, or NULL. */
+static const backup_index *take_loaded(backup_catalog *cat, const char *name)
+{
+    for (int i = 0; i < MAX_LOADED; i++) {
+        loaded_index *l = &cat->loaded[i];
+        if (l->idx && !l->stale && strcmp(l->idx->backup_name, name) == 0) {
+            l->refs++;
+            l->last_used = ++cat->use_clock;
+            return l->idx;
+        }
+    }
+    return NULL;
+}
+
+/* With cat->lock held. */
+static int find_building(backup_catalog *cat, const char *name)
+{
+    return find_name(cat->building, MAX_BUILDING, name);
+}
+
 int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_index **out,
                            walfs_err *err)
 {
     pthread_mutex_lock(&cat->lock);
-    for (int i = 0; i < MAX_LOADED; i++) {
-        if (cat->loaded[i].idx && strcmp(cat->loaded[i].idx->backup_name, name) == 0) {
-            cat->loaded[i].refs++;
-            cat->loaded[i].last_used = ++cat->use_clock;
-            *out = cat->loaded[i].idx;
-            pthread_mutex_unlock(&cat->lock);
-            return 0;
-        }
-    }
+    *out = take_loaded(cat, name);
     pthread_mutex_unlock(&cat->lock);
+    if (*out)
+        return 0;
 
     backup_entry entry;
     int rc = backup_catalog_find(cat, name, &entry, err);
     if (rc)
         return rc;
-    pthread_mutex_lock(&cat->build_lock);
-    /* Another thread may have loaded it while this one waited. */
+    /* One thread obtains a backup's index; the others wanting it wait for
+     * that one (not for builds of other backups). */
     pthread_mutex_lock(&cat->lock);
-    for (int i = 0; i < MAX_LOADED; i++) {
-        if (cat->loaded[i].idx && strcmp(cat->loaded[i].idx->backup_name, name) == 0) {
-            cat->loaded[i].refs++;
-            cat->loaded[i].last_used = ++cat->use_clock;
-            *out = cat->loaded[i].idx;
+    int slot;
+    for (;;) {
+        if ((*out = take_loaded(cat, name)) != NULL) {
             pthread_mutex_unlock(&cat->lock);
-            pthread_mutex_unlock(&cat->build_lock);
             return 0;
         }
+        /* A failed build is remembered: a waiter that goes on costs a
+         * listing, not a second build. */
+        if (find_building(cat, name) < 0 && (slot = find_building(cat, "")) >= 0)
+            break;
+        pthread_cond_wait(&cat->build_done, &cat->lock);
     }
+    snprintf(cat->building[slot], sizeof cat->building[slot], "%s", name);
     pthread_mutex_unlock(&cat->lock);
+
     backup_index *idx = NULL;
     int built = 0;
     rc = obtain_index(cat, name, &idx, &built, err);
+
+    pthread_mutex_lock(&cat->lock);
+    cat->building[slot][0] = '\0';
     if (!rc) {
-        pthread_mutex_lock(&cat->lock);
-        int slot = -1;
+        int ls = -1;
         for (int i = 0; i < MAX_LOADED; i++) {
             if (!cat->loaded[i].idx) {
-                slot = i;
+                ls = i;
                 break;
             }
             if (cat->loaded[i].refs == 0 &&
-                (slot < 0 || cat->loaded[i].last_used < cat->loaded[slot].last_used))
-                slot = i;
+                (ls < 0 || cat->loaded[i].last_used < cat->loaded[ls].last_used))
+                ls = i;
         }
-        if (slot < 0) {
+        if (ls < 0) {
             /* Every slot is held by open files; memory stays bounded. */
             rc = walfs_err_set(err, -EMFILE, "too many base backups open at once (%d); close "
                                "some files and retry", MAX_LOADED);
             backup_index_free(idx);
         } else {
-            backup_index_free(cat->loaded[slot].idx);
-            cat->loaded[slot].idx = idx;
-            cat->loaded[slot].refs = built ? 2 : 1; /* the caller's, and the keeper's */
-            cat->loaded[slot].last_used = ++cat->use_clock;
+            backup_index_free(cat->loaded[ls].idx);
+            cat->loaded[ls] = (loaded_index){
+                .idx = idx,
+                .refs = built ? 2 : 1, /* the caller's, and the keeper's */
+                .last_used = ++cat->use_clock,
+                .built = built,
+            };
+            if (built) {
+                int d = find_distrusted(cat, name);
+                if (d >= 0)
+                    cat->distrusted[d][0] = '\0';
+            }
             *out = idx;
         }
-        pthread_mutex_unlock(&cat->lock);
-        if (!rc && built)
-            start_keeper(cat, idx);
     }
-    pthread_mutex_unlock(&cat->build_lock);
+    pthread_cond_broadcast(&cat->build_done);
+    pthread_mutex_unlock(&cat->lock);
+    if (!rc && built)
+        start_keeper(cat, idx);
     return rc;
+}
+
+int backup_catalog_distrust(backup_catalog *cat, const backup_index *idx)
+{
+    char local_path[PATH_MAX];
+    local_index_path(cat, idx->backup_name, local_path, sizeof local_path);
+    pthread_mutex_lock(&cat->lock);
+    int rebuild = 0;
+    for (int i = 0; i < MAX_LOADED; i++) {
+        loaded_index *l = &cat->loaded[i];
+        if (l->idx != idx || l->stale)
+            continue;
+        l->stale = 1;
+        rebuild = !l->built;
+        if (rebuild && find_distrusted(cat, idx->backup_name) < 0) {
+            int d = cat->next_distrusted++ % MAX_DISTRUSTED;
+            snprintf(cat->distrusted[d], sizeof cat->distrusted[d], "%s", idx->backup_name);
+        }
+    }
+    pthread_mutex_unlock(&cat->lock);
+    if (rebuild)
+        unlink(local_path);
+    return rebuild;
 }
 
 void backup_catalog_release(backup_catalog *cat, const backup_index *idx)
@@ -562,8 +768,12 @@ void backup_catalog_release(backup_catalog *cat, const backup_index *idx)
     if (!idx)
         return;
     pthread_mutex_lock(&cat->lock);
-    for (int i = 0; i < MAX_LOADED; i++)
-        if (cat->loaded[i].idx == idx && cat->loaded[i].refs > 0)
-            cat->loaded[i].refs--;
+    for (int i = 0; i < MAX_LOADED; i++) {
+        loaded_index *l = &cat->loaded[i];
+        if (l->idx == idx && l->refs > 0 && --l->refs == 0 && l->stale) {
+            backup_index_free(l->idx);
+            *l = (loaded_index){0};
+        }
+    }
     pthread_mutex_unlock(&cat->lock);
 }

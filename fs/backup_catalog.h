@@ -3,7 +3,8 @@
  * their sentinels say, and each one's member index — loaded from the local
  * cache, from the copy stored next to the backup in the bucket, or built by
  * reading the partitions, in that order, and always checked against the
- * partitions the store lists right now. */
+ * partitions the store lists right now.  A failed build is remembered until
+ * the partitions' ETags change. */
 #ifndef WALFS_FS_BACKUP_CATALOG_H
 #define WALFS_FS_BACKUP_CATALOG_H
 
@@ -47,5 +48,12 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
 int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_index **out,
                            walfs_err *err);
 void backup_catalog_release(backup_catalog *cat, const backup_index *idx);
+
+/* idx (held by the caller) disagrees with its partitions: it is never
+ * handed out again.  Returns 1 when it came from the local cache or the
+ * bucket, which are then ignored until a build from the partitions
+ * replaces them (acquire again to get it); 0 when it was built from the
+ * partitions themselves, so building again cannot help. */
+int backup_catalog_distrust(backup_catalog *cat, const backup_index *idx);
 
 #endif

@@ -326,6 +326,31 @@ int backup_view_readlink(backup_view *bv, const char *rel, char *buf, size_t siz
 
 static int open_backup_list(backup_view *bv, void **handle);
 
+/* Reads the tar header in front of m's data, with the first bytes of the
+ * data in the same request (the block reader fetches adjacent lzop blocks
+ * at once and keeps them for the reads that follow).  -EBADMSG when the
+ * partition disagrees with the index, another negative errno when it could
+ * not be read. */
+static int verify_member(backup_view *bv, const backup_index *idx, const backup_member *m,
+                         walfs_err *err)
+{
+    if (m->size == 0)
+        return 0; /* no bytes to serve wrongly */
+    if (m->data_offset < BACKUP_TAR_HEADER_LEN)
+        return walfs_err_set(err, -EBADMSG, "\"%s\" has its data at offset %llu, where no tar "
+                             "header can precede it", m->path, (unsigned long long)m->data_offset);
+    unsigned char buf[BACKUP_TAR_HEADER_LEN + 4096];
+    size_t want = BACKUP_TAR_HEADER_LEN + (m->size < 4096 ? (size_t)m->size : 4096);
+    ssize_t n = block_reader_read(bv->reader, &idx->partitions[m->partition],
+                                  m->data_offset - BACKUP_TAR_HEADER_LEN, buf, want, err);
+    if (n < 0)
+        return (int)n;
+    if ((size_t)n != want)
+        return walfs_err_set(err, -EBADMSG, "\"%s\" lies past the end of partition %s", m->path,
+                             idx->partitions[m->partition].key);
+    return backup_member_check_header(m, buf, err);
+}
+
 int backup_view_open(backup_view *bv, const char *rel, void **handle)
 {
     if (strcmp(rel, BACKUP_LIST_FILE) == 0)
@@ -336,14 +361,36 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
     if (split(rel, name, &member) != 0 || member[0] == '\0')
         return -EISDIR;
     const backup_index *idx;
-    int rc = backup_catalog_acquire(bv->catalog, name, &idx, &err);
-    if (rc)
-        return report(rc, &err, "open", rel);
-    const backup_member *m = backup_index_find(idx, member);
-    const backup_member *data = m ? resolve_hardlink(idx, m) : NULL;
-    if (!data || data->type != MEMBER_FILE) {
+    const backup_member *data;
+    /* A second round only after the index was caught lying and was
+     * replaced by one built from the partitions. */
+    for (int round = 0;; round++) {
+        int rc = backup_catalog_acquire(bv->catalog, name, &idx, &err);
+        if (rc)
+            return report(rc, &err, "open", rel);
+        const backup_member *m = backup_index_find(idx, member);
+        data = m ? resolve_hardlink(idx, m) : NULL;
+        if (!data || data->type != MEMBER_FILE) {
+            backup_catalog_release(bv->catalog, idx);
+            return !data ? -ENOENT : data->type == MEMBER_DIR ? -EISDIR : -EACCES;
+        }
+        rc = verify_member(bv, idx, data, &err);
+        if (rc == 0)
+            break;
+        if (rc != -EBADMSG) {
+            backup_catalog_release(bv->catalog, idx);
+            return report(rc, &err, "open", rel);
+        }
+        int rebuild = round == 0 && backup_catalog_distrust(bv->catalog, idx);
+        log_error("backup %s, member %s: %s; %s", name, member, err.msg,
+                  rebuild ? "the index walfs loaded is wrong (forged or damaged): discarding it "
+                            "and indexing the backup from its partitions"
+                          : "the index built from the partitions disagrees with them: refusing "
+                            "to serve the file");
         backup_catalog_release(bv->catalog, idx);
-        return !data ? -ENOENT : data->type == MEMBER_DIR ? -EISDIR : -EACCES;
+        if (!rebuild)
+            return -EIO;
+        walfs_err_clear(&err);
     }
     member_handle *h = calloc(1, sizeof *h);
     if (!h) {
