@@ -9,6 +9,7 @@
 #include "backup/backup_index_internal.h"
 #include "common/log.h"
 #include "tests/unit/tap.h"
+#include "tests/unit/test_sh.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,17 +33,6 @@ static char tmpdir[256];
 
 /* ---- helpers ---- */
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    return rc == 0 ? 0 : -1;
-}
 
 static void write_file(const char *path, const char *text)
 {
