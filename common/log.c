@@ -1,5 +1,7 @@
 #include "common/log.h"
 
+#include "common/err.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -143,15 +145,6 @@ size_t walfs_log_escape(const char *in, size_t len, char *out, size_t cap)
     return o;
 }
 
-/* Where to cut a long message so that no UTF-8 sequence is split: the
- * first position at or after at that starts a character. */
-static size_t char_start(const char *msg, size_t len, size_t at)
-{
-    while (at < len && ((unsigned char)msg[at] & 0xC0) == 0x80)
-        at++;
-    return at;
-}
-
 void walfs_log(enum walfs_log_level level, const char *fmt, ...)
 {
     if (level > current_level)
@@ -181,8 +174,8 @@ void walfs_log(enum walfs_log_level level, const char *fmt, ...)
      * holds the reason and what to do. */
     size_t len = (size_t)n, head = len, tail_at = len;
     if (len > LOG_MESSAGE_MAX) {
-        head = char_start(msg, len, LOG_MESSAGE_MAX / 2);
-        tail_at = char_start(msg, len, len - LOG_MESSAGE_MAX / 2);
+        head = walfs_char_start(msg, len, LOG_MESSAGE_MAX / 2);
+        tail_at = walfs_char_start(msg, len, len - LOG_MESSAGE_MAX / 2);
     }
     static char line[LOG_MESSAGE_MAX * 4 + 64];
     pthread_mutex_lock(&log_lock);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/err.h"
 #include "common/log.h"
 #include "tap.h"
 
@@ -108,6 +109,28 @@ int main(void)
     text = slurp(path);
     CHECK(text && !strstr(text, "\\x"), "cutting a long UTF-8 message splits no character");
     free(name);
+
+    /* Error messages are bounded too, and lose the middle, not the end. */
+    char key[3000];
+    memset(key, 'k', sizeof key - 1);
+    key[sizeof key - 1] = '\0';
+    walfs_err err = {0};
+    walfs_err_set(&err, -5, "GET wal_005/%s: HTTP 403 (check the credentials)", key);
+    n = strlen(err.msg);
+    const char *reason = "k: HTTP 403 (check the credentials)";
+    CHECK(n < WALFS_ERR_MSG_MAX && strncmp(err.msg, "GET wal_005/kkk", 15) == 0 &&
+              strstr(err.msg, "k [...] k") && n > strlen(reason) &&
+              strcmp(err.msg + n - strlen(reason), reason) == 0,
+          "a 3000-byte key in an error: the head and the reason are kept (%zu bytes)", n);
+    walfs_err_set(&err, -5, "HTTP 403 (check the credentials)");
+    walfs_err_prefix(&err, "lookup %s: ", key);
+    n = strlen(err.msg);
+    CHECK(n < WALFS_ERR_MSG_MAX && strncmp(err.msg, "lookup kkk", 10) == 0 &&
+              strstr(err.msg, "k [...] k") && strcmp(err.msg + n - strlen(reason), reason) == 0,
+          "a long prefix before an error: the reason after it is kept (%zu bytes)", n);
+    walfs_err_set(&err, -5, "short");
+    walfs_err_prefix(&err, "GET %s: ", "k");
+    CHECK(strcmp(err.msg, "GET k: short") == 0, "a short prefix as before ('%s')", err.msg);
     walfs_log_close();
     close(fd);
     unlink(path);
