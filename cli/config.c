@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fuse.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +17,14 @@
 typedef struct raw_options {
     char *endpoint, *region, *addressing, *cache_dir, *cache_size, *connect_timeout,
         *deadline, *low_speed_time, *attr_timeout, *prefetch, *spool_size, *push_memory, *part_bytes, *part_members, *sse, *storage_class, *ca_file, *log_level,
-        *log_file, *outage_limit;
+        *log_file, *outage_limit, *uid, *gid;
     int help, version, skip_check;
+    int allow_other, default_permissions;
     char *positional[2];
     int n_positional;
 } raw_options;
+
+enum { KEY_ALLOW_OTHER = 1, KEY_DEFAULT_PERMISSIONS };
 
 #define OPT(t, f) {t, offsetof(raw_options, f), 0}
 static const struct fuse_opt option_spec[] = {
@@ -43,6 +48,12 @@ static const struct fuse_opt option_spec[] = {
     OPT("--log-level=%s", log_level),
     OPT("--log-file=%s", log_file),
     OPT("--restore-outage-limit=%s", outage_limit),
+    /* -o uid=,gid=: taken here, not by libfuse, which would stamp them on
+     * the backup members too and hide their tar owners. */
+    OPT("uid=%s", uid),
+    OPT("gid=%s", gid),
+    FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+    FUSE_OPT_KEY("default_permissions", KEY_DEFAULT_PERMISSIONS),
     {"--skip-startup-check", offsetof(raw_options, skip_check), 1},
     {"-h", offsetof(raw_options, help), 1},
     {"--help", offsetof(raw_options, help), 1},
@@ -53,6 +64,10 @@ static const struct fuse_opt option_spec[] = {
 static int take_positional(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
     raw_options *r = data;
+    if (key == KEY_ALLOW_OTHER)
+        r->allow_other = 1;
+    if (key == KEY_DEFAULT_PERMISSIONS)
+        r->default_permissions = 1;
     if (key != FUSE_OPT_KEY_NONOPT)
         return 1; /* keep for FUSE */
     if (r->n_positional >= 2) {
@@ -68,6 +83,21 @@ static const char *env(const char *name)
 {
     const char *v = getenv(name);
     return v && *v ? v : NULL;
+}
+
+/* A user or group given by number or by name; -1 when it is neither. */
+static long parse_owner(const char *text, int group)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (end != text && *end == '\0')
+        return v >= 0 && v < (long)UINT32_MAX ? v : -1;
+    if (group) {
+        struct group *g = getgrnam(text);
+        return g ? (long)g->gr_gid : -1;
+    }
+    struct passwd *p = getpwnam(text);
+    return p ? (long)p->pw_uid : -1;
 }
 
 static int parse_number(const char *text, const char *what, double *out, walfs_err *err)
@@ -132,13 +162,20 @@ void walfs_print_usage(const char *prog)
            "(or WAL-E's $AWS_SECURITY_TOKEN).\n"
            "\n"
            "FUSE options: -f (foreground), -d (debug), -s (single thread), -o OPT[,OPT...]\n"
-           "  e.g. -o allow_other,default_permissions (see README)\n",
+           "  -o allow_other          let other users in; always implies\n"
+           "                          default_permissions: the kernel checks every access\n"
+           "                          against the modes and owners walfs shows (wal_005 is\n"
+           "                          0700 with 0600 files, backup members keep their tar\n"
+           "                          modes and owners; see README)\n"
+           "  -o uid=USER,gid=GROUP   owner of /, wal_005, its files and basebackups_005\n"
+           "                          (default: the mounting user and group)\n",
            prog);
 }
 
 int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *err)
 {
     memset(s, 0, sizeof *s);
+    s->owner_uid = s->owner_gid = -1;
     raw_options r = {0};
     if (fuse_opt_parse(args, &r, option_spec, take_positional) != 0)
         return walfs_err_set(err, -EINVAL, "invalid arguments (see --help)");
@@ -174,6 +211,21 @@ int walfs_settings_parse(walfs_settings *s, struct fuse_args *args, walfs_err *e
         goto out;
     }
     fuse_opt_add_arg(args, s->mountpoint);
+    /* Without default_permissions the kernel lets every user of an
+     * allow_other mount do anything walfs does not refuse itself: read
+     * pg_authid, archive a forged segment, start a push. */
+    if (r.allow_other && !r.default_permissions)
+        fuse_opt_add_arg(args, "-odefault_permissions");
+    if (r.uid && (s->owner_uid = parse_owner(r.uid, 0)) < 0) {
+        rc = walfs_err_set(err, -EINVAL, "-o uid=%s: no such user (give a user name or number)",
+                           r.uid);
+        goto out;
+    }
+    if (r.gid && (s->owner_gid = parse_owner(r.gid, 1)) < 0) {
+        rc = walfs_err_set(err, -EINVAL, "-o gid=%s: no such group (give a group name or "
+                           "number)", r.gid);
+        goto out;
+    }
 
     s->path_style = -1;
     const char *endpoint = r.endpoint ? r.endpoint : env("WALFS_S3_ENDPOINT");
@@ -318,7 +370,7 @@ out:
     free(r.endpoint); free(r.region); free(r.addressing); free(r.cache_dir); free(r.cache_size);
     free(r.connect_timeout); free(r.deadline); free(r.low_speed_time); free(r.attr_timeout); free(r.prefetch); free(r.spool_size); free(r.push_memory); free(r.part_bytes); free(r.part_members);
     free(r.sse); free(r.storage_class); free(r.ca_file); free(r.log_level);
-    free(r.log_file); free(r.outage_limit);
+    free(r.log_file); free(r.outage_limit); free(r.uid); free(r.gid);
     free(r.positional[0]); free(r.positional[1]);
     return rc;
 }

@@ -33,6 +33,7 @@ typedef struct walfs_settings {
     int log_level;
     char *log_file;         /* NULL: stderr in the foreground, syslog (or CACHE_DIR/walfs.log) daemonized */
     long restore_outage_limit_ms; /* 0: a wal_005 read waits through an outage for as long as it lasts */
+    long owner_uid, owner_gid; /* -o uid=,gid=; -1: the mounting user's */
     int show_help, show_version;
     int skip_startup_check;
 } walfs_settings;

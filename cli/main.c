@@ -136,6 +136,8 @@ int main(int argc, char *argv[])
         .prefetch_segments = settings.prefetch_segments,
         .deadline_ms = settings.deadline_ms,
         .restore_outage_limit_ms = settings.restore_outage_limit_ms,
+        .owner_uid = settings.owner_uid,
+        .owner_gid = settings.owner_gid,
         .push_spool_bytes = settings.push_spool_bytes,
         .push_reorder_bytes = settings.push_reorder_bytes,
         .push_limits = {.max_partition_bytes = settings.backup_partition_bytes,

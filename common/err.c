@@ -2,7 +2,66 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define ELIDED " [...] "
+
+size_t walfs_char_start(const char *s, size_t len, size_t at)
+{
+    while (at < len && ((unsigned char)s[at] & 0xC0) == 0x80)
+        at++;
+    return at;
+}
+
+/* src[0..len) into msg; a longer one keeps its head and its tail, where
+ * the reason and what to do are, and loses the middle (a long key name). */
+static void fit(char *msg, const char *src, size_t len)
+{
+    const size_t cap = WALFS_ERR_MSG_MAX - 1;
+    if (len <= cap) {
+        memmove(msg, src, len);
+        msg[len] = '\0';
+        return;
+    }
+    size_t keep = cap - strlen(ELIDED);
+    size_t head = keep / 2;
+    while (head > 0 && ((unsigned char)src[head] & 0xC0) == 0x80)
+        head--;
+    size_t tail_at = walfs_char_start(src, len, len - (keep - head));
+    char out[WALFS_ERR_MSG_MAX];
+    memcpy(out, src, head);
+    memcpy(out + head, ELIDED, strlen(ELIDED));
+    memcpy(out + head + strlen(ELIDED), src + tail_at, len - tail_at);
+    out[head + strlen(ELIDED) + len - tail_at] = '\0';
+    memcpy(msg, out, strlen(out) + 1);
+}
+
+/* fmt formatted in full (on the heap when that is long), followed by
+ * after (the old message, for a prefix), fitted into err->msg. */
+static void format_into(walfs_err *err, const char *fmt, va_list ap, const char *after)
+{
+    char stack[WALFS_ERR_MSG_MAX * 2], *buf = stack;
+    va_list again;
+    va_copy(again, ap);
+    size_t alen = after ? strlen(after) : 0;
+    int n = vsnprintf(stack, sizeof stack, fmt, ap);
+    if (n < 0)
+        n = 0, stack[0] = '\0';
+    if ((size_t)n + alen >= sizeof stack) {
+        buf = malloc((size_t)n + alen + 1);
+        if (buf)
+            vsnprintf(buf, (size_t)n + 1, fmt, again);
+        else
+            buf = stack, n = (int)strlen(stack), alen = 0;
+    }
+    va_end(again);
+    if (alen)
+        memcpy(buf + n, after, alen + 1);
+    fit(err->msg, buf, (size_t)n + alen);
+    if (buf != stack)
+        free(buf);
+}
 
 int walfs_err_set(walfs_err *err, int code, const char *fmt, ...)
 {
@@ -11,7 +70,7 @@ int walfs_err_set(walfs_err *err, int code, const char *fmt, ...)
     err->code = code;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    format_into(err, fmt, ap, NULL);
     va_end(ap);
     return code;
 }
@@ -20,20 +79,13 @@ int walfs_err_prefix(walfs_err *err, const char *fmt, ...)
 {
     if (!err)
         return 0;
-    char prefix[WALFS_ERR_MSG_MAX];
+    char old[WALFS_ERR_MSG_MAX];
+    memcpy(old, err->msg, sizeof old);
+    old[sizeof old - 1] = '\0';
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(prefix, sizeof prefix, fmt, ap);
+    format_into(err, fmt, ap, old);
     va_end(ap);
-    if (n <= 0)
-        return err->code;
-    size_t plen = (size_t)n < sizeof prefix ? (size_t)n : sizeof prefix - 1;
-    size_t old = strnlen(err->msg, sizeof err->msg - 1);
-    if (plen + old >= sizeof err->msg)
-        old = sizeof err->msg - 1 - plen;
-    memmove(err->msg + plen, err->msg, old);
-    memcpy(err->msg, prefix, plen);
-    err->msg[plen + old] = '\0';
     return err->code;
 }
 

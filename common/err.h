@@ -21,7 +21,9 @@ typedef struct walfs_err {
 } walfs_err;
 
 /* Records code and a printf-formatted message; returns code so callers can
- * write `return walfs_err_set(err, -EIO, "...")`.  err may be NULL. */
+ * write `return walfs_err_set(err, -EIO, "...")`.  err may be NULL.  A
+ * message too long for msg (a long key name in it) keeps its beginning and
+ * its end, where the reason and what to do are, and loses the middle. */
 int walfs_err_set(walfs_err *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -30,5 +32,9 @@ int walfs_err_prefix(walfs_err *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 void walfs_err_clear(walfs_err *err);
+
+/* The first position at or after at (at most len) that starts a UTF-8
+ * character: where a long message may be cut. */
+size_t walfs_char_start(const char *s, size_t len, size_t at);
 
 #endif

@@ -1,7 +1,11 @@
 /* Logging to stderr, a file (--log-file) or syslog.  One line per event,
- * with a time stamp and a level.  Callers must never pass credentials. */
+ * with a time stamp and a level.  Callers must never pass credentials.
+ * Names in messages come from the bucket and from other users, so every
+ * message is escaped here: no name can forge or break a line. */
 #ifndef WALFS_COMMON_LOG_H
 #define WALFS_COMMON_LOG_H
+
+#include <stddef.h>
 
 enum walfs_log_level { WALFS_LOG_ERROR = 0, WALFS_LOG_WARN, WALFS_LOG_INFO, WALFS_LOG_DEBUG };
 
@@ -15,6 +19,12 @@ int walfs_log_use_file(const char *path);
  * machines without a syslog daemon) every syslog line is lost. */
 int walfs_log_syslog_available(void);
 void walfs_log_close(void);
+/* in[0..len) with \n, \r, \t escaped so, other control bytes (C0, DEL,
+ * C1) and bytes that are not well-formed UTF-8 as \xNN; written to out
+ * (cap bytes, always terminated when cap > 0; cut after the last whole
+ * character or escape that fits).
+ * Returns the escaped length, as snprintf does. */
+size_t walfs_log_escape(const char *in, size_t len, char *out, size_t cap);
 void walfs_log(enum walfs_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

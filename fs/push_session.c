@@ -17,6 +17,7 @@
 #include "fs/backup_view.h"
 #include "fs/push_cleanup.h"
 #include "fs/spool_file.h"
+#include "postgres/wal_file.h"
 
 #define MANIFEST_TMP "backup_manifest.tmp"
 #define MANIFEST "backup_manifest"
@@ -175,6 +176,14 @@ static void node_free(push_node *n)
     free(n);
 }
 
+/* The push's own directory is never writable by others: what they put
+ * there would become part of the backup (with allow_other the kernel
+ * enforces the mode shown, default_permissions being implied). */
+static uint32_t node_mode(const char *path, mode_t mode)
+{
+    return path[0] ? mode & 07777 : mode & 07755;
+}
+
 static push_node *add_node(push_registry *reg, push_session *s, const char *path,
                            backup_member_type type, uint32_t mode)
 {
@@ -183,7 +192,7 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
         return NULL;
     n->path = strdup(path);
     n->type = type;
-    n->mode = mode & 07777;
+    n->mode = node_mode(path, mode);
     struct fuse_context *ctx = fuse_get_context();
     n->uid = ctx ? ctx->uid : reg->uid;
     n->gid = ctx ? ctx->gid : reg->gid;
@@ -361,9 +370,9 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
     if (!s->segment_size)
         return walfs_err_set(err, -EINVAL, "backup_label: start location %s does not belong to "
                              "file %s", lsn_text, file);
-    /* WAL-E: lpad(file_offset::text, 8, '0'), the offset in decimal. */
-    snprintf(s->backup_name, sizeof s->backup_name, "base_%s_%08" PRIu64, file,
-             (uint64_t)(lsn % s->segment_size) % 100000000u);
+    char offset[9];
+    wal_offset_lpad(lsn % s->segment_size, offset);
+    snprintf(s->backup_name, sizeof s->backup_name, "base_%s_%s", file, offset);
     memcpy(s->start_segment, file, 25);
     char sentinel[256];
     snprintf(sentinel, sizeof sentinel, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX,
@@ -641,8 +650,7 @@ static int stop_from_manifest(push_session *s, push_node *manifest, backup_write
     uint64_t per_log = 0x100000000ull / s->segment_size, segno = lsn / s->segment_size;
     snprintf(stop->stop_segment, sizeof stop->stop_segment, "%08X%08X%08X", (unsigned)timeline,
              (unsigned)(segno / per_log), (unsigned)(segno % per_log));
-    snprintf(stop->stop_offset, sizeof stop->stop_offset, "%08" PRIu64,
-             (lsn % s->segment_size) % 100000000u);
+    wal_offset_lpad(lsn % s->segment_size, stop->stop_offset);
     return 0;
 }
 
@@ -662,8 +670,7 @@ static int stop_from_control(push_session *s, backup_writer_stop *stop, walfs_er
     uint64_t per_log = 0x100000000ull / s->segment_size, segno = lsn / s->segment_size;
     snprintf(stop->stop_segment, sizeof stop->stop_segment, "%08X%08X%08X", timeline,
              (unsigned)(segno / per_log), (unsigned)(segno % per_log));
-    snprintf(stop->stop_offset, sizeof stop->stop_offset, "%08" PRIu64,
-             (lsn % s->segment_size) % 100000000u);
+    wal_offset_lpad(lsn % s->segment_size, stop->stop_offset);
     if (strcmp(stop->stop_segment + 8, s->start_segment + 8) < 0)
         memcpy(stop->stop_segment, s->start_segment, 25);
     return 0;
@@ -1297,7 +1304,7 @@ int push_chmod(push_registry *reg, const char *rel, mode_t mode)
     push_node *n;
     int rc = change_node(reg, rel, &n);
     if (!rc && !n->emitted)
-        n->mode = mode & 07777;
+        n->mode = node_mode(n->path, mode);
     pthread_mutex_unlock(&reg->lock);
     return rc;
 }

@@ -31,6 +31,7 @@
 
 #define WAL_DIR "wal_005"
 #define LZO_SUFFIX ".lzo"
+#define WAL_FILE_MODE 0600 /* pg_wal's: a segment may hold any row of any table */
 
 typedef enum node_kind {
     NODE_ROOT,
@@ -322,21 +323,22 @@ static int report(int rc, const walfs_err *err, const char *op, const char *path
     return -EIO; /* timeouts, corrupt data, server errors: never mistaken for "missing" */
 }
 
-static void fill_dir_stat(const walfs_fs *fs, struct stat *st)
+static void fill_dir_stat(const walfs_fs *fs, struct stat *st, mode_t mode)
 {
     memset(st, 0, sizeof *st);
-    st->st_mode = S_IFDIR | 0755;
+    st->st_mode = S_IFDIR | mode;
     st->st_nlink = 2;
     st->st_uid = fs->uid;
     st->st_gid = fs->gid;
     st->st_mtime = st->st_ctime = st->st_atime = fs->mount_time;
 }
 
-static void fill_file_stat(const walfs_fs *fs, struct stat *st, uint64_t size, time_t mtime,
-                           mode_t mode)
+/* Every file in wal_005 shows as 0600, whatever mode its writer gave it
+ * (that mode goes into the lzop header only). */
+static void fill_file_stat(const walfs_fs *fs, struct stat *st, uint64_t size, time_t mtime)
 {
     memset(st, 0, sizeof *st);
-    st->st_mode = S_IFREG | mode;
+    st->st_mode = S_IFREG | WAL_FILE_MODE;
     st->st_nlink = 1;
     st->st_uid = fs->uid;
     st->st_gid = fs->gid;
@@ -377,15 +379,19 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
     if (kind_of(fi) == HANDLE_WAL) {
         wal_handle *h = (wal_handle *)(uintptr_t)fi->fh;
         pthread_mutex_lock(&h->lock);
-        fill_file_stat(fs, st, h->size, time(NULL), h->mode);
+        fill_file_stat(fs, st, h->size, time(NULL));
         pthread_mutex_unlock(&h->lock);
         return 0;
     }
     const char *name;
     switch (classify(path, &name)) {
     case NODE_ROOT:
+        fill_dir_stat(fs, st, 0755);
+        return 0;
     case NODE_WAL_DIR:
-        fill_dir_stat(fs, st);
+        /* As PostgreSQL keeps pg_wal: with allow_other (and so
+         * default_permissions) only the owner may list, read or archive. */
+        fill_dir_stat(fs, st, 0700);
         return 0;
     case NODE_BACKUPS:
         if (in_push(fs, name))
@@ -400,14 +406,14 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
     wal_handle *w = find_writer(fs, name);
     if (w) {
         pthread_mutex_lock(&w->lock);
-        fill_file_stat(fs, st, w->size, time(NULL), w->mode);
+        fill_file_stat(fs, st, w->size, time(NULL));
         pthread_mutex_unlock(&w->lock);
         pthread_mutex_unlock(&fs->writers_lock);
         return 0;
     }
     struct scratch_file *f = find_scratch(fs, name);
     if (f) {
-        fill_file_stat(fs, st, f->size, time(NULL), f->mode);
+        fill_file_stat(fs, st, f->size, time(NULL));
         pthread_mutex_unlock(&fs->writers_lock);
         return 0;
     }
@@ -425,7 +431,7 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
     free(key);
     if (rc)
         return report(rc, &err, "lookup", path);
-    fill_file_stat(fs, st, size, meta.mtime, 0644);
+    fill_file_stat(fs, st, size, meta.mtime);
     return 0;
 }
 
@@ -527,6 +533,12 @@ static void *probe_main(void *arg)
 static int start_writer(walfs_fs *fs, const char *path, const char *name, mode_t mode,
                         struct fuse_file_info *fi)
 {
+    if (strncmp(name, STORE_RESERVED_PREFIX, strlen(STORE_RESERVED_PREFIX)) == 0) {
+        log_error("create %s refused: names starting %s are reserved for walfs's temporary "
+                  "files (such a file would never be listed); use another name", path,
+                  STORE_RESERVED_PREFIX);
+        return -EINVAL;
+    }
     wal_handle *h = handle_new(name);
     if (!h)
         return -ENOMEM;
@@ -662,7 +674,7 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
         handle_free(h);
         return report(rc, &err, "open", path);
     }
-    h->mode = 0644;
+    h->mode = WAL_FILE_MODE;
     wal_prefetch_after(fs->prefetch, name, h->size);
     fi->fh = (uint64_t)(uintptr_t)h;
     fi->keep_cache = 1; /* archived objects never change under the same ETag */
@@ -1287,8 +1299,8 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
     fs->cfg = *cfg;
     if (fs->cfg.deadline_ms <= 0)
         fs->cfg.deadline_ms = 60000;
-    fs->uid = getuid();
-    fs->gid = getgid();
+    fs->uid = cfg->owner_uid >= 0 ? (uid_t)cfg->owner_uid : getuid();
+    fs->gid = cfg->owner_gid >= 0 ? (gid_t)cfg->owner_gid : getgid();
     fs->mount_time = time(NULL);
     pthread_mutex_init(&fs->writers_lock, NULL);
     pthread_mutex_init(&fs->misses_lock, NULL);

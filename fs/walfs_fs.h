@@ -26,6 +26,7 @@ typedef struct walfs_fs_config {
     uint64_t push_spool_bytes;          /* files of a push waiting locally, at most */
     uint64_t push_reorder_bytes;        /* out-of-order writes of a push held in memory */
     backup_writer_limits push_limits;   /* partition limits of pushed backups (0 = WAL-E's) */
+    long owner_uid, owner_gid; /* of /, wal_005 and its files, basebackups_005; -1: ours */
 } walfs_fs_config;
 
 typedef struct walfs_fs walfs_fs;

@@ -1,5 +1,7 @@
 #include "postgres/wal_file.h"
 
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 /* XLogLongPageHeaderData on every platform PostgreSQL supports: the short
@@ -43,4 +45,14 @@ int wal_segment_check(const unsigned char *head, size_t head_len, uint64_t size,
         return -1;
     *expected = seg_size;
     return size == seg_size ? 1 : 0;
+}
+
+void wal_offset_lpad(uint64_t offset, char out[9])
+{
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%" PRIu64, offset);
+    int pad = n < 8 ? 8 - n : 0;
+    memset(out, '0', (size_t)pad);
+    memcpy(out + pad, digits, (size_t)(8 - pad));
+    out[8] = '\0';
 }

@@ -24,4 +24,10 @@ int wal_name_is_segment(const char *name);
 int wal_segment_check(const unsigned char *head, size_t head_len, uint64_t size,
                       uint64_t *expected);
 
+/* out = WAL-E's lpad(offset::text, 8, '0') of an offset into a segment, as
+ * in base backup names and wal_segment_offset_backup_stop: shorter
+ * decimals left-padded with '0' to 8, longer ones cut to their first 8
+ * digits (PostgreSQL's lpad truncates on the right). */
+void wal_offset_lpad(uint64_t offset, char out[9]);
+
 #endif

@@ -16,7 +16,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define TMP_MARKER ".walfs-tmp."
+#define TMP_MARKER STORE_RESERVED_PREFIX
 #define XATTR_UNCOMPRESSED "user.walfs.uncompressed_size"
 
 typedef struct local_store {
@@ -125,13 +125,27 @@ static int local_get(store *st, const char *key, uint64_t offset, uint64_t lengt
     return rc;
 }
 
+/* A new object's path: refused when its name is one the listing skips. */
+static int join_new(const local_store *ls, const char *key, char *out, size_t outlen,
+                    walfs_err *err)
+{
+    const char *base = strrchr(key, '/');
+    base = base ? base + 1 : key;
+    if (strncmp(base, TMP_MARKER, strlen(TMP_MARKER)) == 0)
+        return walfs_err_set(err, -EINVAL, "cannot store %s: names starting %s are reserved "
+                             "for walfs's temporary files", key, TMP_MARKER);
+    return join(ls, key, out, outlen, err);
+}
+
+/* 0700 directories and 0600 files: the archive holds every row of the
+ * database, and the local backend is the only thing that reads it. */
 static int mkdirs(char *path)
 {
     for (char *p = path + 1; *p; p++) {
         if (*p != '/')
             continue;
         *p = '\0';
-        int r = mkdir(path, 0755);
+        int r = mkdir(path, 0700);
         *p = '/';
         if (r != 0 && errno != EEXIST)
             return -errno;
@@ -160,7 +174,7 @@ static int local_put(store *st, const char *key, const void *body, size_t len,
 {
     local_store *ls = (local_store *)st;
     char path[PATH_MAX], tmp[PATH_MAX];
-    int rc = join(ls, key, path, sizeof path, err);
+    int rc = join_new(ls, key, path, sizeof path, err);
     if (rc)
         return rc;
     if (mkdirs(path) != 0)
@@ -170,7 +184,7 @@ static int local_put(store *st, const char *key, const void *body, size_t len,
                      slash + 1, (long)getpid());
     if (n < 0 || (size_t)n >= sizeof tmp)
         return walfs_err_set(err, -ENAMETOOLONG, "key too long: %s", key);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return errno_result(err, errno, "create", tmp);
     const char *p = body;
@@ -237,7 +251,7 @@ static int local_upload_begin(store *st, const char *key, store_upload **out, wa
         return walfs_err_set(err, -ENOMEM, "out of memory");
     up->ls = ls;
     up->fd = -1;
-    int rc = join(ls, key, up->path, sizeof up->path, err);
+    int rc = join_new(ls, key, up->path, sizeof up->path, err);
     if (rc)
         goto fail;
     if (mkdirs(up->path) != 0) {
@@ -252,7 +266,7 @@ static int local_upload_begin(store *st, const char *key, store_upload **out, wa
         rc = walfs_err_set(err, -ENAMETOOLONG, "key too long: %s", key);
         goto fail;
     }
-    up->fd = open(up->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    up->fd = open(up->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (up->fd < 0) {
         rc = errno_result(err, errno, "create", up->tmp);
         goto fail;

@@ -114,6 +114,11 @@ static inline int store_abort_uploads(store *st, const char *dir_prefix, walfs_e
 { return st->ops->abort_uploads(st, dir_prefix, err); }
 void store_close(store *st);
 
+/* The local backend's temporary files start with this and are neither
+ * listed nor kept, so no object name may: it would be stored and never
+ * seen again. */
+#define STORE_RESERVED_PREFIX ".walfs-tmp."
+
 /* Backends (store/local.c, store/s3.c). */
 int store_local_open(const char *root_dir, store **out, walfs_err *err);
 int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,
