@@ -176,12 +176,14 @@ static void node_free(push_node *n)
     free(n);
 }
 
-/* The push's own directory is never writable by others: what they put
- * there would become part of the backup (with allow_other the kernel
- * enforces the mode shown, default_permissions being implied). */
-static uint32_t node_mode(const char *path, mode_t mode)
+/* Nothing in a push is writable by group or others: what they put there
+ * would become part of the backup (with allow_other the kernel enforces the
+ * mode shown, default_permissions being implied).  PostgreSQL never gives
+ * its data directory's files or directories group or other write, so the
+ * backup loses nothing. */
+static uint32_t node_mode(mode_t mode)
 {
-    return path[0] ? mode & 07777 : mode & 07755;
+    return mode & 07755;
 }
 
 static push_node *add_node(push_registry *reg, push_session *s, const char *path,
@@ -192,7 +194,7 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
         return NULL;
     n->path = strdup(path);
     n->type = type;
-    n->mode = node_mode(path, mode);
+    n->mode = node_mode(mode);
     struct fuse_context *ctx = fuse_get_context();
     n->uid = ctx ? ctx->uid : reg->uid;
     n->gid = ctx ? ctx->gid : reg->gid;
@@ -1304,7 +1306,7 @@ int push_chmod(push_registry *reg, const char *rel, mode_t mode)
     push_node *n;
     int rc = change_node(reg, rel, &n);
     if (!rc && !n->emitted)
-        n->mode = node_mode(n->path, mode);
+        n->mode = node_mode(mode);
     pthread_mutex_unlock(&reg->lock);
     return rc;
 }
