@@ -45,6 +45,7 @@ struct object_cache {
     fill_in_flight *fills;
     uint64_t stored;        /* finished copies, as last counted on disk */
     uint64_t reserved;      /* sum of the fills' reserved */
+    uint64_t finished;      /* fills that added a copy to stored */
     size_memo *memo;
     size_t memo_count;
 };
@@ -123,6 +124,24 @@ static uint64_t evict_to(object_cache *oc, uint64_t target)
     return total;
 }
 
+/* A writer killed a moment ago may still be a zombie until its parent (for
+ * a daemon: init) reaps it; it writes no more. */
+static int process_gone(long pid)
+{
+    if (kill((pid_t)pid, 0) != 0)
+        return errno == ESRCH;
+    char path[64], stat_line[256];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(stat_line, 1, sizeof stat_line - 1, f);
+    fclose(f);
+    stat_line[n] = '\0';
+    const char *state = strrchr(stat_line, ')');
+    return state && state[1] == ' ' && state[2] == 'Z';
+}
+
 /* Removes partial copies: at start those whose writer is gone (killed
  * mid-fetch), at the end this process's own. */
 static void remove_partial_copies(const char *dir, int at_start)
@@ -139,7 +158,7 @@ static void remove_partial_copies(const char *dir, int at_start)
         long pid = strtol(de->d_name + strlen(FILL_PREFIX), &end, 10);
         /* Also the pid-less names older walfs versions wrote; and at start
          * our own pid is a dead predecessor's (containers reuse pids). */
-        int gone = *end != '-' || pid <= 0 || pid == me || (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+        int gone = *end != '-' || pid <= 0 || pid == me || process_gone(pid);
         if ((at_start ? gone : pid == me) && unlinkat(dirfd(d), de->d_name, 0) == 0)
             log_info("removed %s/%s, a partial copy of an interrupted fetch", dir, de->d_name);
     }
@@ -252,8 +271,12 @@ static int make_way_for(object_cache *oc, const fill_in_flight *f)
     for (fill_in_flight *g = oc->fills; g; g = g->next) {
         if (g == f || g->foreground || (!f->foreground && strcmp(g->key, f->key) <= 0))
             continue;
-        g->give_way = 1;
         holding |= g->reserved > 0;
+        if (!g->give_way) {
+            g->give_way = 1;
+            /* One waiting for room itself stops now, not at its next wake. */
+            pthread_cond_broadcast(&oc->changed);
+        }
     }
     return holding;
 }
@@ -283,12 +306,16 @@ static int reserve(object_cache *oc, fill_in_flight *f, uint64_t len, const char
             break;
         }
         if (!counted) {
-            /* Counted afresh: another walfs may share the directory. */
+            /* Counted afresh: another walfs may share the directory.  A
+             * copy finished meanwhile may be missing from the count. */
+            uint64_t finished = oc->finished;
             pthread_mutex_unlock(&oc->lock);
             uint64_t left = evict_to(oc, need < oc->max_bytes ? oc->max_bytes - need : 0);
             pthread_mutex_lock(&oc->lock);
-            oc->stored = left;
-            counted = 1;
+            if (finished == oc->finished) {
+                oc->stored = left;
+                counted = 1;
+            }
             continue;
         }
         if (make_way_for(oc, f)) {
@@ -509,8 +536,10 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
         /* Its room now belongs to the finished copy, or (failed: the partial
          * copy is already removed) to nobody. */
         oc->reserved -= mine.reserved;
-        if (!rc)
+        if (!rc) {
             oc->stored += mine.reserved;
+            oc->finished++;
+        }
         pthread_cond_broadcast(&oc->changed);
         pthread_mutex_unlock(&oc->lock);
         if (rc)
