@@ -19,18 +19,14 @@
 #include "codec/lzop.h"
 #include "fs/object_cache.h"
 #include "tap.h"
+#include "test_buf.h"
 
 #define MiB (1024u * 1024u)
 #define CHUNK (64u * 1024u)
 
-typedef struct blob {
-    unsigned char *p;
-    size_t len, cap;
-} blob;
-
 typedef struct fake_obj {
     const char *key;
-    const blob *lzo;
+    const buf *lzo;
     int64_t recorded;
     int gated; /* stops half-way until the test opens the gate */
 } fake_obj;
@@ -128,23 +124,11 @@ static int fake_get(store *st, const char *key, uint64_t offset, uint64_t length
 
 static const store_ops fake_ops = {.stat = fake_stat, .get = fake_get};
 
-static int append(void *ctx, const void *data, size_t len)
-{
-    blob *b = ctx;
-    if (b->len + len > b->cap) {
-        b->cap = (b->len + len) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-    return 0;
-}
-
 /* head (may be NULL) then zeros, or pseudo-random bytes (incompressible:
  * the object is about as long as what it decompresses to). */
-static blob compress(const unsigned char *head, size_t head_len, size_t total, int random)
+static buf compress(const unsigned char *head, size_t head_len, size_t total, int random)
 {
-    blob out = {0};
+    buf out = {0};
     walfs_err err = {0};
     lzop_encoder *enc = lzop_encoder_new(0100600, 0);
     unsigned char *chunk = calloc(1, MiB);
@@ -158,10 +142,10 @@ static blob compress(const unsigned char *head, size_t head_len, size_t total, i
         }
         if (done == 0 && head)
             memcpy(chunk, head, head_len);
-        lzop_encoder_write(enc, chunk, n, append, &out, &err);
+        lzop_encoder_write(enc, chunk, n, buf_sink, &out, &err);
         done += n;
     }
-    lzop_encoder_finish(enc, append, &out, &err);
+    lzop_encoder_finish(enc, buf_sink, &out, &err);
     lzop_encoder_free(enc);
     free(chunk);
     return out;
@@ -176,7 +160,7 @@ static object_cache *new_cache(fake_store *fs, char *dir, uint64_t max)
     return oc;
 }
 
-static void add(fake_store *fs, const char *key, const blob *lzo, int64_t recorded, int gated)
+static void add(fake_store *fs, const char *key, const buf *lzo, int64_t recorded, int gated)
 {
     fs->objs[fs->n++] = (fake_obj){.key = key, .lzo = lzo, .recorded = recorded, .gated = gated};
 }
@@ -229,13 +213,13 @@ int main(void)
     pthread_mutex_init(&fs.lock, NULL);
     pthread_cond_init(&fs.cond, NULL);
 
-    blob zeros64 = compress(NULL, 0, 64 * MiB, 0);
+    buf zeros64 = compress(NULL, 0, 64 * MiB, 0);
     unsigned char head[40];
     long_header(head, MiB);
-    blob header_bomb = compress(head, sizeof head, 4 * MiB, 0);
-    blob segment_1m = compress(head, sizeof head, MiB, 0);
-    blob small = compress(NULL, 0, MiB, 0);
-    blob random3 = compress(NULL, 0, 3 * MiB, 1);
+    buf header_bomb = compress(head, sizeof head, 4 * MiB, 0);
+    buf segment_1m = compress(head, sizeof head, MiB, 0);
+    buf small = compress(NULL, 0, MiB, 0);
+    buf random3 = compress(NULL, 0, 3 * MiB, 1);
     add(&fs, "wal_005/000000010000000000000031.lzo", &zeros64, -1, 0);
     add(&fs, "wal_005/000000010000000000000041.lzo", &zeros64, -1, 0);
     add(&fs, "wal_005/000000010000000000000042.lzo", &zeros64, -1, 0);
@@ -367,11 +351,11 @@ int main(void)
           "the end removes this process's own, only");
     unlink(live);
 
-    free(zeros64.p);
-    free(header_bomb.p);
-    free(segment_1m.p);
-    free(small.p);
-    free(random3.p);
+    buf_free(&zeros64);
+    buf_free(&header_bomb);
+    buf_free(&segment_1m);
+    buf_free(&small);
+    buf_free(&random3);
     pthread_mutex_destroy(&fs.lock);
     pthread_cond_destroy(&fs.cond);
     char cmd[600];
