@@ -25,6 +25,15 @@ typedef struct size_memo {
     struct size_memo *next;
 } size_memo;
 
+/* Objects refused for what they decompress to: the same ETag decompresses
+ * the same way, so a bomb costs one download, not one per `stat`.  The
+ * last few are enough (a full archive of bombs just costs more). */
+#define REFUSALS 32
+typedef struct refusal {
+    char name[65];
+    char msg[WALFS_ERR_MSG_MAX];
+} refusal;
+
 /* A copy being fetched: a second reader of the same object (a cp that
  * caught up with read-ahead) waits for it instead of fetching it again. */
 typedef struct fill_in_flight {
@@ -33,6 +42,7 @@ typedef struct fill_in_flight {
     int give_way;         /* a fill before it needs its room: stop and free it */
     const char *key;      /* read-ahead of an earlier name goes first */
     uint64_t reserved;    /* bytes of it counted toward max_bytes */
+    int refused;          /* it decompressed past its limit */
     struct fill_in_flight *next;
 } fill_in_flight;
 
@@ -48,6 +58,8 @@ struct object_cache {
     uint64_t finished;      /* fills that added a copy to stored */
     size_memo *memo;
     size_t memo_count;
+    refusal refusals[REFUSALS];
+    unsigned next_refusal;
 };
 
 /* Partial copies are named after the process writing them, so that a
@@ -428,8 +440,10 @@ static int write_decoded(void *ctx, const void *data, size_t len)
             t->why = LIMIT_PAGE_HEADER;
         }
     }
-    if (len > t->limit - t->written)
+    if (len > t->limit - t->written) {
+        t->fill->refused = 1;
         return refuse(t->err, t->key, t->why, t->limit);
+    }
     int rc = reserve(t->oc, t->fill, len, t->key, t->err);
     if (rc)
         return rc;
@@ -521,6 +535,13 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
             fd = open(path, O_RDONLY | O_CLOEXEC);
             continue;
         }
+        for (unsigned i = 0; i < REFUSALS; i++) {
+            if (strcmp(oc->refusals[i].name, name) == 0) {
+                int rc = walfs_err_set(err, -EIO, "%s", oc->refusals[i].msg);
+                pthread_mutex_unlock(&oc->lock);
+                return rc;
+            }
+        }
         fill_in_flight mine = {.next = oc->fills, .foreground = foreground, .key = key};
         memcpy(mine.name, name, sizeof mine.name);
         oc->fills = &mine;
@@ -539,6 +560,11 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
         if (!rc) {
             oc->stored += mine.reserved;
             oc->finished++;
+        }
+        if (mine.refused && err) {
+            refusal *r = &oc->refusals[oc->next_refusal++ % REFUSALS];
+            memcpy(r->name, name, sizeof r->name);
+            snprintf(r->msg, sizeof r->msg, "%s", err->msg);
         }
         pthread_cond_broadcast(&oc->changed);
         pthread_mutex_unlock(&oc->lock);

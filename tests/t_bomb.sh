@@ -87,6 +87,9 @@ check "... and a log line naming the object, the limit and what to do" \
     grep -qE "wal_005/000000010000000000000031\.lzo.*16 MiB.*--cache-size" "$LOG"
 check "... the cache never held more than --cache-size (peak $(mib "$peak"))" [ "$peak" -le $((16 * MiB)) ]
 check "... and nothing of it is left in the cache" [ "$(bytes_in "$OBJ")" -eq 0 ]
+stat "$MNT/wal_005/000000010000000000000031" >/dev/null 2>&1; rc=$?
+check "a second stat fails too, without a second download" \
+    [ $rc -ne 0 -a "$(grep -c 'fetching wal_005/000000010000000000000031.lzo' "$LOG")" -eq 1 ]
 
 start_sampler "$OBJ"
 t0=$EPOCHREALTIME

@@ -244,6 +244,12 @@ int main(void)
     CHECK(fs.peak <= 16 * MiB, "... the cache never held more than 16 MiB (%llu bytes)",
           (unsigned long long)fs.peak);
     CHECK(bytes_in(fs.objects_dir) == 0, "... and nothing of it stays");
+    int gets = fs.gets;
+    char first[sizeof j.err.msg];
+    memcpy(first, j.err.msg, sizeof first);
+    run(&j);
+    CHECK(j.rc == -EIO && fs.gets == gets && strcmp(j.err.msg, first) == 0,
+          "a second stat is refused the same way without a download");
 
     fs.peak = 0;
     job four[4];
