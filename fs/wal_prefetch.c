@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/log.h"
+#include "postgres/wal_file.h"
 
 #define QUEUE_MAX 32
 #define WORKERS 2
@@ -30,7 +30,7 @@ struct wal_prefetch {
 int wal_segment_name_after(const char *name, uint64_t segment_size, int ahead, char out[25])
 {
     if (strlen(name) != 24 || strspn(name, "0123456789ABCDEF") != 24 || segment_size == 0 ||
-        (segment_size & (segment_size - 1)) != 0 || segment_size > (1ull << 30))
+        (segment_size & (segment_size - 1)) != 0 || segment_size > WAL_FILE_MAX_BYTES)
         return -1;
     unsigned tli, log, seg;
     if (sscanf(name, "%8X%8X%8X", &tli, &log, &seg) != 3)
@@ -65,11 +65,9 @@ static int fetch_one(wal_prefetch *p, const char *name)
     if (rc == -ENOENT)
         return 0; /* not archived yet: the standby will ask again */
     if (rc == 0) {
-        int fd;
         uint64_t size;
-        rc = object_cache_open(p->cache, key, &meta, &fd, &size, &err);
+        rc = object_cache_prefetch(p->cache, key, &meta, &size, &err);
         if (rc == 0) {
-            close(fd);
             log_debug("prefetched %s (%llu bytes)", key, (unsigned long long)size);
             return 1;
         }

@@ -40,7 +40,7 @@ int wal_segment_check(const unsigned char *head, size_t head_len, uint64_t size,
     uint32_t seg_size = host_u32(head + OFF_SEG_SIZE);
     uint32_t blcksz = host_u32(head + OFF_BLCKSZ);
     /* wal_segment_size: 1 MiB to 1 GiB; wal block size: 1 KiB to 64 KiB. */
-    if (!(info & XLP_LONG_HEADER) || !power_of_two_between(seg_size, 1u << 20, 1u << 30) ||
+    if (!(info & XLP_LONG_HEADER) || !power_of_two_between(seg_size, 1u << 20, WAL_FILE_MAX_BYTES) ||
         !power_of_two_between(blcksz, 1u << 10, 1u << 16))
         return -1;
     *expected = seg_size;

@@ -9,6 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The largest file PostgreSQL puts in pg_wal: a segment of its largest
+ * wal_segment_size (history and backup history files are far smaller). */
+#define WAL_FILE_MAX_BYTES (1ull << 30)
+
 /* Bytes of a segment's first page header that wal_segment_check reads. */
 #define WAL_LONG_HEADER_BYTES 40
 
