@@ -1351,6 +1351,15 @@ void walfs_fs_free(walfs_fs *fs)
         scratch_free(fs->scratch);
         fs->scratch = next;
     }
+    /* The kernel sends no release for a file still open when the mount goes
+     * away (a lazy unmount, a writer killed at shutdown). */
+    while (fs->writers) {
+        wal_handle *next = fs->writers->next_writer;
+        log_warn("wal_005/%s was still open for writing at unmount; it was not archived "
+                 "(PostgreSQL's archiver retries it)", fs->writers->name);
+        handle_free(fs->writers);
+        fs->writers = next;
+    }
     push_registry_free(fs->pushes);
     backup_view_free(fs->backups);
     wal_prefetch_free(fs->prefetch);
