@@ -60,14 +60,15 @@ expected=$(awk -F'\t' '$1 ~ /^pgdb\/wal_005\// {sub("pgdb/wal_005/", "", $1); su
 echo "list=off" >"$CTL"
 python3 tests/lib/faultproxy.py --upstream "$RGW_ENDPOINT" --listen "$PROXY_PORT" \
     --stats "$STATS" --control "$CTL" --port-file "$SCRATCH/proxy.port" \
-    --log "$SCRATCH/proxy.log" >"$SCRATCH/proxy.out" 2>&1 &
+    --log "$SCRATCH/proxy.log" --stall-seconds 60 >"$SCRATCH/proxy.out" 2>&1 &
 PROXY_PID=$!
 for _ in $(seq 100); do [[ -s $SCRATCH/proxy.port ]] && break; sleep 0.1; done
 [[ -s $SCRATCH/proxy.port ]] || { cat "$SCRATCH/proxy.out"; fail_out "fault proxy listens on $PROXY_PORT"; }
 
 requests() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$STATS" "${1:-requests}"; }
 # The control file is read when its mtime changes: make sure it does.
-list_mode() { sleep 0.01; echo "list=$1" >"$CTL.tmp"; touch -d "@$(date +%s.%N)" "$CTL.tmp"; mv "$CTL.tmp" "$CTL"; }
+control() { sleep 0.01; echo "$*" >"$CTL.tmp"; mv "$CTL.tmp" "$CTL"; }
+list_mode() { control "list=$1"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 reset_hwm() { echo 5 >"/proc/$1/clear_refs"; }
@@ -108,6 +109,7 @@ for part in loop endless catalog; do mount_part $part; done
 # ASan keeps freed memory in a quarantine (256 MiB): a small one, so that the
 # peak RSS measures what walfs holds.
 ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=8:thread_local_quarantine_size_kb=256" mount_part big
+mount_part intr --deadline=30
 mount_part loop2 paged
 mount_part bad paged
 MNT=$SCRATCH/mnt
@@ -143,6 +145,22 @@ sleep 5
 r1=$(requests)
 echo "# endless listing: $((r1 - r0)) requests in the 5 s after ls was killed"
 check "once ls is killed, walfs stops listing (at most one request after)" [ $((r1 - r0)) -le 1 ]
+# A request in flight: every answer stalls; the reader is killed meanwhile.
+# The kernel holds a killed reader until walfs answers the interrupted
+# request, so its exit shows when walfs gave the request up.
+control rate=1 kinds=stall list=off
+ls "$MNT-intr/wal_005" >/dev/null 2>&1 &
+LS_PID=$!
+sleep 2
+t0=$(now_s)
+kill -9 "$LS_PID" 2>/dev/null
+for ((i = 0; i < 400; i++)); do kill -0 "$LS_PID" 2>/dev/null || break; sleep 0.1; done
+t1=$(now_s)
+control rate=0 list=many:100000000
+echo "# a stalled listing request: the killed ls was gone $(secs "$t0" "$t1") s after the kill (--deadline=30)"
+check "a listing request whose reader is killed is given up at once (under 3 s, not at --deadline)" \
+    awk -v s="$(secs "$t0" "$t1")" 'BEGIN { exit !(s < 3) }'
+check "... and the log says nobody waited for it" grep -q "nobody waits" "$(walfs_log "$MNT-intr")"
 t0=$(now_s)
 bounded 40 "$SCRATCH/ls.out" ls "$MNT-catalog/basebackups_005"
 rc=$? t1=$(now_s)
@@ -215,7 +233,7 @@ check "... the redaction is said" grep -q "\[redacted\]" "$LOG_ECHO"
 
 list_mode off
 check "ls wal_005 works again once the server behaves" [ "$(ls "$MNT-bad/wal_005" | sort)" == "$expected" ]
-for part in echo bad loop2 catalog big endless loop; do
+for part in echo bad loop2 intr catalog big endless loop; do
     check "walfs unmounts mnt-$part cleanly" walfs_umount "$MNT-$part"
 done
 t_summary
