@@ -190,9 +190,11 @@ int s3_xml_list(const char *body, size_t len, s3_list_fn fn, s3_xml_bad_fn bad, 
             if (!key || !size || !lm || !etag) {
                 rc = -1; /* out of memory */
             } else if (!*key) {
-                bad(ctx, "", "an entry without a key");
+                if (bad)
+                    bad(ctx, "", "an entry without a key");
             } else if (parse_size(size, &sz) != 0) {
-                bad(ctx, key, "its size is not a non-negative number");
+                if (bad)
+                    bad(ctx, key, "its size is not a non-negative number");
             } else {
                 strip_quotes(etag);
                 s3_list_entry e = {key, 0, sz, parse_iso8601(lm), etag};
@@ -208,7 +210,8 @@ int s3_xml_list(const char *body, size_t len, s3_list_fn fn, s3_xml_bad_fn bad, 
             if (!prefix) {
                 rc = -1;
             } else if (!*prefix) {
-                bad(ctx, "", "a common prefix that is empty");
+                if (bad)
+                    bad(ctx, "", "a common prefix that is empty");
             } else {
                 s3_list_entry e = {prefix, 1, 0, 0, ""};
                 if ((*fn_rc = fn(ctx, &e)) != 0)

@@ -21,9 +21,9 @@ int s3_xml_error(const char *body, size_t len, char *code, size_t code_len, char
 int s3_xml_upload_id(const char *body, size_t len, char **upload_id);
 
 /* ListBucketResult (ListObjectsV2): calls fn for each Contents and
- * CommonPrefixes entry in document order, and bad (with the key, or "",
- * and why) for an entry that cannot be one: skipped, so one bad key does
- * not hide the others.  Returns 0, -1 for a malformed body, -2 for a
+ * CommonPrefixes entry in document order, and bad (if not NULL; with the
+ * key, or "", and why) for an entry that cannot be one: skipped, so one
+ * bad key does not hide the others.  Returns 0, -1 for a malformed body, -2 for a
  * truncated page without a NextContinuationToken, or 1 when fn returned
  * non-zero (that value in *fn_rc).  *next_token gets
  * NextContinuationToken (malloc'd) when IsTruncated is true, else NULL. */
