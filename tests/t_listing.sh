@@ -231,6 +231,15 @@ check "... nor the Authorization header" bash -c "! grep -qi 'Authorization:' '$
 check "... nor the secret key" bash -c "! grep -q '$RGW_SECRET_KEY' '$LOG_ECHO'"
 check "... the redaction is said" grep -q "\[redacted\]" "$LOG_ECHO"
 
+# A file:// archive is listed a page at a time too (1000 entries a page).
+mkdir -p "$SCRATCH/local/wal_005"
+(cd "$SCRATCH/local/wal_005" && for ((i = 0; i < 2500; i++)); do : >"$(printf '0000000100000000%08X.lzo' $i)"; done)
+walfs_mount "$MNT-file" "file://$SCRATCH/local" || fail_out "walfs mounts a file:// archive"
+check "ls -f of a file:// wal_005 with 2,500 segments (3 pages) shows each once" \
+    [ "$(ls -f "$MNT-file/wal_005" | grep -c '^0000000100000000')" == 2500 -a \
+      "$(ls "$MNT-file/wal_005" | sort -u | wc -l)" == 2500 ]
+check "walfs unmounts mnt-file cleanly" walfs_umount "$MNT-file"
+
 list_mode off
 check "ls wal_005 works again once the server behaves" [ "$(ls "$MNT-bad/wal_005" | sort)" == "$expected" ]
 for part in echo bad loop2 intr catalog big endless loop; do
