@@ -1450,9 +1450,17 @@ int s3_list(s3_client *c, const char *prefix, const char *delimiter, s3_list_fn 
     while (rc == 0 && !done)
         rc = s3_lister_next(l, fn, ctx, &done, err);
     deadline_scope_end(outer);
-    if (rc == -ETIMEDOUT && l->pages > 0)
-        walfs_err_prefix(err, "the listing was not finished within the deadline (%d pages "
-                         "read): ", l->pages);
+    if (rc == -ETIMEDOUT && l->pages > 0 && err) {
+        /* The request that found no time left has nothing to add. */
+        char last[sizeof err->msg];
+        snprintf(last, sizeof last, "%s", strstr(err->msg, "no time was left") ? "" : err->msg);
+        walfs_err_set(err, -ETIMEDOUT,
+                      "list %s/%s*: the listing was not finished within the deadline (%.1f s, "
+                      "%d pages read and more to come): the listing is too long or the server "
+                      "too slow%s%s",
+                      c->label, prefix ? prefix : "", (double)c->deadline_ms / 1000.0, l->pages,
+                      *last ? "; " : "", last);
+    }
     s3_lister_free(l);
     return rc;
 }
