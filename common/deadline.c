@@ -5,10 +5,21 @@
 /* 0: no scope open on this thread. */
 static _Thread_local uint64_t scope_end_ms;
 static _Thread_local const _Atomic int *cancel_flag;
+static _Thread_local int (*stop_fn)(void *ctx);
+static _Thread_local void *stop_ctx;
 
 void deadline_cancel_on(const _Atomic int *flag) { cancel_flag = flag; }
 
-int deadline_cancelled(void) { return cancel_flag && *cancel_flag; }
+void deadline_stop_when(int (*stop)(void *ctx), void *ctx)
+{
+    stop_fn = stop;
+    stop_ctx = ctx;
+}
+
+int deadline_cancelled(void)
+{
+    return (cancel_flag && *cancel_flag) || (stop_fn && stop_fn(stop_ctx));
+}
 
 uint64_t deadline_now_ms(void)
 {

@@ -28,6 +28,10 @@ uint64_t deadline_budget_ms(uint64_t default_ms);
 /* A flag that, once set, makes the calling thread's requests stop at once
  * (a background job at unmount).  NULL: none. */
 void deadline_cancel_on(const _Atomic int *flag);
+/* The same for a condition only a predicate can tell (the FUSE request
+ * this thread serves was interrupted: its caller is gone), polled while
+ * requests run and between their attempts.  NULL: none. */
+void deadline_stop_when(int (*stop)(void *ctx), void *ctx);
 int deadline_cancelled(void);
 
 #endif

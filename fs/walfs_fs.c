@@ -435,35 +435,167 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
     return 0;
 }
 
-typedef struct fill_ctx {
-    void *buf;
-    fuse_fill_dir_t filler;
-} fill_ctx;
+/* An open wal_005, read a page of the archive's listing at a time: libfuse
+ * would otherwise hold the whole directory (1 M segments: 250 MB) until
+ * the reader is done.  Offsets: 1 and 2 follow "." and "..", 3 + i follows
+ * the listing's entry i.  libfuse serializes the calls on one handle. */
+typedef struct wal_dir {
+    store_lister *lister;
+    int done;               /* the lister gave its last page */
+    uint64_t base;          /* index in the listing of names[0] */
+    char **names;           /* the current page's WAL names */
+    size_t n, cap;
+    int oom;
+} wal_dir;
+
+#define DIR_OFFSET_FIRST 3  /* given with the listing's first entry */
+
+static void wal_dir_drop_page(wal_dir *d)
+{
+    for (size_t i = 0; i < d->n; i++)
+        free(d->names[i]);
+    d->base += d->n;
+    d->n = 0;
+}
+
+static void wal_dir_free(wal_dir *d)
+{
+    if (!d)
+        return;
+    wal_dir_drop_page(d);
+    free(d->names);
+    store_lister_close(d->lister);
+    free(d);
+}
 
 static int add_wal_entry(void *ctx, const store_entry *e)
 {
-    fill_ctx *f = ctx;
+    wal_dir *d = ctx;
     size_t n = strlen(e->name), sl = strlen(LZO_SUFFIX);
     if (e->is_dir || n <= sl || strcmp(e->name + n - sl, LZO_SUFFIX) != 0)
         return 0; /* not something WAL-E's wal-push writes */
-    char name[NAME_MAX + 1];
     if (n - sl > NAME_MAX)
         return 0;
-    memcpy(name, e->name, n - sl);
-    name[n - sl] = '\0';
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 256;
+        char **grown = realloc(d->names, cap * sizeof *grown);
+        if (!grown) {
+            d->oom = 1;
+            return -ENOMEM;
+        }
+        d->names = grown;
+        d->cap = cap;
+    }
+    if (!(d->names[d->n] = strndup(e->name, n - sl))) {
+        d->oom = 1;
+        return -ENOMEM;
+    }
+    d->n++;
+    return 0;
+}
+
+static int walfs_opendir(const char *path, struct fuse_file_info *fi)
+{
+    fi->fh = 0;
+    if (strcmp(path, "/" WAL_DIR) != 0)
+        return 0;
+    walfs_fs *fs = current_fs();
+    walfs_err err = {0};
+    wal_dir *d = calloc(1, sizeof *d);
+    int rc = d ? store_lister_open(fs->cfg.st, WAL_DIR "/", &d->lister, &err)
+               : walfs_err_set(&err, -ENOMEM, "out of memory");
+    if (rc) {
+        free(d);
+        return report(rc, &err, "opendir", path);
+    }
+    fi->fh = (uintptr_t)d;
+    return 0;
+}
+
+static int walfs_releasedir(const char *path, struct fuse_file_info *fi)
+{
+    (void)path;
+    wal_dir_free((wal_dir *)(uintptr_t)fi->fh);
+    fi->fh = 0;
+    return 0;
+}
+
+/* Makes entry i of the listing the current page's or past the end: pages
+ * are fetched only as the reader gets to them, and only at the start of a
+ * call, so the kernel's resumption (at the first entry its reader had no
+ * room for) is always in the page kept.  An earlier offset (rewinddir,
+ * seekdir) lists again from the start. */
+static int wal_dir_seek(walfs_fs *fs, wal_dir *d, uint64_t i, walfs_err *err)
+{
+    if (i < d->base) {
+        store_lister *fresh;
+        int rc = store_lister_open(fs->cfg.st, WAL_DIR "/", &fresh, err);
+        if (rc)
+            return rc;
+        wal_dir_drop_page(d);
+        store_lister_close(d->lister);
+        d->lister = fresh;
+        d->base = 0;
+        d->done = 0;
+    }
+    while (i >= d->base + d->n && !d->done) {
+        wal_dir_drop_page(d);
+        int rc = store_lister_next(d->lister, add_wal_entry, d, &d->done, err);
+        if (d->oom) {
+            d->oom = 0;
+            wal_dir_drop_page(d);
+            rc = walfs_err_set(err, -ENOMEM, "out of memory");
+        }
+        if (rc) {
+            d->base -= d->n;
+            wal_dir_drop_page(d); /* a partial page: fetched again next time */
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int readdir_wal(walfs_fs *fs, const char *path, wal_dir *d, void *buf,
+                       fuse_fill_dir_t filler, off_t offset)
+{
+    if (offset < 0)
+        return -EINVAL;
+    if (offset == 0 && filler(buf, ".", NULL, 1, 0))
+        return 0;
+    if (offset <= 1 && filler(buf, "..", NULL, 2, 0))
+        return 0;
+    /* offset is what was given with the last entry the reader took */
+    uint64_t i = offset < DIR_OFFSET_FIRST ? 0 : (uint64_t)offset - DIR_OFFSET_FIRST + 1;
+    walfs_err err = {0};
+    /* One --deadline for the call, and none of it once its reader is gone. */
+    uint64_t outer = deadline_scope_begin((uint64_t)fs->cfg.deadline_ms);
+    deadline_stop_when(request_gone, fs);
+    int rc = wal_dir_seek(fs, d, i, &err);
+    deadline_stop_when(NULL, NULL);
+    deadline_scope_end(outer);
+    if (rc)
+        return report(rc, &err, "list", path);
     struct stat st = {.st_mode = S_IFREG | 0644};
-    f->filler(f->buf, name, &st, 0, 0);
+    for (; i < d->base + d->n; i++)
+        if (filler(buf, d->names[i - d->base], &st, (off_t)(i + DIR_OFFSET_FIRST), 0))
+            break;
     return 0;
 }
 
 static int walfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, off_t offset,
                          struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
+    (void)flags;
     walfs_fs *fs = current_fs();
     const char *name;
     node_kind kind = classify(path, &name);
     if (kind == NODE_NONE || kind == NODE_WAL_FILE)
         return kind == NODE_NONE ? -ENOENT : -ENOTDIR;
+    if (kind == NODE_WAL_DIR) {
+        if (!fi || !fi->fh)
+            return -EIO; /* opened before it was wal_005? cannot happen */
+        return readdir_wal(fs, path, (wal_dir *)(uintptr_t)fi->fh, buf, filler, offset);
+    }
     filler(buf, ".", NULL, 0, 0);
     filler(buf, "..", NULL, 0, 0);
     if (kind == NODE_ROOT) {
@@ -474,17 +606,9 @@ static int walfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, of
     }
     if (kind == NODE_BACKUPS && in_push(fs, name))
         return push_readdir(fs->pushes, name, buf, filler);
-    if (kind == NODE_BACKUPS) {
-        if (name[0] == '\0')
-            push_list_sessions(fs->pushes, buf, filler);
-        return backup_view_readdir(fs->backups, name, buf, filler);
-    }
-    walfs_err err = {0};
-    fill_ctx f = {.buf = buf, .filler = filler};
-    int rc = store_list(fs->cfg.st, WAL_DIR "/", add_wal_entry, &f, &err);
-    if (rc)
-        return report(rc, &err, "list", path);
-    return 0;
+    if (name[0] == '\0')
+        push_list_sessions(fs->pushes, buf, filler);
+    return backup_view_readdir(fs->backups, name, buf, filler);
 }
 
 static wal_handle *handle_new(const char *name)
@@ -1229,7 +1353,9 @@ static const struct fuse_operations operations = {
     .init = walfs_init,
     .destroy = walfs_destroy,
     .getattr = walfs_getattr,
+    .opendir = walfs_opendir,
     .readdir = walfs_readdir,
+    .releasedir = walfs_releasedir,
     .create = walfs_create,
     .open = walfs_open,
     .read = walfs_read,

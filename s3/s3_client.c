@@ -27,8 +27,12 @@
 #define MIB ((size_t)1024 * 1024)
 #define POOL_MAX 64
 #define MAX_EXTRA_HEADERS (8 + S3_MAX_META)
-#define ERROR_BODY_LIMIT (64 * 1024)
-#define LIST_BODY_LIMIT (64 * MIB)
+/* An error document is a few hundred bytes; only its Code and Message are
+ * used, and a hostile server may send a gigabyte. */
+#define ERROR_BODY_LIMIT 4096
+/* A ListObjectsV2 page of 1000 keys of at most 1024 bytes each stays well
+ * below this. */
+#define LIST_BODY_LIMIT (4 * MIB)
 #define BACKOFF_START_MS 100
 #define BACKOFF_CAP_MS 5000
 
@@ -338,14 +342,20 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
     return n;
 }
 
+/* -1: out of memory; 1: the body is over its limit, stop receiving it
+ * (what was kept is all that will be used). */
 static int keep_body(s3_op *op, const char *data, size_t n)
 {
-    if (op->resp_len + n > op->body_limit) {
+    size_t limit = op->status >= 200 && op->status < 300 ? op->body_limit : ERROR_BODY_LIMIT;
+    if (limit > op->body_limit)
+        limit = op->body_limit;
+    int over = op->resp_len + n > limit;
+    if (over) {
         op->resp_truncated = 1;
-        n = op->body_limit > op->resp_len ? op->body_limit - op->resp_len : 0;
+        n = limit > op->resp_len ? limit - op->resp_len : 0;
     }
     if (n == 0)
-        return 0;
+        return over;
     if (op->resp_len + n + 1 > op->resp_cap) {
         size_t ncap = op->resp_cap ? op->resp_cap : 4096;
         while (ncap < op->resp_len + n + 1)
@@ -359,7 +369,7 @@ static int keep_body(s3_op *op, const char *data, size_t n)
     memcpy(op->resp + op->resp_len, data, n);
     op->resp_len += n;
     op->resp[op->resp_len] = '\0';
-    return 0;
+    return over;
 }
 
 /* "bytes 100-199/1000" -> 100 */
@@ -380,8 +390,12 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud)
 {
     s3_op *op = ud;
     size_t n = size * nmemb;
-    if (!op->sink || op->status < 200 || op->status >= 300)
-        return keep_body(op, data, n) == 0 ? n : 0;
+    if (!op->sink || op->status < 200 || op->status >= 300) {
+        int k = keep_body(op, data, n);
+        if (k > 0)
+            op->done = 1; /* ends the transfer; not a failure of the connection */
+        return k == 0 ? n : 0;
+    }
 
     uint64_t next = op->want_start + op->delivered;
     if (!op->body_started) {
@@ -501,12 +515,48 @@ static const char *advice_for(const s3_client *c, long status, const char *code,
     return "the request failed";
 }
 
+/* What a response says goes into messages and the log; a proxy or server
+ * that echoes the request puts its Authorization (the signature, the
+ * access key's scope) and x-amz-security-token in there.  Everything from
+ * the first such mark on is cut, and the credentials themselves wherever
+ * they appear. */
+static void redact_secrets(const s3_client *c, char *s, size_t cap)
+{
+    static const char *const marks[] = {"authorization:", "authorization=", "x-amz-security-token",
+                                        "aws4-hmac-sha256", "credential=", "signature=",
+                                        "x-amz-credential", "x-amz-signature"};
+    static const char tail[] = " [redacted]";
+    char *cut = NULL;
+    for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+        char *m = strcasestr(s, marks[i]);
+        if (m && (!cut || m < cut))
+            cut = m;
+    }
+    const char *secrets[] = {c->secret_key, c->session_token};
+    for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++) {
+        char *m = secrets[i] && *secrets[i] ? strstr(s, secrets[i]) : NULL;
+        if (m && (!cut || m < cut))
+            cut = m;
+    }
+    if (!cut)
+        return;
+    size_t at = (size_t)(cut - s);
+    if (cap < sizeof tail) {
+        s[0] = '\0';
+        return;
+    }
+    if (at + sizeof tail > cap)
+        at = cap - sizeof tail;
+    memcpy(s + at, tail, sizeof tail);
+}
+
 static void describe_http(const s3_op *op, const char *code, const char *message, char *out,
                           size_t outlen)
 {
     snprintf(out, outlen, "HTTP %ld%s%s%s%s%s%s", op->status, *code ? " " : "", code,
              *message ? ": " : "", message, *op->request_id ? ", request id " : "",
              op->request_id);
+    redact_secrets(op->c, out, outlen);
 }
 
 /* ---- one attempt ---- */
@@ -695,6 +745,7 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
         return ATTEMPT_DONE;
     }
     if (op->bad_range) {
+        redact_secrets(c, op->content_range, sizeof op->content_range);
         *rc_out = walfs_err_set(err, -EIO,
                                 "%s %s: the server answered a range request with another range "
                                 "(Content-Range '%s'); is the endpoint a compliant S3 server?",
@@ -781,7 +832,9 @@ static int perform(s3_op *op, long deadline_ms, walfs_err *err)
     for (;;) {
         uint64_t now = now_ms();
         if (deadline_cancelled())
-            return walfs_err_set(err, -ECANCELED, "%s %s: stopped: walfs is unmounting",
+            return walfs_err_set(err, -ECANCELED,
+                                 "%s %s: stopped: nobody waits for the answer any more (the "
+                                 "request was interrupted, or walfs is unmounting)",
                                  op->name, op->object);
         if (now >= deadline)
             break;
@@ -1166,63 +1219,249 @@ int s3_put_hashed(s3_client *c, const char *key, const void *body, size_t len,
 
 /* ---- listing ---- */
 
+/* Skipped entries logged per listing; the rest are only counted. */
+#define BAD_LOG_MAX 5
+
+struct s3_lister {
+    s3_client *c;
+    char *prefix, *delim, *eprefix, *edelim;
+    char *token;    /* NextContinuationToken of the last page; NULL before the first */
+    char *last;     /* the greatest entry so far: every page must go past it */
+    int pages, done;
+    size_t bad;     /* entries skipped as impossible */
+};
+
+/* A key for a log line: control characters escaped, so a key cannot
+ * forge a line, and long keys cut. */
+static void printable_key(const char *key, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)key; *p && o + 8 < outlen; p++) {
+        if (*p < 0x20 || *p == 0x7f || *p == '\\')
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", *p);
+        else
+            out[o++] = (char)*p;
+    }
+    if (o + 8 >= outlen && o + 4 <= outlen)
+        o += (size_t)snprintf(out + o, outlen - o, "...");
+    out[o] = '\0';
+}
+
+static void lister_bad(void *ctx, const char *key, const char *why)
+{
+    s3_lister *l = ctx;
+    if (++l->bad > BAD_LOG_MAX)
+        return;
+    char shown[256];
+    printable_key(key, shown, sizeof shown);
+    log_warn("list %s/%s*: skipped the entry '%s': %s; the rest of the listing is used%s",
+             l->c->label, l->prefix, shown, why,
+             l->bad == BAD_LOG_MAX ? " (further skipped entries are only counted)" : "");
+}
+
+typedef struct page_ctx {
+    s3_lister *l;
+    s3_list_fn fn;
+    void *ctx;
+    char *max;          /* the greatest entry of this page */
+    size_t fresh, stale;
+    int oom;
+} page_ctx;
+
+static void page_bad(void *ctx, const char *key, const char *why)
+{
+    lister_bad(((page_ctx *)ctx)->l, key, why);
+}
+
+/* Anything in a listing is the server's word: an entry must lie under the
+ * prefix asked for, one level down when listing by delimiter, and after
+ * every entry of the earlier pages (S3 lists in key order), which is what
+ * makes a listing end. */
+static int page_entry(void *ctx, const s3_list_entry *e)
+{
+    page_ctx *p = ctx;
+    s3_lister *l = p->l;
+    size_t pl = strlen(l->prefix);
+    if (strncmp(e->key, l->prefix, pl) != 0) {
+        lister_bad(l, e->key, "it is not under the prefix that was listed");
+        return 0;
+    }
+    if (*l->delim) {
+        const char *d = strstr(e->key + pl, l->delim);
+        if (!e->is_prefix && d) {
+            lister_bad(l, e->key, "a key past the delimiter, which a listing by delimiter "
+                                  "gives as a common prefix");
+            return 0;
+        }
+        if (e->is_prefix && (!d || d[strlen(l->delim)] != '\0')) {
+            lister_bad(l, e->key, "a common prefix that does not end at the first delimiter");
+            return 0;
+        }
+    }
+    if (l->last && strcmp(e->key, l->last) <= 0) {
+        p->stale++;
+        return 0;
+    }
+    p->fresh++;
+    if (!p->max || strcmp(e->key, p->max) > 0) {
+        free(p->max);
+        p->max = strdup(e->key);
+        if (!p->max) {
+            p->oom = 1;
+            return -ENOMEM;
+        }
+    }
+    return p->fn(p->ctx, e);
+}
+
+int s3_lister_new(s3_client *c, const char *prefix, const char *delimiter, s3_lister **out,
+                  walfs_err *err)
+{
+    *out = NULL;
+    s3_lister *l = calloc(1, sizeof *l);
+    if (l) {
+        l->c = c;
+        l->prefix = strdup(prefix ? prefix : "");
+        l->delim = strdup(delimiter ? delimiter : "");
+        l->eprefix = sigv4_uri_encode(prefix ? prefix : "", 0);
+        l->edelim = sigv4_uri_encode(delimiter ? delimiter : "", 0);
+    }
+    if (!l || !l->prefix || !l->delim || !l->eprefix || !l->edelim) {
+        s3_lister_free(l);
+        return walfs_err_set(err, -ENOMEM, "list %s: out of memory", c->label);
+    }
+    *out = l;
+    return 0;
+}
+
+void s3_lister_free(s3_lister *l)
+{
+    if (!l)
+        return;
+    if (l->bad > BAD_LOG_MAX)
+        log_warn("list %s/%s*: %zu impossible entries were skipped in all", l->c->label,
+                 l->prefix, l->bad);
+    free(l->prefix);
+    free(l->delim);
+    free(l->eprefix);
+    free(l->edelim);
+    free(l->token);
+    free(l->last);
+    free(l);
+}
+
+int s3_lister_next(s3_lister *l, s3_list_fn fn, void *ctx, int *done, walfs_err *err)
+{
+    s3_client *c = l->c;
+    *done = l->done;
+    if (l->done)
+        return 0;
+    char *etoken = l->token ? sigv4_uri_encode(l->token, 0) : NULL;
+    int oom = l->token && !etoken;
+    char maxkeys[16] = "";
+    if (c->list_max_keys > 0)
+        snprintf(maxkeys, sizeof maxkeys, "%d", c->list_max_keys);
+    /* Parameters in sorted order, so the URL is already the canonical form. */
+    char *query = xasprintf("%s%s%s%s%s%slist-type=2%s%s&prefix=%s",
+                            etoken ? "continuation-token=" : "", etoken ? etoken : "",
+                            etoken ? "&" : "", *l->edelim ? "delimiter=" : "", l->edelim,
+                            *l->edelim ? "&" : "", *maxkeys ? "&max-keys=" : "", maxkeys,
+                            l->eprefix);
+    free(etoken);
+    if (!query || oom) {
+        free(query);
+        return walfs_err_set(err, -ENOMEM, "list %s: out of memory", c->label);
+    }
+    s3_op op;
+    int rc = op_init(&op, c, "list", "GET", NULL, err);
+    if (rc == 0) {
+        snprintf(op.object, sizeof op.object, "%s/%s*", c->label, l->prefix);
+        op.query = query;
+        op.body_limit = LIST_BODY_LIMIT;
+        rc = perform(&op, c->deadline_ms, err);
+    }
+    char *token = NULL;
+    page_ctx p = {.l = l, .fn = fn, .ctx = ctx};
+    if (rc == 0) {
+        int fn_rc = 0;
+        int x = op.resp_truncated
+                    ? -1
+                    : s3_xml_list(op.resp, op.resp_len, page_entry, page_bad, &p, &token, &fn_rc);
+        if (p.oom)
+            rc = walfs_err_set(err, -ENOMEM, "list %s: out of memory", op.object);
+        else if (x == -1)
+            rc = walfs_err_set(err, -EIO,
+                               "list %s: the server sent a malformed or oversized "
+                               "ListObjectsV2 response; is the endpoint an S3 server?",
+                               op.object);
+        else if (x == -2)
+            rc = walfs_err_set(err, -EIO,
+                               "list %s: the server said page %d is not the last but gave no "
+                               "continuation token, so the listing could never be finished; "
+                               "is the endpoint a compliant S3 server?",
+                               op.object, l->pages + 1);
+        else if (x == 1)
+            rc = fn_rc;
+    }
+    if (rc == 0 && token && l->token && strcmp(token, l->token) == 0)
+        rc = walfs_err_set(err, -EIO,
+                           "list %s: the server answered page %d with the continuation token "
+                           "it was asked for, so the listing would never end; is the endpoint "
+                           "a compliant S3 server?",
+                           op.object, l->pages + 1);
+    else if (rc == 0 && token && p.fresh == 0)
+        rc = walfs_err_set(err, -EIO,
+                           "list %s: page %d is not the last but holds no entry after the "
+                           "previous pages' (%zu repeated, %zu skipped so far), so the listing "
+                           "would never end; is the endpoint a compliant S3 server?",
+                           op.object, l->pages + 1, p.stale, l->bad);
+    else if (rc == 0 && p.stale)
+        log_warn("list %s: page %d repeated %zu entries of the earlier pages; skipped",
+                 op.object, l->pages + 1, p.stale);
+    if (rc == 0) {
+        l->pages++;
+        if (p.max) {
+            free(l->last);
+            l->last = p.max;
+            p.max = NULL;
+        }
+        free(l->token);
+        l->token = token;
+        token = NULL;
+        l->done = *done = l->token == NULL;
+    }
+    free(p.max);
+    free(token);
+    op_free(&op);
+    free(query);
+    return rc;
+}
+
 int s3_list(s3_client *c, const char *prefix, const char *delimiter, s3_list_fn fn, void *ctx,
             walfs_err *err)
 {
-    char *eprefix = sigv4_uri_encode(prefix ? prefix : "", 0);
-    char *edelim = sigv4_uri_encode(delimiter ? delimiter : "", 0);
-    char *token = NULL;
-    int rc = 0;
-    if (!eprefix || !edelim)
-        rc = walfs_err_set(err, -ENOMEM, "list %s: out of memory", c->label);
-    while (rc == 0) {
-        char *etoken = token ? sigv4_uri_encode(token, 0) : NULL;
-        char maxkeys[16] = "";
-        if (c->list_max_keys > 0)
-            snprintf(maxkeys, sizeof maxkeys, "%d", c->list_max_keys);
-        /* Parameters in sorted order, so the URL is already the canonical form. */
-        char *query = xasprintf("%s%s%s%s%s%slist-type=2%s%s&prefix=%s",
-                                etoken ? "continuation-token=" : "", etoken ? etoken : "",
-                                etoken ? "&" : "", *edelim ? "delimiter=" : "", edelim,
-                                *edelim ? "&" : "", *maxkeys ? "&max-keys=" : "", maxkeys,
-                                eprefix);
-        free(etoken);
-        s3_op op;
-        if (!query) {
-            rc = walfs_err_set(err, -ENOMEM, "list %s: out of memory", c->label);
-            break;
-        }
-        rc = op_init(&op, c, "list", "GET", NULL, err);
-        if (rc == 0) {
-            snprintf(op.object, sizeof op.object, "%s/%s%s", c->label, prefix ? prefix : "",
-                     "*");
-            op.query = query;
-            op.body_limit = LIST_BODY_LIMIT;
-            rc = perform(&op, c->deadline_ms, err);
-        }
-        free(token);
-        token = NULL;
-        if (rc == 0) {
-            int fn_rc = 0;
-            int x = op.resp_truncated
-                        ? -1
-                        : s3_xml_list(op.resp, op.resp_len, fn, ctx, &token, &fn_rc);
-            if (x < 0)
-                rc = walfs_err_set(err, -EIO,
-                                   "list %s: the server sent a malformed or oversized "
-                                   "ListObjectsV2 response; is the endpoint an S3 server?",
-                                   op.object);
-            else if (x == 1)
-                rc = fn_rc;
-        }
-        op_free(&op);
-        free(query);
-        if (!token)
-            break;
+    s3_lister *l;
+    int rc = s3_lister_new(c, prefix, delimiter, &l, err);
+    if (rc)
+        return rc;
+    /* One deadline for the whole listing, not one per page. */
+    uint64_t outer = deadline_scope_begin((uint64_t)c->deadline_ms);
+    int done = 0;
+    while (rc == 0 && !done)
+        rc = s3_lister_next(l, fn, ctx, &done, err);
+    deadline_scope_end(outer);
+    if (rc == -ETIMEDOUT && l->pages > 0 && err) {
+        /* The request that found no time left has nothing to add. */
+        char last[sizeof err->msg];
+        snprintf(last, sizeof last, "%s", strstr(err->msg, "no time was left") ? "" : err->msg);
+        walfs_err_set(err, -ETIMEDOUT,
+                      "list %s/%s*: the listing was not finished within the deadline (%.1f s, "
+                      "%d pages read and more to come): the listing is too long or the server "
+                      "too slow%s%s",
+                      c->label, prefix ? prefix : "", (double)c->deadline_ms / 1000.0, l->pages,
+                      *last ? "; " : "", last);
     }
-    free(token);
-    free(eprefix);
-    free(edelim);
+    s3_lister_free(l);
     return rc;
 }
 

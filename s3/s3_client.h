@@ -94,9 +94,24 @@ typedef struct s3_list_entry {
 } s3_list_entry;
 /* Return non-zero from the callback to stop (that value is returned). */
 typedef int (*s3_list_fn)(void *ctx, const s3_list_entry *entry);
-/* ListObjectsV2, following continuation tokens.  delimiter may be NULL. */
+/* ListObjectsV2, following continuation tokens, within one deadline for
+ * the whole listing.  delimiter may be NULL.  The listing is checked to
+ * end: a page that repeats the token it was asked for, or is truncated
+ * with no token or no entry after the previous pages', fails it (-EIO).
+ * Entries that cannot be in it (not under prefix, past the delimiter, a
+ * size that is no number) are skipped and logged. */
 int s3_list(s3_client *c, const char *prefix, const char *delimiter,
             s3_list_fn fn, void *ctx, walfs_err *err);
+
+/* The same listing a page at a time, for a consumer that goes at its own
+ * pace (a directory being read): memory is one page, whatever the number
+ * of keys.  Each s3_lister_next is one request (with its retries) under
+ * the caller's deadline scope; *done is set after the last page. */
+typedef struct s3_lister s3_lister;
+int s3_lister_new(s3_client *c, const char *prefix, const char *delimiter, s3_lister **out,
+                  walfs_err *err);
+int s3_lister_next(s3_lister *l, s3_list_fn fn, void *ctx, int *done, walfs_err *err);
+void s3_lister_free(s3_lister *l);
 
 /* Multipart upload, for streaming writers that do not hold the whole object. */
 typedef struct s3_multipart s3_multipart;

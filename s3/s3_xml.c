@@ -1,5 +1,6 @@
 #include "s3/s3_xml.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -9,10 +10,22 @@
 
 void s3_xml_init(void) { xmlInitParser(); }
 
+/* XML_PARSE_NOERROR silences only the parser context; the encoding layer
+ * reports without one ("encoding error : input conversion failed") through
+ * the thread's handler, which defaults to stderr.  Our callers report a
+ * malformed body themselves. */
+static void silent_error(void *ctx, xmlErrorPtr error)
+{
+    (void)ctx;
+    (void)error;
+}
+
 static xmlDocPtr parse(const char *body, size_t len)
 {
     if (!body || len == 0 || len > (size_t)INT32_MAX)
         return NULL;
+    /* The handler is per thread in libxml2, and parsing runs on many. */
+    xmlSetStructuredErrorFunc(NULL, silent_error);
     /* NONET: never fetch; no NOENT/DTDLOAD: entities are not substituted or
      * loaded; NOERROR/NOWARNING: libxml2 must not print to our stderr. */
     xmlDocPtr doc = xmlReadMemory(body, (int)len, "s3-response.xml", NULL,
@@ -138,8 +151,23 @@ static void strip_quotes(char *s)
     }
 }
 
-int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **next_token,
-                int *fn_rc)
+/* A Size is a plain decimal: strtoull alone would take "-1" for 2^64-1. */
+static int parse_size(const char *s, uint64_t *out)
+{
+    if (!*s || strlen(s) > 19)
+        return -1;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int s3_xml_list(const char *body, size_t len, s3_list_fn fn, s3_xml_bad_fn bad, void *ctx,
+                char **next_token, int *fn_rc)
 {
     *next_token = NULL;
     *fn_rc = 0;
@@ -158,19 +186,20 @@ int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **n
             char *size = text_of(child(n, "Size"));
             char *lm = text_of(child(n, "LastModified"));
             char *etag = text_of(child(n, "ETag"));
-            if (!key || !size || !lm || !etag || !*key) {
-                rc = -1;
+            uint64_t sz = 0;
+            if (!key || !size || !lm || !etag) {
+                rc = -1; /* out of memory */
+            } else if (!*key) {
+                if (bad)
+                    bad(ctx, "", "an entry without a key");
+            } else if (parse_size(size, &sz) != 0) {
+                if (bad)
+                    bad(ctx, key, "its size is not a non-negative number");
             } else {
                 strip_quotes(etag);
-                char *end;
-                unsigned long long sz = strtoull(size, &end, 10);
-                if (*size == '\0' || *end != '\0') {
-                    rc = -1;
-                } else {
-                    s3_list_entry e = {key, 0, sz, parse_iso8601(lm), etag};
-                    if ((*fn_rc = fn(ctx, &e)) != 0)
-                        rc = 1;
-                }
+                s3_list_entry e = {key, 0, sz, parse_iso8601(lm), etag};
+                if ((*fn_rc = fn(ctx, &e)) != 0)
+                    rc = 1;
             }
             free(key);
             free(size);
@@ -178,8 +207,11 @@ int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **n
             free(etag);
         } else if (is(n, "CommonPrefixes")) {
             char *prefix = text_of(child(n, "Prefix"));
-            if (!prefix || !*prefix) {
+            if (!prefix) {
                 rc = -1;
+            } else if (!*prefix) {
+                if (bad)
+                    bad(ctx, "", "a common prefix that is empty");
             } else {
                 s3_list_entry e = {prefix, 1, 0, 0, ""};
                 if ((*fn_rc = fn(ctx, &e)) != 0)
@@ -194,7 +226,7 @@ int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **n
             char *tok = text_of(child(root, "NextContinuationToken"));
             if (!tok || !*tok) {
                 free(tok);
-                rc = -1; /* truncated without a token: we could never finish */
+                rc = -2; /* truncated without a token: we could never finish */
             } else {
                 *next_token = tok;
             }

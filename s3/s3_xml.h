@@ -21,12 +21,15 @@ int s3_xml_error(const char *body, size_t len, char *code, size_t code_len, char
 int s3_xml_upload_id(const char *body, size_t len, char **upload_id);
 
 /* ListBucketResult (ListObjectsV2): calls fn for each Contents and
- * CommonPrefixes entry in document order.  Returns 0, -1 for a malformed
- * body, or 1 when fn returned non-zero (that value in *fn_rc).
- * *next_token gets NextContinuationToken (malloc'd) when IsTruncated is
- * true, else NULL. */
-int s3_xml_list(const char *body, size_t len, s3_list_fn fn, void *ctx, char **next_token,
-                int *fn_rc);
+ * CommonPrefixes entry in document order, and bad (if not NULL; with the
+ * key, or "", and why) for an entry that cannot be one: skipped, so one
+ * bad key does not hide the others.  Returns 0, -1 for a malformed body, -2 for a
+ * truncated page without a NextContinuationToken, or 1 when fn returned
+ * non-zero (that value in *fn_rc).  *next_token gets
+ * NextContinuationToken (malloc'd) when IsTruncated is true, else NULL. */
+typedef void (*s3_xml_bad_fn)(void *ctx, const char *key, const char *why);
+int s3_xml_list(const char *body, size_t len, s3_list_fn fn, s3_xml_bad_fn bad, void *ctx,
+                char **next_token, int *fn_rc);
 
 /* ListMultipartUploadsResult: calls fn for each <Upload> (Key, UploadId).
  * Returns the number of uploads, or -1 when the body is malformed. */

@@ -346,42 +346,100 @@ static int local_remove(store *st, const char *key, walfs_err *err)
     return 0;
 }
 
-static int local_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
-                      walfs_err *err)
+/* One directory entry as a listing entry: 0 when given to fn (and fn
+ * returned 0) or skipped, else what fn returned. */
+static int list_one(DIR *d, const struct dirent *de, store_list_fn fn, void *ctx)
 {
-    local_store *ls = (local_store *)st;
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+        strncmp(de->d_name, TMP_MARKER, strlen(TMP_MARKER)) == 0)
+        return 0;
+    struct stat sb;
+    if (fstatat(dirfd(d), de->d_name, &sb, 0) != 0)
+        return 0; /* removed while listing */
+    if (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode))
+        return 0;
+    char etag[128];
+    format_etag(&sb, etag, sizeof etag);
+    store_entry e = {.name = de->d_name, .is_dir = S_ISDIR(sb.st_mode),
+                     .size = (uint64_t)sb.st_size, .mtime = sb.st_mtime,
+                     .etag = S_ISDIR(sb.st_mode) ? NULL : etag};
+    return fn(ctx, &e);
+}
+
+/* NULL in *out (and 0) when the directory does not exist: like S3, a
+ * prefix with no objects lists as empty. */
+static int open_listing(local_store *ls, const char *dir_prefix, DIR **out, walfs_err *err)
+{
     char path[PATH_MAX];
+    *out = NULL;
     int rc = join(ls, dir_prefix, path, sizeof path, err);
     if (rc)
         return rc;
-    DIR *d = opendir(path);
-    if (!d) {
-        if (errno == ENOENT)
-            return 0; /* like S3: a prefix with no objects lists as empty */
+    *out = opendir(path);
+    if (!*out && errno != ENOENT)
         return errno_result(err, errno, "list", path);
-    }
+    return 0;
+}
+
+static int local_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
+                      walfs_err *err)
+{
+    DIR *d;
+    int rc = open_listing((local_store *)st, dir_prefix, &d, err);
+    if (rc || !d)
+        return rc;
     struct dirent *de;
-    rc = 0;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
-            strncmp(de->d_name, TMP_MARKER, strlen(TMP_MARKER)) == 0)
-            continue;
-        struct stat sb;
-        if (fstatat(dirfd(d), de->d_name, &sb, 0) != 0)
-            continue; /* removed while listing */
-        char etag[128];
-        format_etag(&sb, etag, sizeof etag);
-        store_entry e = {.name = de->d_name, .is_dir = S_ISDIR(sb.st_mode),
-                         .size = (uint64_t)sb.st_size, .mtime = sb.st_mtime,
-                         .etag = S_ISDIR(sb.st_mode) ? NULL : etag};
-        if (!e.is_dir && !S_ISREG(sb.st_mode))
-            continue;
-        rc = fn(ctx, &e);
-        if (rc)
-            break;
+    while ((de = readdir(d)) != NULL && (rc = list_one(d, de, fn, ctx)) == 0) {
     }
     closedir(d);
     return rc;
+}
+
+/* A page of a paged listing: about what an S3 page holds. */
+#define LOCAL_PAGE 1000
+
+typedef struct local_lister {
+    DIR *d;     /* NULL: nothing to list */
+} local_lister;
+
+static int local_lister_open(store *st, const char *dir_prefix, void **impl, walfs_err *err)
+{
+    local_lister *l = calloc(1, sizeof *l);
+    if (!l)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    int rc = open_listing((local_store *)st, dir_prefix, &l->d, err);
+    if (rc) {
+        free(l);
+        return rc;
+    }
+    *impl = l;
+    return 0;
+}
+
+static int local_lister_next(void *impl, store_list_fn fn, void *ctx, int *done, walfs_err *err)
+{
+    (void)err;
+    local_lister *l = impl;
+    *done = 0;
+    for (int i = 0; i < LOCAL_PAGE; i++) {
+        struct dirent *de = l->d ? readdir(l->d) : NULL;
+        if (!de) {
+            *done = 1;
+            return 0;
+        }
+        int rc = list_one(l->d, de, fn, ctx);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void local_lister_close(void *impl)
+{
+    local_lister *l = impl;
+    if (l->d)
+        closedir(l->d);
+    free(l);
 }
 
 /* Temporary files of interrupted uploads, two levels deep at most (a
@@ -431,6 +489,8 @@ static const store_ops local_ops = {
     .remove = local_remove, .list = local_list, .abort_uploads = local_abort_uploads, .destroy = local_destroy,
     .upload_begin = local_upload_begin, .upload_part = local_upload_part,
     .upload_commit = local_upload_commit, .upload_abort = local_upload_abort,
+    .lister_open = local_lister_open, .lister_next = local_lister_next,
+    .lister_close = local_lister_close,
 };
 
 int store_local_open(const char *root_dir, store **out, walfs_err *err)

@@ -212,6 +212,44 @@ static int s3s_list(store *st, const char *dir_prefix, store_list_fn fn, void *c
     return rc;
 }
 
+typedef struct s3s_lister {
+    s3_lister *l;
+    list_adapter a;
+} s3s_lister;
+
+static int s3s_lister_open(store *st, const char *dir_prefix, void **impl, walfs_err *err)
+{
+    s3_store *ss = (s3_store *)st;
+    s3s_lister *sl = calloc(1, sizeof *sl);
+    char *k = full_key(ss, dir_prefix);
+    int rc = !sl || !k ? walfs_err_set(err, -ENOMEM, "out of memory")
+                       : s3_lister_new(ss->client, k, "/", &sl->l, err);
+    if (rc == 0)
+        sl->a.strip = strlen(k);
+    free(k);
+    if (rc) {
+        free(sl);
+        return rc;
+    }
+    *impl = sl;
+    return 0;
+}
+
+static int s3s_lister_next(void *impl, store_list_fn fn, void *ctx, int *done, walfs_err *err)
+{
+    s3s_lister *sl = impl;
+    sl->a.fn = fn;
+    sl->a.ctx = ctx;
+    return s3_lister_next(sl->l, adapt_entry, &sl->a, done, err);
+}
+
+static void s3s_lister_close(void *impl)
+{
+    s3s_lister *sl = impl;
+    s3_lister_free(sl->l);
+    free(sl);
+}
+
 static int s3s_abort_uploads(store *st, const char *dir_prefix, walfs_err *err)
 {
     s3_store *ss = (s3_store *)st;
@@ -237,6 +275,8 @@ static const store_ops s3_store_ops = {
     .remove = s3s_remove, .list = s3s_list, .put_hashed = s3s_put_hashed, .abort_uploads = s3s_abort_uploads, .destroy = s3s_destroy,
     .upload_begin = s3s_upload_begin, .upload_part = s3s_upload_part,
     .upload_commit = s3s_upload_commit, .upload_abort = s3s_upload_abort,
+    .lister_open = s3s_lister_open, .lister_next = s3s_lister_next,
+    .lister_close = s3s_lister_close,
 };
 
 int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,

@@ -15,6 +15,57 @@ void store_close(store *st)
         st->ops->destroy(st);
 }
 
+struct store_lister {
+    store *st;
+    void *impl;     /* the backend's; NULL: one list call is the only page */
+    char *dir;
+    int done;
+};
+
+int store_lister_open(store *st, const char *dir_prefix, store_lister **out, walfs_err *err)
+{
+    *out = NULL;
+    store_lister *l = calloc(1, sizeof *l);
+    if (!l || !(l->dir = strdup(dir_prefix))) {
+        free(l);
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    }
+    l->st = st;
+    if (st->ops->lister_open) {
+        int rc = st->ops->lister_open(st, dir_prefix, &l->impl, err);
+        if (rc) {
+            free(l->dir);
+            free(l);
+            return rc;
+        }
+    }
+    *out = l;
+    return 0;
+}
+
+int store_lister_next(store_lister *l, store_list_fn fn, void *ctx, int *done, walfs_err *err)
+{
+    if (l->impl)
+        return l->st->ops->lister_next(l->impl, fn, ctx, done, err);
+    *done = l->done;
+    if (l->done)
+        return 0;
+    int rc = store_list(l->st, l->dir, fn, ctx, err);
+    if (rc == 0)
+        l->done = *done = 1;
+    return rc;
+}
+
+void store_lister_close(store_lister *l)
+{
+    if (!l)
+        return;
+    if (l->impl)
+        l->st->ops->lister_close(l->impl);
+    free(l->dir);
+    free(l);
+}
+
 static int open_s3_url(const char *rest, const s3_config *cfg, store **out, walfs_err *err)
 {
     const char *slash = strchr(rest, '/');

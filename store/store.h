@@ -68,6 +68,11 @@ typedef struct store_ops {
     /* Removes what interrupted streaming uploads under dir_prefix left
      * (S3: unfinished multipart uploads; local: temporary files). */
     int (*abort_uploads)(store *st, const char *dir_prefix, walfs_err *err);
+    /* list a page at a time (see store_lister_open); may be NULL, then
+     * store.c gives the whole list as one page. */
+    int (*lister_open)(store *st, const char *dir_prefix, void **impl, walfs_err *err);
+    int (*lister_next)(void *impl, store_list_fn fn, void *ctx, int *done, walfs_err *err);
+    void (*lister_close)(void *impl);
 } store_ops;
 
 struct store {
@@ -118,6 +123,16 @@ void store_close(store *st);
  * listed nor kept, so no object name may: it would be stored and never
  * seen again. */
 #define STORE_RESERVED_PREFIX ".walfs-tmp."
+
+/* The listing of dir_prefix a page at a time, for a reader that takes it
+ * at its own pace (readdir): memory is one page, whatever the number of
+ * entries.  Each store_lister_next delivers the next page's entries to fn
+ * (one request, under the caller's deadline scope) and sets *done after
+ * the last; an error leaves the lister where it was. */
+typedef struct store_lister store_lister;
+int store_lister_open(store *st, const char *dir_prefix, store_lister **out, walfs_err *err);
+int store_lister_next(store_lister *l, store_list_fn fn, void *ctx, int *done, walfs_err *err);
+void store_lister_close(store_lister *l);
 
 /* Backends (store/local.c, store/s3.c). */
 int store_local_open(const char *root_dir, store **out, walfs_err *err);

@@ -24,6 +24,26 @@ forwarding it:
   reset-after     (not in the default set) forward and let the server act, then
                   reset before sending its answer: a lost response
 
+A hostile server's listings (ListObjectsV2 requests only, "list=MODE" in the
+control file or --list-mode; every other request is forwarded as usual):
+  off             (default) forwarded like any request
+  repeat-token    forwarded; a 200 page comes back truncated with the
+                  continuation token "walfs-loop", and a request carrying a
+                  token gets that same page again: a listing that never ends
+  many:N          not forwarded: N synthetic WAL keys under the requested prefix
+                  (00000001000000XX... .lzo), in pages of max-keys (1000), with
+                  proper tokens: a large archive without storing it
+  bad-keys        forwarded; a 200 page gets impossible entries added: a key past
+                  the delimiter, a key outside the prefix, a negative size, an
+                  empty key
+  huge-error:N    not forwarded: 403 with an N-byte error body, streamed until the
+                  client stops reading (bytes sent: stats huge_error_sent)
+  echo-403        not forwarded: 403 whose Message echoes the request's headers
+                  (Authorization, x-amz-security-token), as a broken proxy does
+  bad-encoding    not forwarded: 200 with a body declared Shift_JIS holding bytes
+                  that are not (libxml2's encoding error)
+Answers of these modes are counted in stats list_mode_answers.
+
 Usage:
   faultproxy.py --upstream http://127.0.0.1:7610 --listen 7611 --seed 1 \
       --fault-rate 0.25 [--kinds 503,500,reset-before,reset-mid-body,stall,short-body] \
@@ -35,8 +55,8 @@ Usage:
                  (the upstream refused or dropped the connection: the client gets
                  a reset, not counted as an injected fault), by_method, fault_rate.
   --log FILE     one line per request: time, connection, method, target, outcome.
-  --control FILE read before each request when its mtime changed: "rate=R"
-                 and/or "kinds=K1,K2", or a bare number (the rate).  So a test
+  --control FILE read before each request when its mtime changed: "rate=R",
+                 "kinds=K1,K2" and/or "list=MODE", or a bare number (the rate).  So a test
                  can turn faults on and off while the proxy runs.
   SIGUSR1 prints the counters on stderr (and rewrites --stats); SIGTERM/SIGINT
   write them and exit 0.
@@ -250,6 +270,8 @@ class State:
         self.rng = random.Random(args.seed)
         self.rate = args.fault_rate
         self.kinds = list(args.kinds)
+        self.list_mode = args.list_mode
+        self.loop_pages = {}  # repeat-token: prefix -> the page served again
         self.control = args.control
         self.control_mtime = None
         self.stats_path = args.stats
@@ -268,6 +290,8 @@ class State:
             "faults_by_method": {},
             "connections": 0,
             "protocol_errors": 0,
+            "list_mode_answers": 0,
+            "huge_error_sent": 0,
         }
 
     def reload_control(self):
@@ -290,6 +314,8 @@ class State:
                 k, _, v = tok.partition("=")
                 if k == "rate":
                     self.rate = float(v)
+                elif k == "list":
+                    self.list_mode = v
                 elif k == "kinds":
                     kinds = [x for x in v.split(",") if x]
                     bad = [x for x in kinds if x not in ALL_KINDS]
@@ -304,7 +330,13 @@ class State:
                     pass
         for k in self.kinds:
             self.c["faults"].setdefault(k, 0)
-        print(f"faultproxy: control: rate={self.rate} kinds={','.join(self.kinds)}", file=sys.stderr)
+        print(f"faultproxy: control: rate={self.rate} kinds={','.join(self.kinds)} "
+              f"list={self.list_mode}", file=sys.stderr)
+
+    def add(self, key, n):
+        with self.lock:
+            self.c[key] += n
+            self.write_stats_locked()
 
     def decide(self, method):
         """(request number, fault kind or None, fraction for cuts); counts the request."""
@@ -479,6 +511,10 @@ class Handler:
         client_close = version == "HTTP/1.0" or has_token(headers, "connection", "close")
         reqno, kind, frac = st.decide(method)
         resource = urllib.parse.urlsplit(target).path
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, keep_blank_values=True)
+        if st.list_mode != "off" and method == "GET" and query.get("list-type") == ["2"]:
+            return self.hostile_list(head + body, method, target, query, headers, reqno, t0,
+                                     client_close)
 
         if kind in ("503", "500"):
             code, s3code, msg = ((503, "SlowDown", "Please reduce your request rate.") if kind == "503"
@@ -571,6 +607,112 @@ class Handler:
                   line=self.log(reqno, method, target, f"{outcome} fault={kind} sent {cut}/{total}", t0))
         return False
 
+    def send_answer(self, status, reason, body, ctype="application/xml"):
+        head = (f"HTTP/1.1 {status} {reason}\r\n"
+                "x-amz-request-id: faultproxy-list\r\n"
+                f"Content-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.client.sock.sendall(head + body)
+
+    def upstream_page(self, req_bytes, method):
+        """(status, body bytes) of the real server's answer, read whole."""
+        rhead, status, rheaders = self.forward(req_bytes, method)
+        rk, rlen = framing(rheaders, method, status)
+        raw = read_body_raw(self.up, rk, rlen)
+        if rk == "chunked":
+            raw = dechunk(raw)
+        if rk == "close" or has_token(rheaders, "connection", "close"):
+            self.close_up()
+        return status, raw
+
+    def hostile_list(self, req_bytes, method, target, query, headers, reqno, t0, client_close):
+        st = self.state
+        mode = st.list_mode
+        prefix = query.get("prefix", [""])[0]
+        token = query.get("continuation-token", [None])[0]
+        outcome = f"list={mode}"
+        if mode == "repeat-token":
+            if token is not None and prefix in st.loop_pages:
+                page = st.loop_pages[prefix]
+            else:
+                status, page = self.upstream_page(req_bytes, method)
+                if status != 200:
+                    self.send_answer(status, "Upstream", page)
+                    st.count("list_mode_answers", self.log(reqno, method, target, outcome, t0))
+                    return not client_close
+                page = set_truncated(page, "walfs-loop")
+                st.loop_pages[prefix] = page
+            self.send_answer(200, "OK", page)
+        elif mode.startswith("many:"):
+            total = int(mode.split(":", 1)[1])
+            start = int(token) if token else 0
+            n = min(int(query.get("max-keys", ["1000"])[0] or 1000), 1000)
+            end = min(total, start + n)
+            parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name>'
+                     f"<Prefix>{prefix}</Prefix><KeyCount>{end - start}</KeyCount>"
+                     f"<MaxKeys>{n}</MaxKeys><IsTruncated>{'true' if end < total else 'false'}"
+                     "</IsTruncated>"]
+            if token:
+                parts.append(f"<ContinuationToken>{token}</ContinuationToken>")
+            if end < total:
+                parts.append(f"<NextContinuationToken>{end}</NextContinuationToken>")
+            for i in range(start, end):
+                parts.append(f"<Contents><Key>{prefix}00000001{i >> 8:08X}{i & 255:08X}.lzo</Key>"
+                             "<LastModified>2024-01-01T00:00:00.000Z</LastModified>"
+                             '<ETag>"0123456789abcdef0123456789abcdef"</ETag><Size>123</Size>'
+                             "<StorageClass>STANDARD</StorageClass></Contents>")
+            parts.append("</ListBucketResult>")
+            self.send_answer(200, "OK", "".join(parts).encode())
+        elif mode == "bad-keys":
+            status, page = self.upstream_page(req_bytes, method)
+            if status == 200:
+                bad = "".join(
+                    f"<Contents><Key>{k}</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified>"
+                    f'<ETag>"0123456789abcdef0123456789abcdef"</ETag><Size>{sz}</Size></Contents>'
+                    for k, sz in ((f"{prefix}sub/000000010000000000000077.lzo", 10),
+                                  ("elsewhere/000000010000000000000078.lzo", 10),
+                                  (f"{prefix}000000010000000000000079.lzo", -5),
+                                  ("", 10)))
+                page = page.replace(b"</ListBucketResult>", bad.encode() + b"</ListBucketResult>")
+            self.send_answer(status, "OK" if status == 200 else "Upstream", page)
+        elif mode.startswith("huge-error:"):
+            total = int(mode.split(":", 1)[1])
+            start = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                     b"<Message>")
+            head = ("HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\n"
+                    f"Content-Length: {total}\r\n\r\n").encode()
+            sent = 0
+            try:
+                self.client.sock.sendall(head + start)
+                sent = len(start)
+                chunk = b"x" * RELAY_CHUNK
+                while sent < total:
+                    piece = chunk[: total - sent]
+                    self.client.sock.sendall(piece)
+                    sent += len(piece)
+            except OSError:
+                pass
+            st.add("huge_error_sent", sent)
+            st.count("list_mode_answers", self.log(reqno, method, target, f"{outcome} sent {sent}", t0))
+            close_clean(self.client.sock)
+            return False
+        elif mode == "echo-403":
+            # credentials first, so that they are within what a client keeps of a message
+            order = sorted(headers, key=lambda h: h[0] not in ("authorization", "x-amz-security-token"))
+            echoed = "; ".join(f"{n}: {v}" for n, v in order)
+            body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                    f"<Message>proxy refused the request {echoed}</Message></Error>").encode()
+            self.send_answer(403, "Forbidden", body)
+        elif mode == "bad-encoding":
+            body = (b'<?xml version="1.0" encoding="SHIFT_JIS"?>\n<ListBucketResult>'
+                    b"<Name>\x81\xff\x81\xff</Name></ListBucketResult>")
+            self.send_answer(200, "OK", body)
+        else:
+            self.send_answer(500, "Internal Server Error", f"faultproxy: unknown list mode {mode}".encode(),
+                             "text/plain")
+        st.count("list_mode_answers", self.log(reqno, method, target, outcome, t0))
+        return not client_close
+
     def relay(self, rk, rlen):
         """Copy the upstream's body to the client as it arrives; bytes relayed."""
         sock = self.client.sock
@@ -600,6 +742,28 @@ class Handler:
             sent += len(piece)
 
 
+def dechunk(raw):
+    """The body of a raw chunked message body."""
+    out, i = [], 0
+    while True:
+        j = raw.index(b"\r\n", i)
+        size = int(raw[i:j].split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(raw[j + 2 : j + 2 + size])
+        i = j + 2 + size + 2
+
+
+def set_truncated(page, token):
+    """A ListBucketResult page made to say it is truncated, with this token."""
+    import re
+    page = re.sub(rb"<IsTruncated>[^<]*</IsTruncated>", b"<IsTruncated>true</IsTruncated>", page)
+    page = re.sub(rb"<NextContinuationToken>[^<]*</NextContinuationToken>", b"", page)
+    return page.replace(b"</ListBucketResult>",
+                        b"<NextContinuationToken>" + token.encode() + b"</NextContinuationToken>"
+                        b"</ListBucketResult>")
+
+
 def parse_upstream(text):
     if "://" not in text:
         text = "http://" + text
@@ -622,6 +786,7 @@ def main():
     ap.add_argument("--log")
     ap.add_argument("--control")
     ap.add_argument("--port-file")
+    ap.add_argument("--list-mode", default="off", help="a hostile server's listings (see above)")
     ap.add_argument("--connect-timeout", type=float, default=5.0)
     ap.add_argument("--upstream-timeout", type=float, default=120.0)
     ap.add_argument("--client-idle", type=float, default=600.0)
