@@ -22,16 +22,34 @@
 
 #define TAR_PARTS_DIR "tar_partitions/"
 #define INDEX_FORMAT "walfs-backup-index"
-#define INDEX_VERSION 1
+/* Version 1 stored every member's full path; version 2 stores a name and
+ * a parent reference (an older index is rebuilt, not converted). */
+#define INDEX_VERSION 2
 /* A FUSE path beyond these cannot be looked up anyway. */
-#define MAX_PATH_LEN 4095
+#define MAX_PATH_LEN BACKUP_PATH_MAX
 #define MAX_NAME_LEN 255
-/* The index (memory, and its JSON) must stay a small multiple of the tar
- * headers it describes: every member has a header of at least 512 bytes,
- * which its entry never outgrows, but parents synthesized for deep paths
- * without directory entries cost the square of the depth. */
-#define INDEX_BUDGET_FACTOR 4
+/* The index (memory, and its JSON) must stay a bounded multiple of the
+ * tar headers it describes.  Every member has a header of at least 512
+ * bytes, which its entry never outgrows; each parent synthesized for a path
+ * without directory entries is one entry of about 130 bytes in memory (14
+ * in the JSON), paid for by the 2 or more bytes of the name that needs it
+ * ("d/").  So no tar reaches 64x (one-letter components come closest, at
+ * about 55x): the limit is a backstop, with a clear message, against
+ * whatever this reasoning missed. */
+#define INDEX_BUDGET_FACTOR 64
 #define INDEX_BUDGET_SLACK_MIB 4
+
+/* A stored index (anyone who may store indexes can write one) is refused
+ * unparsed beyond this many times the compressed bytes of the partitions
+ * it describes, plus a constant.  Measured: the PostgreSQL 15 fixture's
+ * index is 0.014x its partitions (data dominates); a tar of nothing but
+ * 20,000 empty files (headers only, lzop shrinks them 36x) about 3x.  Only
+ * hostile trees compress further (60 files 2,000 levels deep: 390x): their
+ * index is rebuilt from the partitions instead. */
+#define INDEX_JSON_FACTOR 16u
+#define INDEX_JSON_SLACK ((uint64_t)1 << 20)
+/* json-c needs several times this much to parse. */
+#define INDEX_JSON_CEILING ((uint64_t)256 << 20)
 
 #define CORRUPT_TODO "the object is damaged or was not written by WAL-E: restore it from another copy " \
                      "or take a new base backup"
@@ -174,10 +192,11 @@ static int tar_checksum_ok(const unsigned char *h)
     return want >= 0 && ((uint64_t)want == u || want == sg);
 }
 
-static int mismatch(const backup_member *m, walfs_err *err, const char *what)
+static int mismatch(const backup_index *idx, const backup_member *m, walfs_err *err, const char *what)
 {
+    char path[MAX_PATH_LEN + 1];
     return walfs_err_set(err, -EBADMSG, "the tar header in front of \"%s\" (decompressed offset %" PRIu64
-                         ") %s", m->path, m->data_offset, what);
+                         ") %s", backup_index_path(idx, m, path, sizeof path), m->data_offset, what);
 }
 
 /* Python's tarfile (WAL-E) writes a name it cannot encode in ASCII to a pax
@@ -201,19 +220,22 @@ static int header_name_matches(const char *path, const char *h, int prefix)
     return prefix || *p == '\0';
 }
 
-int backup_member_check_header(const backup_member *m, const unsigned char *h, walfs_err *err)
+int backup_member_check_header(const backup_index *idx, const backup_member *m, const unsigned char *h,
+                               walfs_err *err)
 {
+    char path[MAX_PATH_LEN + 1];
+    backup_index_path(idx, m, path, sizeof path);
     if (!tar_checksum_ok(h))
-        return mismatch(m, err, "is not a tar header (bad checksum): the offset points into other data");
+        return mismatch(idx, m, err, "is not a tar header (bad checksum): the offset points into other data");
     /* '0', NUL (pre-POSIX) and '7' (contiguous) are what libarchive reads
      * as a regular file with data. */
     if (h[156] != '0' && h[156] != '\0' && h[156] != '7')
-        return mismatch(m, err, "is not that of a regular file");
+        return mismatch(idx, m, err, "is not that of a regular file");
     int64_t size = tar_number(h + 124, 12);
     /* Beyond 8 GiB only a pax record can carry the size; the octal field is
      * then whatever the writer put there. */
     if (m->size < ((uint64_t)1 << 33) - 1 && (size < 0 || (uint64_t)size != m->size))
-        return mismatch(m, err, "gives another size");
+        return mismatch(idx, m, err, "gives another size");
     char full[100 + 1 + 155 + 1];
     size_t nlen = strnlen((const char *)h, 100), plen = 0;
     full[0] = '\0';
@@ -236,15 +258,15 @@ int backup_member_check_header(const backup_member *m, const unsigned char *h, w
         const char *t = full;
         while (t[0] == '/' || (t[0] == '.' && t[1] == '/'))
             t += t[0] == '/' ? 1 : 2;
-        if (header_name_matches(m->path, t, 1))
+        if (header_name_matches(path, t, 1))
             return 0;
     }
     char *norm = backup_normalize_path(full, NULL);
-    int same = norm && header_name_matches(m->path, norm, 0);
+    int same = norm && header_name_matches(path, norm, 0);
     free(norm);
     if (same)
         return 0;
-    return mismatch(m, err, "names another member");
+    return mismatch(idx, m, err, "names another member");
 }
 
 /* -------------------------------------------------------------- listing */
@@ -389,9 +411,9 @@ fail:
 
 static void member_fini(backup_member *m)
 {
-    free(m->path);
+    free(m->name);
     free(m->link_target);
-    m->path = m->link_target = NULL;
+    m->name = m->link_target = NULL;
 }
 
 void backup_index_free(backup_index *idx)
@@ -410,12 +432,20 @@ void backup_index_free(backup_index *idx)
     free(idx);
 }
 
-const backup_member *backup_index_find(const backup_index *idx, const char *path)
+/* The child of dir named by the len bytes at name: binary search among
+ * its children, which are sorted by name. */
+static const backup_member *find_child(const backup_index *idx, const backup_member *dir, const char *name,
+                                       size_t len)
 {
-    size_t lo = 0, hi = idx->n_members;
+    if (dir->type != MEMBER_DIR)
+        return NULL;
+    size_t lo = dir->first_child, hi = (size_t)dir->first_child + dir->n_children;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(idx->members[mid].path, path);
+        const char *n = idx->members[mid].name;
+        int c = strncmp(n, name, len);
+        if (c == 0)
+            c = n[len] != '\0';
         if (c == 0)
             return &idx->members[mid];
         if (c < 0)
@@ -424,6 +454,45 @@ const backup_member *backup_index_find(const backup_index *idx, const char *path
             hi = mid;
     }
     return NULL;
+}
+
+const backup_member *backup_index_find(const backup_index *idx, const char *path)
+{
+    if (idx->n_members == 0)
+        return NULL;
+    const backup_member *m = &idx->members[0];
+    while (m && *path) {
+        size_t len = strcspn(path, "/");
+        if (len == 0)
+            return NULL;
+        m = find_child(idx, m, path, len);
+        path += len;
+        if (*path == '/' && !*++path)
+            return NULL;
+    }
+    return m;
+}
+
+char *backup_index_path(const backup_index *idx, const backup_member *m, char *buf, size_t cap)
+{
+    /* Filled from the end, then moved to the front.  Only the root has an
+     * empty name, and parents come before their children, so this ends. */
+    size_t pos = cap - 1;
+    buf[pos] = '\0';
+    for (const backup_member *c = m; c->name[0]; c = &idx->members[c->parent]) {
+        size_t len = strlen(c->name), sep = c != m;
+        if (len + sep > pos) {
+            /* Only a corrupt index gets here: say so rather than truncate. */
+            snprintf(buf, cap, "(path too long)");
+            return buf;
+        }
+        pos -= len + sep;
+        memcpy(buf + pos, c->name, len);
+        if (sep)
+            buf[pos + len] = '/';
+    }
+    memmove(buf, buf + pos, cap - pos);
+    return buf;
 }
 
 int backup_index_matches(const backup_index *idx, const backup_partition_listing *parts,
@@ -440,17 +509,42 @@ int backup_index_matches(const backup_index *idx, const backup_partition_listing
     return 1;
 }
 
-/* Members while building, in tar order (partition by partition). */
+size_t backup_index_json_max(uint64_t total)
+{
+    uint64_t max = total > (UINT64_MAX - INDEX_JSON_SLACK) / INDEX_JSON_FACTOR
+                       ? UINT64_MAX : total * INDEX_JSON_FACTOR + INDEX_JSON_SLACK;
+    return max > INDEX_JSON_CEILING ? INDEX_JSON_CEILING : (size_t)max;
+}
+
+/* Members while building, in tar order (partition by partition), each with
+ * its full normalized path (bounded by the tar's own header bytes: a long
+ * name takes at least its length in header records). */
+typedef struct pending {
+    backup_member m;        /* name unset until the tree is built */
+    char *path;
+    char *link_path;        /* hard links: the normalized path the tar names */
+    size_t seq;             /* tar order, for "the later entry wins" */
+    uint32_t node;          /* its entry in the tree, UINT32_MAX when dropped */
+} pending;
+
 typedef struct mvec {
-    backup_member *v;
+    pending *v;
     size_t n, cap;
 } mvec;
 
-static int mvec_push(mvec *mv, const backup_member *m)
+static void pending_fini(pending *p)
+{
+    member_fini(&p->m);
+    free(p->path);
+    free(p->link_path);
+    p->path = p->link_path = NULL;
+}
+
+static int mvec_push(mvec *mv, const pending *m)
 {
     if (mv->n == mv->cap) {
         size_t cap = mv->cap ? mv->cap * 2 : 256;
-        backup_member *nv = realloc(mv->v, cap * sizeof *nv);
+        pending *nv = realloc(mv->v, cap * sizeof *nv);
         if (!nv)
             return -ENOMEM;
         mv->v = nv;
@@ -463,7 +557,7 @@ static int mvec_push(mvec *mv, const backup_member *m)
 static void mvec_free(mvec *mv)
 {
     for (size_t i = 0; i < mv->n; i++)
-        member_fini(&mv->v[i]);
+        pending_fini(&mv->v[i]);
     free(mv->v);
     memset(mv, 0, sizeof *mv);
 }
@@ -951,7 +1045,7 @@ static int settle_prev(tar_walk *w, uint64_t next_header_pos, walfs_err *err)
                              "is malformed or this libarchive reports positions differently; %s",
                              w->key, w->prev_header_pos, off, w->prev_data_pos, CORRUPT_TODO);
     if (w->prev_member != SIZE_MAX)
-        w->mv->v[w->prev_member].data_offset = off;
+        w->mv->v[w->prev_member].m.data_offset = off;
     return 0;
 }
 
@@ -969,9 +1063,9 @@ static int take_entry(tar_walk *w, struct archive_entry *e, walfs_err *err)
     char *raw = entry_text(archive_entry_pathname(e), archive_entry_pathname_utf8(e));
     if (!raw)
         return walfs_err_set(err, -ENOMEM, "out of memory");
-    backup_member m;
-    memset(&m, 0, sizeof m);
-    m.partition = w->part;
+    pending p;
+    memset(&p, 0, sizeof p);
+    p.m.partition = w->part;
 
     if (archive_entry_sparse_count(e) > 0) {
         rc = walfs_err_set(err, -EIO, "%s: member \"%s\" is a sparse file, which WAL-E never writes and "
@@ -979,13 +1073,13 @@ static int take_entry(tar_walk *w, struct archive_entry *e, walfs_err *err)
         goto out;
     }
     int escapes = 0;
-    m.path = backup_normalize_path(raw, &escapes);
-    if (!m.path) {
+    p.path = backup_normalize_path(raw, &escapes);
+    if (!p.path) {
         skip_member(w, raw, escapes ? "its name leaves the backup root (absolute or \"..\")"
                                     : "its name contains \"..\"");
         goto out;
     }
-    if (!path_fits(m.path)) {
+    if (!path_fits(p.path)) {
         skip_member(w, raw, "its name is too long to be served");
         goto out;
     }
@@ -994,33 +1088,33 @@ static int take_entry(tar_walk *w, struct archive_entry *e, walfs_err *err)
         skip_member(w, raw, "uid or gid out of range");
         goto out;
     }
-    m.uid = (uint32_t)uid;
-    m.gid = (uint32_t)gid;
-    m.mode = (uint32_t)archive_entry_perm(e) & 07777;
-    m.mtime_sec = (int64_t)archive_entry_mtime(e);
+    p.m.uid = (uint32_t)uid;
+    p.m.gid = (uint32_t)gid;
+    p.m.mode = (uint32_t)archive_entry_perm(e) & 07777;
+    p.m.mtime_sec = (int64_t)archive_entry_mtime(e);
     long ns = archive_entry_mtime_nsec(e);
-    m.mtime_nsec = ns >= 0 && ns < 1000000000L ? (uint32_t)ns : 0;
+    p.m.mtime_nsec = ns >= 0 && ns < 1000000000L ? (uint32_t)ns : 0;
 
     const char *hl = archive_entry_hardlink(e);
     if (!hl)
         hl = archive_entry_hardlink_utf8(e);
     if (hl) {
         /* Checked against the whole backup once every partition is read. */
-        m.type = MEMBER_HARDLINK;
-        m.link_target = backup_normalize_path(hl, &escapes);
-        if (!m.link_target || !*m.link_target) {
+        p.m.type = MEMBER_HARDLINK;
+        p.link_path = backup_normalize_path(hl, &escapes);
+        if (!p.link_path || !*p.link_path) {
             skip_member(w, raw, "hard link to a name outside the backup");
             goto out;
         }
     } else {
         switch (archive_entry_filetype(e)) {
         case AE_IFREG:
-            m.type = MEMBER_FILE;
-            m.size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0
+            p.m.type = MEMBER_FILE;
+            p.m.size = archive_entry_size_is_set(e) && archive_entry_size(e) > 0
                          ? (uint64_t)archive_entry_size(e) : 0;
             break;
         case AE_IFDIR:
-            m.type = MEMBER_DIR;
+            p.m.type = MEMBER_DIR;
             break;
         case AE_IFLNK: {
             /* Kept verbatim, even absolute: it is what the symlink is, and
@@ -1039,43 +1133,44 @@ static int take_entry(tar_walk *w, struct archive_entry *e, walfs_err *err)
                                     "can return");
                 goto out;
             }
-            m.type = MEMBER_SYMLINK;
-            m.link_target = strdup(t);
-            if (!m.link_target) {
+            p.m.type = MEMBER_SYMLINK;
+            p.m.link_target = strdup(t);
+            if (!p.m.link_target) {
                 rc = walfs_err_set(err, -ENOMEM, "out of memory");
                 goto out;
             }
             break;
         }
         case AE_IFIFO:
-            m.type = MEMBER_FIFO;
+            p.m.type = MEMBER_FIFO;
             break;
         case AE_IFCHR:
         case AE_IFBLK:
-            m.type = archive_entry_filetype(e) == AE_IFCHR ? MEMBER_CHARDEV : MEMBER_BLOCKDEV;
-            m.rdev_major = (uint32_t)archive_entry_rdevmajor(e);
-            m.rdev_minor = (uint32_t)archive_entry_rdevminor(e);
+            p.m.type = archive_entry_filetype(e) == AE_IFCHR ? MEMBER_CHARDEV : MEMBER_BLOCKDEV;
+            p.m.rdev_major = (uint32_t)archive_entry_rdevmajor(e);
+            p.m.rdev_minor = (uint32_t)archive_entry_rdevminor(e);
             break;
         default:
             skip_member(w, raw, "unsupported member type");
             goto out;
         }
     }
-    if (m.path[0] == '\0' && m.type != MEMBER_DIR) {
+    if (p.path[0] == '\0' && p.m.type != MEMBER_DIR) {
         skip_member(w, raw, "the backup root must be a directory");
         goto out;
     }
-    if (m.type == MEMBER_FILE)
+    if (p.m.type == MEMBER_FILE)
         w->prev_member = w->mv->n;
-    rc = mvec_push(w->mv, &m);
+    p.seq = w->mv->n;
+    rc = mvec_push(w->mv, &p);
     if (rc) {
         w->prev_member = SIZE_MAX;
         rc = walfs_err_set(err, -ENOMEM, "out of memory indexing %s", w->key);
         goto out;
     }
-    memset(&m, 0, sizeof m);
+    memset(&p, 0, sizeof p);
 out:
-    member_fini(&m);
+    pending_fini(&p);
     free(raw);
     return rc;
 }
@@ -1227,7 +1322,7 @@ static int index_partition(store *st, const char *backup, const backup_partition
     }
     if (rc) {
         while (mv->n > n_before)
-            member_fini(&mv->v[--mv->n]);
+            pending_fini(&mv->v[--mv->n]);
         lzop_index_free(&p.blocks);
         goto out_nothread;
     }
@@ -1255,37 +1350,42 @@ out_nothread:
 
 /* ------------------------------------------------------------- finishing */
 
-static int cmp_seq(const void *a, const void *b)
+/* Component by component: '/' sorts before every other byte, so each
+ * directory's descendants follow it directly (depth first), and siblings
+ * come in the strcmp order of their names. */
+static int cmp_path(const char *a, const char *b)
 {
-    const backup_member *x = a, *y = b;
-    int c = strcmp(x->path, y->path);
+    const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+    while (*x && *x == *y) {
+        x++;
+        y++;
+    }
+    if (*x == *y)
+        return 0;
+    if (!*x || !*y)
+        return *x ? 1 : -1;
+    if (*x == '/' || *y == '/')
+        return *x == '/' ? -1 : 1;
+    return *x < *y ? -1 : 1;
+}
+
+static int cmp_pending(const void *a, const void *b)
+{
+    const pending *x = a, *y = b;
+    int c = cmp_path(x->path, y->path);
     if (c)
         return c;
-    /* Equal paths: tar order, stashed in rdev_major by finish_members. */
-    return (x->rdev_major > y->rdev_major) - (x->rdev_major < y->rdev_major);
+    return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-static int cmp_member(const void *a, const void *b)
+static const pending *find_pending(const mvec *mv, const char *path)
 {
-    return strcmp(((const backup_member *)a)->path, ((const backup_member *)b)->path);
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static const backup_member *find_in(const backup_member *v, size_t n, const char *path, size_t *pos)
-{
-    size_t lo = 0, hi = n;
+    size_t lo = 0, hi = mv->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(v[mid].path, path);
-        if (c == 0) {
-            if (pos)
-                *pos = mid;
-            return &v[mid];
-        }
+        int c = cmp_path(mv->v[mid].path, path);
+        if (c == 0)
+            return &mv->v[mid];
         if (c < 0)
             lo = mid + 1;
         else
@@ -1294,213 +1394,237 @@ static const backup_member *find_in(const backup_member *v, size_t n, const char
     return NULL;
 }
 
-/* Sorts, applies "later entry wins", synthesizes missing parents, then
- * drops what the filesystem could not present consistently. */
-static uint64_t member_cost(const backup_member *m)
-{
-    return sizeof *m + strlen(m->path) + 1 + (m->link_target ? strlen(m->link_target) + 1 : 0);
-}
+#define NO_NODE UINT32_MAX
 
-static int over_budget(const char *backup, uint64_t cost, uint64_t header_bytes, walfs_err *err)
+/* The tree while it is built, depth first, children linked in name order. */
+typedef struct tnode {
+    backup_member m;
+    uint32_t first, last, next;
+    int dead;
+} tnode;
+
+typedef struct tree {
+    const char *backup;
+    tnode *v;
+    size_t n, cap;
+    uint64_t cost, budget, header_bytes;
+} tree;
+
+static int over_budget(const tree *t, walfs_err *err)
 {
     return walfs_err_set(err, -EIO, "backup %s: its index would need more than %" PRIu64 " MiB for %" PRIu64
                          " KiB of tar headers (members nested deep under directories the tar does not "
                          "contain); walfs refuses indexes beyond %dx the tar's header bytes + %d MiB: "
                          "this is not a data directory WAL-E wrote, use another backup",
-                         backup, cost >> 20, header_bytes >> 10, INDEX_BUDGET_FACTOR, INDEX_BUDGET_SLACK_MIB);
+                         t->backup, t->cost >> 20, t->header_bytes >> 10, INDEX_BUDGET_FACTOR,
+                         INDEX_BUDGET_SLACK_MIB);
 }
 
-static int finish_members(const char *backup, mvec *mv, uint64_t header_bytes, walfs_err *err)
+/* Adds a copy of m (taking its link_target) named by len bytes of name
+ * under parent; its index in *node. */
+static int tree_add(tree *t, backup_member *m, uint32_t parent, const char *name, size_t len, uint32_t *node,
+                    walfs_err *err)
 {
-    /* Sorting is not stable: carry the tar order in a spare field. The
-     * real rdev values are kept aside and restored after deduplication. */
-    uint32_t *rdev = malloc((mv->n ? mv->n : 1) * sizeof *rdev);
-    if (!rdev)
+    t->cost += sizeof(tnode) + len + 1 + (m->link_target ? strlen(m->link_target) + 1 : 0);
+    if (t->cost > t->budget)
+        return over_budget(t, err);
+    if (t->n >= UINT32_MAX - 1)
+        return walfs_err_set(err, -EIO, "backup %s has too many members", t->backup);
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 256;
+        tnode *nv = realloc(t->v, cap * sizeof *nv);
+        if (!nv)
+            return walfs_err_set(err, -ENOMEM, "out of memory");
+        t->v = nv;
+        t->cap = cap;
+    }
+    tnode *n = &t->v[t->n];
+    memset(n, 0, sizeof *n);
+    n->m = *m;
+    n->m.name = strndup(name, len);
+    if (!n->m.name)
         return walfs_err_set(err, -ENOMEM, "out of memory");
+    m->link_target = NULL;
+    n->m.parent = parent;
+    n->first = n->last = n->next = NO_NODE;
+    *node = (uint32_t)t->n++;
+    if (*node != parent) {
+        tnode *p = &t->v[parent];
+        if (p->last == NO_NODE)
+            p->first = *node;
+        else
+            t->v[p->last].next = *node;
+        p->last = *node;
+    }
+    return 0;
+}
+
+static void tree_free(tree *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        member_fini(&t->v[i].m);
+    free(t->v);
+    t->v = NULL;
+    t->n = 0;
+}
+
+/* A directory on the way down to the current member. */
+typedef struct tstep {
+    uint32_t node;
+    const char *path;       /* a member path it is a prefix of */
+    size_t len;
+} tstep;
+
+/* Builds the tree of the sorted members: one entry per directory, parents
+ * without an entry of their own synthesized once, members under a parent
+ * that is not a directory (a file or symlink replaced a directory, or a
+ * symlink was placed to redirect later members) dropped. */
+static int grow_tree(tree *t, mvec *mv, walfs_err *err)
+{
+    /* Parents without an entry (tablespace trees, other writers). */
+    int has_root = mv->n && mv->v[0].path[0] == '\0';
+    backup_member tmpl = {.type = MEMBER_DIR, .mode = 0700};
+    if (has_root) {
+        tmpl.uid = mv->v[0].m.uid;
+        tmpl.gid = mv->v[0].m.gid;
+        tmpl.mtime_sec = mv->v[0].m.mtime_sec;
+        tmpl.mtime_nsec = mv->v[0].m.mtime_nsec;
+    }
+    backup_member root = has_root ? mv->v[0].m : tmpl;
+    uint32_t node;
+    int rc = tree_add(t, &root, 0, "", 0, &node, err);
+    if (rc)
+        return rc;
+    if (has_root)
+        mv->v[0].node = 0;
+    /* Normalized paths that fit have at most this many components. */
+    tstep *stack = malloc((MAX_PATH_LEN / 2 + 4) * sizeof *stack);
+    if (!stack)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    size_t depth = 1;
+    stack[0] = (tstep){.node = 0, .path = "", .len = 0};
+    for (size_t i = has_root ? 1 : 0; i < mv->n && !rc; i++) {
+        pending *p = &mv->v[i];
+        p->node = NO_NODE;
+        size_t plen = strlen(p->path);
+        while (depth > 1) {
+            const tstep *s = &stack[depth - 1];
+            if (s->len < plen && p->path[s->len] == '/' && memcmp(s->path, p->path, s->len) == 0)
+                break;
+            depth--;
+        }
+        const tstep *up = &stack[depth - 1];
+        if (t->v[up->node].m.type != MEMBER_DIR) {
+            log_warn("backup %s: skipping member \"%s\": its parent \"%.*s\" is not a directory", t->backup,
+                     p->path, (int)up->len, up->path);
+            continue;
+        }
+        size_t pos = depth > 1 ? up->len + 1 : 0;
+        uint32_t parent = up->node;
+        for (const char *s = strchr(p->path + pos, '/'); s && !rc; s = strchr(p->path + pos, '/')) {
+            backup_member dir = tmpl;
+            rc = tree_add(t, &dir, parent, p->path + pos, (size_t)(s - p->path) - pos, &parent, err);
+            stack[depth++] = (tstep){.node = parent, .path = p->path, .len = (size_t)(s - p->path)};
+            pos = (size_t)(s - p->path) + 1;
+        }
+        if (!rc)
+            rc = tree_add(t, &p->m, parent, p->path + pos, plen - pos, &p->node, err);
+        if (!rc)
+            stack[depth++] = (tstep){.node = p->node, .path = p->path, .len = plen};
+    }
+    free(stack);
+    return rc;
+}
+
+/* Hard links name the first archived copy, possibly in an earlier
+ * partition; point them straight at the file holding the data. */
+static void link_hardlinks(tree *t, const mvec *mv)
+{
     for (size_t i = 0; i < mv->n; i++) {
-        rdev[i] = mv->v[i].rdev_major;
-        mv->v[i].rdev_major = (uint32_t)i;
+        const pending *p = &mv->v[i];
+        if (p->node == NO_NODE || p->m.type != MEMBER_HARDLINK)
+            continue;
+        const pending *to = NULL;
+        const char *name = p->link_path;
+        for (int hops = 0; hops < 16; hops++) {
+            to = find_pending(mv, name);
+            if (!to || to->node == NO_NODE || to->m.type != MEMBER_HARDLINK)
+                break;
+            name = to->link_path;
+        }
+        if (!to || to->node == NO_NODE || to->m.type != MEMBER_FILE) {
+            log_warn("backup %s: skipping hard link \"%s\": its target \"%s\" is %s", t->backup, p->path,
+                     p->link_path, !to || to->node == NO_NODE ? "not in the backup" : "not a regular file");
+            t->v[p->node].dead = 1;
+            continue;
+        }
+        t->v[p->node].m.link_member = to->node;
     }
-    if (mv->n > UINT32_MAX) {
-        free(rdev);
-        return walfs_err_set(err, -EIO, "backup %s has too many members", backup);
+}
+
+/* Breadth first, so that each directory's children are contiguous. */
+static int flatten(tree *t, backup_member **out, size_t *n_out, walfs_err *err)
+{
+    uint32_t *order = malloc(t->n * sizeof *order), *renum = malloc(t->n * sizeof *renum);
+    backup_member *v = calloc(t->n, sizeof *v);
+    if (!order || !renum || !v) {
+        free(order);
+        free(renum);
+        free(v);
+        return walfs_err_set(err, -ENOMEM, "out of memory");
     }
+    size_t k = 1;
+    order[0] = 0;
+    renum[0] = 0;
+    for (size_t q = 0; q < k; q++) {
+        tnode *d = &t->v[order[q]];
+        size_t first = k;
+        for (uint32_t c = d->first; c != NO_NODE; c = t->v[c].next)
+            if (!t->v[c].dead) {
+                renum[c] = (uint32_t)k;
+                order[k++] = c;
+            }
+        d->m.n_children = (uint32_t)(k - first);
+        d->m.first_child = k > first ? (uint32_t)first : 0;
+    }
+    for (size_t j = 0; j < k; j++) {
+        tnode *d = &t->v[order[j]];
+        v[j] = d->m;
+        v[j].parent = renum[d->m.parent];
+        if (v[j].type == MEMBER_HARDLINK)
+            v[j].link_member = renum[v[j].link_member];
+        memset(&d->m, 0, sizeof d->m);
+    }
+    free(order);
+    free(renum);
+    *out = v;
+    *n_out = k;
+    return 0;
+}
+
+/* Sorts, applies "later entry wins", then builds the tree. */
+static int finish_members(const char *backup, mvec *mv, uint64_t header_bytes, backup_member **out,
+                          size_t *n_out, walfs_err *err)
+{
     if (mv->n)
-        qsort(mv->v, mv->n, sizeof *mv->v, cmp_seq);
+        qsort(mv->v, mv->n, sizeof *mv->v, cmp_pending);
     size_t o = 0;
     for (size_t i = 0; i < mv->n; i++) {
         if (i + 1 < mv->n && strcmp(mv->v[i].path, mv->v[i + 1].path) == 0) {
-            member_fini(&mv->v[i]); /* replaced by a later entry */
-            continue;
-        }
-        mv->v[o] = mv->v[i];
-        mv->v[o].rdev_major = rdev[mv->v[i].rdev_major];
-        o++;
-    }
-    mv->n = o;
-    free(rdev);
-
-    /* Parents without their own entry (tablespace trees, other writers). */
-    const backup_member *root = mv->n && mv->v[0].path[0] == '\0' ? &mv->v[0] : NULL;
-    backup_member tmpl = {.type = MEMBER_DIR, .mode = 0700};
-    if (root) {
-        tmpl.uid = root->uid;
-        tmpl.gid = root->gid;
-        tmpl.mtime_sec = root->mtime_sec;
-        tmpl.mtime_nsec = root->mtime_nsec;
-    }
-    char **want = NULL;
-    size_t n_want = 0, cap_want = 0;
-    int rc = 0;
-    if (!root) {
-        want = malloc(sizeof *want);
-        if (!want || !(want[0] = strdup("")))
-            goto oom;
-        n_want = cap_want = 1;
-    }
-    size_t n_orig = mv->n;
-    uint64_t budget = header_bytes * INDEX_BUDGET_FACTOR + ((uint64_t)INDEX_BUDGET_SLACK_MIB << 20), cost = 0;
-    for (size_t i = 0; i < n_orig; i++)
-        cost += member_cost(&mv->v[i]);
-    if (cost > budget) {
-        rc = over_budget(backup, cost, header_bytes, err);
-        goto fail;
-    }
-    for (size_t i = 0; i < n_orig; i++) {
-        const char *path = mv->v[i].path;
-        /* Sorted: the ancestors shared with the previous member were seen
-         * with it, so each missing parent is counted (and built) once. */
-        size_t common = 0;
-        if (i > 0)
-            while (path[common] && path[common] == mv->v[i - 1].path[common])
-                common++;
-        for (const char *s = strchr(path, '/'); s; s = strchr(s + 1, '/')) {
-            size_t plen = (size_t)(s - path);
-            if (plen < common && mv->v[i - 1].path[plen] == '/')
-                continue;
-            /* Most parents exist: only collect the missing ones. */
-            char *anc = strndup(path, plen);
-            if (!anc)
-                goto oom;
-            if (find_in(mv->v, n_orig, anc, NULL)) {
-                free(anc);
-                continue;
-            }
-            if (n_want == cap_want) {
-                size_t cap = cap_want ? cap_want * 2 : 16;
-                char **nw = realloc(want, cap * sizeof *nw);
-                if (!nw) {
-                    free(anc);
-                    goto oom;
-                }
-                want = nw;
-                cap_want = cap;
-            }
-            want[n_want++] = anc;
-            cost += sizeof(backup_member) + plen + 1;
-            if (cost > budget) {
-                rc = over_budget(backup, cost, header_bytes, err);
-                goto fail;
-            }
-        }
-    }
-    if (n_want) {
-        qsort(want, n_want, sizeof *want, cmp_str);
-        const char *last = NULL;
-        for (size_t i = 0; i < n_want; i++) {
-            if (last && strcmp(want[i], last) == 0)
-                continue;
-            last = want[i];
-            backup_member m = tmpl;
-            m.path = want[i];
-            want[i] = NULL;
-            if (mvec_push(mv, &m) != 0) {
-                free(m.path);
-                goto oom;
-            }
-        }
-        qsort(mv->v, mv->n, sizeof *mv->v, cmp_member);
-    }
-    for (size_t i = 0; i < n_want; i++)
-        free(want[i]);
-    free(want);
-    want = NULL;
-
-    /* A parent that is not a directory (a file or symlink replaced a
-     * directory, or a symlink was placed to redirect later members) cannot
-     * hold children: drop them. Parents sort before their children, so one
-     * pass in order sees each parent's verdict first. */
-    unsigned char *drop = calloc(mv->n ? mv->n : 1, 1);
-    if (!drop)
-        return walfs_err_set(err, -ENOMEM, "out of memory");
-    for (size_t i = 0; i < mv->n; i++) {
-        const char *path = mv->v[i].path;
-        if (!*path)
-            continue;
-        const char *slash = strrchr(path, '/');
-        char *parent = strndup(path, slash ? (size_t)(slash - path) : 0);
-        if (!parent) {
-            free(drop);
-            return walfs_err_set(err, -ENOMEM, "out of memory");
-        }
-        size_t pos;
-        const backup_member *pm = find_in(mv->v, mv->n, parent, &pos);
-        if (!pm || drop[pos] || pm->type != MEMBER_DIR) {
-            log_warn("backup %s: skipping member \"%s\": its parent \"%s\" is not a directory", backup, path,
-                     parent);
-            drop[i] = 1;
-        }
-        free(parent);
-    }
-    /* Hard links name the first archived copy, possibly in an earlier
-     * partition; point them straight at the file holding the data. */
-    for (size_t i = 0; i < mv->n; i++) {
-        backup_member *m = &mv->v[i];
-        if (drop[i] || m->type != MEMBER_HARDLINK)
-            continue;
-        const backup_member *t = NULL;
-        size_t pos = 0;
-        const char *name = m->link_target;
-        for (int hops = 0; hops < 16; hops++) {
-            t = find_in(mv->v, mv->n, name, &pos);
-            if (!t || drop[pos] || t->type != MEMBER_HARDLINK)
-                break;
-            name = t->link_target;
-        }
-        if (!t || drop[pos] || t->type != MEMBER_FILE) {
-            log_warn("backup %s: skipping hard link \"%s\": its target \"%s\" is %s", backup, m->path,
-                     m->link_target, !t || drop[pos] ? "not in the backup" : "not a regular file");
-            drop[i] = 1;
-            continue;
-        }
-        if (t->path != m->link_target) {
-            char *nt = strdup(t->path);
-            if (!nt) {
-                free(drop);
-                return walfs_err_set(err, -ENOMEM, "out of memory");
-            }
-            free(m->link_target);
-            m->link_target = nt;
-        }
-    }
-    o = 0;
-    for (size_t i = 0; i < mv->n; i++) {
-        if (drop[i]) {
-            member_fini(&mv->v[i]);
+            pending_fini(&mv->v[i]); /* replaced by a later entry */
             continue;
         }
         mv->v[o++] = mv->v[i];
     }
     mv->n = o;
-    free(drop);
-    return rc;
-oom:
-    rc = walfs_err_set(err, -ENOMEM, "out of memory");
-fail:
-    if (want)
-        for (size_t i = 0; i < n_want; i++)
-            free(want[i]);
-    free(want);
+    tree t = {.backup = backup, .header_bytes = header_bytes,
+              .budget = header_bytes * INDEX_BUDGET_FACTOR + ((uint64_t)INDEX_BUDGET_SLACK_MIB << 20)};
+    int rc = grow_tree(&t, mv, err);
+    if (!rc) {
+        link_hardlinks(&t, mv);
+        rc = flatten(&t, out, n_out, err);
+    }
+    tree_free(&t);
     return rc;
 }
 
@@ -1531,11 +1655,10 @@ int backup_index_build(store *st, const char *backup_name, const backup_partitio
             goto fail;
         idx->n_partitions++;
     }
-    rc = finish_members(backup_name, &mv, header_bytes, err);
+    rc = finish_members(backup_name, &mv, header_bytes, &idx->members, &idx->n_members, err);
     if (rc)
         goto fail;
-    idx->members = mv.v;
-    idx->n_members = mv.n;
+    mvec_free(&mv);
     *out = idx;
     return 0;
 fail:
@@ -1637,12 +1760,34 @@ static void sha256_hex(const void *a, size_t alen, const void *b, size_t blen, c
 #define SHA_TAIL_PREFIX ",\"sha256\":\""
 #define SHA_TAIL_LEN (sizeof SHA_TAIL_PREFIX - 1 + 64 + 2)
 
+/* A directory with the attributes the builder gives the parents it
+ * synthesizes (the root's owner and mtime, mode 0700) is stored as just
+ * [parent, name]: deep trees without directory entries are made of them. */
+static void synthesized_attrs(const backup_index *idx, backup_member *d)
+{
+    const backup_member *root = &idx->members[0];
+    d->type = MEMBER_DIR;
+    d->mode = 0700;
+    d->uid = root->uid;
+    d->gid = root->gid;
+    d->mtime_sec = root->mtime_sec;
+    d->mtime_nsec = root->mtime_nsec;
+}
+
+static int like_synthesized(const backup_index *idx, const backup_member *m)
+{
+    backup_member d = {0};
+    synthesized_attrs(idx, &d);
+    return m->type == d.type && m->mode == d.mode && m->uid == d.uid && m->gid == d.gid &&
+           m->mtime_sec == d.mtime_sec && m->mtime_nsec == d.mtime_nsec;
+}
+
 int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walfs_err *err)
 {
     *json = NULL;
     *len = 0;
     sbuf b = {0};
-    sb_puts(&b, "{\"format\":\"" INDEX_FORMAT "\",\"version\":1,\"backup\":");
+    sb_printf(&b, "{\"format\":\"" INDEX_FORMAT "\",\"version\":%d,\"backup\":", INDEX_VERSION);
     sb_json_str(&b, idx->backup_name);
     sb_puts(&b, ",\"partitions\":[");
     for (size_t i = 0; i < idx->n_partitions; i++) {
@@ -1665,8 +1810,12 @@ int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walf
     sb_puts(&b, "],\"members\":[");
     for (size_t i = 0; i < idx->n_members; i++) {
         const backup_member *m = &idx->members[i];
-        sb_puts(&b, i ? ",\n[" : "\n[");
-        sb_json_str(&b, m->path);
+        sb_printf(&b, "%s[%" PRIu32 ",", i ? ",\n" : "\n", m->parent);
+        sb_json_str(&b, m->name);
+        if (i > 0 && like_synthesized(idx, m)) {
+            sb_put(&b, "]", 1);
+            continue;
+        }
         sb_printf(&b, ",\"%c\",%" PRIu32 ",%" PRIu32 ",%" PRIu32 ",%" PRId64 ",%" PRIu32, type_codes[m->type],
                   m->mode, m->uid, m->gid, m->mtime_sec, m->mtime_nsec);
         switch (m->type) {
@@ -1674,9 +1823,11 @@ int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walf
             sb_printf(&b, ",%" PRIu64 ",%" PRIu32 ",%" PRIu64, m->size, m->partition, m->data_offset);
             break;
         case MEMBER_SYMLINK:
-        case MEMBER_HARDLINK:
             sb_put(&b, ",", 1);
             sb_json_str(&b, m->link_target ? m->link_target : "");
+            break;
+        case MEMBER_HARDLINK:
+            sb_printf(&b, ",%" PRIu32, m->link_member);
             break;
         case MEMBER_CHARDEV:
         case MEMBER_BLOCKDEV:
@@ -1857,72 +2008,90 @@ static int load_partition(loader *L, json_object *o, size_t i, const char *backu
     return load_blocks(L, field(o, "blocks"), p);
 }
 
-static int load_member(loader *L, json_object *e, const backup_index *idx, backup_member *m)
+/* One path component as the builder makes them. */
+static int valid_name(const char *s)
+{
+    size_t len = strlen(s);
+    return len > 0 && len <= MAX_NAME_LEN && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+static int load_member(loader *L, json_object *e, const backup_index *idx, size_t i, backup_member *m)
 {
     if (!json_object_is_type(e, json_type_array))
         return bad(L, "a member must be an array");
     size_t n = json_object_array_length(e);
-    if (n < 7)
+    if (n < 8 && (n != 2 || i == 0))
         return bad(L, "member array too short");
-    const char *path, *tc;
-    int rc = get_str(L, json_object_array_get_idx(e, 0), &path);
+    const char *name, *tc;
+    uint64_t v;
+    int rc = get_u64(L, json_object_array_get_idx(e, 0), UINT32_MAX, &v);
     if (rc)
         return rc;
-    m->path = strdup(path);
-    if (!m->path)
+    if (i == 0 ? v != 0 : v >= i)
+        return bad(L, "member's parent does not come before it");
+    m->parent = (uint32_t)v;
+    if ((rc = get_str(L, json_object_array_get_idx(e, 1), &name)))
+        return rc;
+    if (i == 0 ? *name != '\0' : !valid_name(name))
+        return bad(L, "member name is not a single path component");
+    m->name = strdup(name);
+    if (!m->name)
         return walfs_err_set(L->err, -ENOMEM, "out of memory");
-    char *norm = backup_normalize_path(path, NULL);
-    int ok = norm && strcmp(norm, path) == 0 && path_fits(path);
-    free(norm);
-    if (!ok)
-        return bad(L, "member path is not normalized");
-    if ((rc = get_str(L, json_object_array_get_idx(e, 1), &tc)))
+    if (n == 2) {
+        synthesized_attrs(idx, m);
+        return 0;
+    }
+    if ((rc = get_str(L, json_object_array_get_idx(e, 2), &tc)))
         return rc;
     const char *tp = strlen(tc) == 1 ? strchr(type_codes, tc[0]) : NULL;
     if (!tp)
         return bad(L, "unknown member type");
     m->type = (backup_member_type)(tp - type_codes);
-    uint64_t v;
-    if ((rc = get_u64(L, json_object_array_get_idx(e, 2), 07777, &v)))
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 3), 07777, &v)))
         return rc;
     m->mode = (uint32_t)v;
-    if ((rc = get_u64(L, json_object_array_get_idx(e, 3), UINT32_MAX, &v)))
-        return rc;
-    m->uid = (uint32_t)v;
     if ((rc = get_u64(L, json_object_array_get_idx(e, 4), UINT32_MAX, &v)))
         return rc;
-    m->gid = (uint32_t)v;
-    if ((rc = get_i64(L, json_object_array_get_idx(e, 5), &m->mtime_sec)))
+    m->uid = (uint32_t)v;
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 5), UINT32_MAX, &v)))
         return rc;
-    if ((rc = get_u64(L, json_object_array_get_idx(e, 6), 999999999, &v)))
+    m->gid = (uint32_t)v;
+    if ((rc = get_i64(L, json_object_array_get_idx(e, 6), &m->mtime_sec)))
+        return rc;
+    if ((rc = get_u64(L, json_object_array_get_idx(e, 7), 999999999, &v)))
         return rc;
     m->mtime_nsec = (uint32_t)v;
-    size_t want = m->type == MEMBER_FILE                                        ? 10
-                  : m->type == MEMBER_SYMLINK || m->type == MEMBER_HARDLINK     ? 8
-                  : m->type == MEMBER_CHARDEV || m->type == MEMBER_BLOCKDEV     ? 9
-                                                                                : 7;
+    size_t want = m->type == MEMBER_FILE                                        ? 11
+                  : m->type == MEMBER_SYMLINK || m->type == MEMBER_HARDLINK     ? 9
+                  : m->type == MEMBER_CHARDEV || m->type == MEMBER_BLOCKDEV     ? 10
+                                                                                : 8;
     if (n != want)
         return bad(L, "member array has the wrong length for its type");
     switch (m->type) {
     case MEMBER_FILE: {
-        if ((rc = get_u64(L, json_object_array_get_idx(e, 7), (uint64_t)INT64_MAX - 1, &m->size)))
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), (uint64_t)INT64_MAX - 1, &m->size)))
             return rc;
-        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), UINT32_MAX, &v)))
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 9), UINT32_MAX, &v)))
             return rc;
         if (v >= idx->n_partitions)
             return bad(L, "member names a partition that does not exist");
         m->partition = (uint32_t)v;
-        if ((rc = get_u64(L, json_object_array_get_idx(e, 9), (uint64_t)INT64_MAX - 1, &m->data_offset)))
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 10), (uint64_t)INT64_MAX - 1, &m->data_offset)))
             return rc;
         uint64_t usz = idx->partitions[m->partition].blocks.uncomp_size;
         if (m->data_offset > usz || m->size > usz - m->data_offset)
             return bad(L, "member data lies outside its partition");
         break;
     }
-    case MEMBER_SYMLINK:
-    case MEMBER_HARDLINK: {
+    case MEMBER_HARDLINK:
+        /* Checked against its target once every member is read. */
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), UINT32_MAX, &v)))
+            return rc;
+        m->link_member = (uint32_t)v;
+        break;
+    case MEMBER_SYMLINK: {
         const char *t;
-        if ((rc = get_str(L, json_object_array_get_idx(e, 7), &t)))
+        if ((rc = get_str(L, json_object_array_get_idx(e, 8), &t)))
             return rc;
         if (!*t || strlen(t) > MAX_PATH_LEN)
             return bad(L, "empty or overlong link target");
@@ -1933,10 +2102,10 @@ static int load_member(loader *L, json_object *e, const backup_index *idx, backu
     }
     case MEMBER_CHARDEV:
     case MEMBER_BLOCKDEV:
-        if ((rc = get_u64(L, json_object_array_get_idx(e, 7), UINT32_MAX, &v)))
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), UINT32_MAX, &v)))
             return rc;
         m->rdev_major = (uint32_t)v;
-        if ((rc = get_u64(L, json_object_array_get_idx(e, 8), UINT32_MAX, &v)))
+        if ((rc = get_u64(L, json_object_array_get_idx(e, 9), UINT32_MAX, &v)))
             return rc;
         m->rdev_minor = (uint32_t)v;
         break;
@@ -1946,35 +2115,40 @@ static int load_member(loader *L, json_object *e, const backup_index *idx, backu
     return 0;
 }
 
-/* The invariants the builder guarantees, checked again on what was read. */
-static int check_tree(loader *L, const backup_index *idx)
+/* The invariants the builder guarantees, checked again on what was read:
+ * a tree (parents come first and are directories), children contiguous
+ * and sorted by name, paths that fit, hard links to regular files.  Fills
+ * in each directory's children. */
+static int check_tree(loader *L, backup_index *idx)
 {
-    if (idx->n_members == 0 || idx->members[0].path[0] != '\0' || idx->members[0].type != MEMBER_DIR)
+    if (idx->n_members == 0 || idx->members[0].type != MEMBER_DIR)
         return bad(L, "no root directory entry");
-    for (size_t i = 1; i < idx->n_members; i++) {
-        const backup_member *m = &idx->members[i];
+    size_t *plen = malloc(idx->n_members * sizeof *plen);
+    if (!plen)
+        return walfs_err_set(L->err, -ENOMEM, "out of memory");
+    plen[0] = 0;
+    int rc = 0;
+    for (size_t i = 1; i < idx->n_members && !rc; i++) {
+        backup_member *m = &idx->members[i], *pm = &idx->members[m->parent];
+        const backup_member *prev = &idx->members[i - 1];
         snprintf(L->where, sizeof L->where, "member %zu", i);
-        if (strcmp(idx->members[i - 1].path, m->path) >= 0)
-            return bad(L, "members are not sorted by path or are duplicated");
-        const char *slash = strrchr(m->path, '/');
-        char *parent = strndup(m->path, slash ? (size_t)(slash - m->path) : 0);
-        if (!parent)
-            return walfs_err_set(L->err, -ENOMEM, "out of memory");
-        const backup_member *pm = backup_index_find(idx, parent);
-        free(parent);
-        if (!pm || pm->type != MEMBER_DIR)
-            return bad(L, "member's parent is not a directory in the index");
-        if (m->type == MEMBER_HARDLINK) {
-            char *norm = backup_normalize_path(m->link_target, NULL);
-            int ok = norm && strcmp(norm, m->link_target) == 0;
-            free(norm);
-            const backup_member *t = ok ? backup_index_find(idx, m->link_target) : NULL;
-            if (!t || t->type != MEMBER_FILE)
-                return bad(L, "hard link does not name a regular file of the index");
-        }
+        plen[i] = (m->parent ? plen[m->parent] + 1 : 0) + strlen(m->name);
+        if (pm->type != MEMBER_DIR)
+            rc = bad(L, "member's parent is not a directory in the index");
+        else if (m->parent < prev->parent || (m->parent == prev->parent && strcmp(prev->name, m->name) >= 0))
+            rc = bad(L, "members are not grouped by parent and sorted by name, or are duplicated");
+        else if (plen[i] > MAX_PATH_LEN)
+            rc = bad(L, "member path is too long");
+        else if (m->type == MEMBER_HARDLINK &&
+                 (m->link_member >= idx->n_members || idx->members[m->link_member].type != MEMBER_FILE))
+            rc = bad(L, "hard link does not name a regular file of the index");
+        if (pm->n_children++ == 0)
+            pm->first_child = (uint32_t)i;
     }
-    L->where[0] = '\0';
-    return 0;
+    free(plen);
+    if (!rc)
+        L->where[0] = '\0';
+    return rc;
 }
 
 static int cmp_extent(const void *a, const void *b)
@@ -2005,7 +2179,8 @@ static int check_extents(loader *L, const backup_index *idx)
     for (size_t i = 0; i < n && !rc; i++) {
         const backup_member *m = v[i];
         uint64_t end = m->data_offset + round_up_512(m->size);
-        snprintf(L->where, sizeof L->where, "member \"%.60s\"", m->path);
+        char path[MAX_PATH_LEN + 1];
+        snprintf(L->where, sizeof L->where, "member \"%.60s\"", backup_index_path(idx, m, path, sizeof path));
         if (m->data_offset < 512 || m->data_offset % 512 != 0)
             rc = bad(L, "data does not start on a tar block after a header");
         else if (end > idx->partitions[m->partition].blocks.uncomp_size)
@@ -2069,6 +2244,11 @@ int backup_index_from_json(const char *json, size_t len, backup_index **out, wal
     }
     if ((rc = get_u64(&L, field(root, "version"), UINT32_MAX, &ver)))
         goto fail;
+    if (ver < INDEX_VERSION) {
+        rc = walfs_err_set(err, -ESTALE, "the index is in format version %" PRIu64 " (full paths); this walfs "
+                           "uses version %d", ver, INDEX_VERSION);
+        goto fail;
+    }
     if (ver != INDEX_VERSION) {
         rc = bad(&L, "unsupported index version");
         goto fail;
@@ -2117,7 +2297,7 @@ int backup_index_from_json(const char *json, size_t len, backup_index **out, wal
     for (size_t i = 0; i < nm; i++) {
         snprintf(L.where, sizeof L.where, "member %zu", i);
         idx->n_members = i + 1;
-        if ((rc = load_member(&L, json_object_array_get_idx(mems, i), idx, &idx->members[i])))
+        if ((rc = load_member(&L, json_object_array_get_idx(mems, i), idx, i, &idx->members[i])))
             goto fail;
     }
     L.where[0] = '\0';

@@ -35,15 +35,21 @@ typedef enum backup_member_type {
 } backup_member_type;
 
 typedef struct backup_member {
-    char *path;             /* relative to the backup root, normalized: no leading '/' or
-                               "./", no trailing '/', no "." or ".." components; "" = root */
+    /* Each directory is stored once and each member only by its own name
+     * under it: full paths would cost the square of the depth for members
+     * nested deep under directories the tar does not contain. */
+    char *name;             /* own name component; "" for the root */
+    uint32_t parent;        /* index of the parent directory; the root (index 0) is its own */
+    uint32_t first_child;   /* directories: children are members[first_child ..+ n_children) */
+    uint32_t n_children;
     backup_member_type type;
     uint32_t mode;          /* permission bits only (07777) */
     uint32_t uid, gid;
     int64_t mtime_sec;
     uint32_t mtime_nsec;    /* from a pax mtime record when present */
     uint64_t size;          /* data length for MEMBER_FILE; 0 otherwise */
-    char *link_target;      /* symlink text as stored, or the normalized path a hard link names */
+    char *link_target;      /* symlink text as stored (symlinks only) */
+    uint32_t link_member;   /* hard links: index of the regular file holding the data */
     uint32_t partition;     /* index into backup_index.partitions (files) */
     uint64_t data_offset;   /* offset of the file data in the decompressed partition */
     uint32_t rdev_major, rdev_minor;
@@ -60,7 +66,10 @@ typedef struct backup_index {
     char *backup_name;      /* base_<24 hex>_<8 chars> */
     backup_partition *partitions;
     size_t n_partitions;
-    backup_member *members; /* sorted by path; parents without an entry synthesized */
+    /* The root first, then breadth first: every directory's children are
+     * contiguous and sorted by name (strcmp); parents without an entry in
+     * the tar are synthesized. */
+    backup_member *members;
     size_t n_members;
 } backup_index;
 
@@ -92,7 +101,8 @@ int backup_index_matches(const backup_index *idx, const backup_partition_listing
                          size_t n_parts);
 
 /* JSON with a format version and a sha256 of its content; load rejects
- * anything malformed, of another version, or failing its checksum. */
+ * anything malformed or failing its checksum (-EIO), and an index of an
+ * older format (-ESTALE: rebuild it, nothing is wrong). */
 int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walfs_err *err);
 int backup_index_from_json(const char *json, size_t len, backup_index **out, walfs_err *err);
 
@@ -102,10 +112,23 @@ int backup_index_from_json(const char *json, size_t len, backup_index **out, wal
  * (valid checksum, regular file, m's size, m's name).  0, or -EBADMSG with
  * err saying what disagrees. */
 #define BACKUP_TAR_HEADER_LEN 512
-int backup_member_check_header(const backup_member *m, const unsigned char *hdr, walfs_err *err);
+int backup_member_check_header(const backup_index *idx, const backup_member *m, const unsigned char *hdr,
+                               walfs_err *err);
 
-/* Binary search by normalized path; NULL when absent. */
+/* The largest index JSON walfs stores for, or reads back as describing,
+ * partitions of this many compressed bytes in all: a bigger stored one is
+ * refused before it is parsed (json-c needs many times its size in memory),
+ * and a bigger built one is not stored (rebuilt instead, at the cost of
+ * reading those few partition bytes). */
+size_t backup_index_json_max(uint64_t partition_bytes);
+
+/* Walks the path's components (normalized path, "" = root); NULL when absent. */
 const backup_member *backup_index_find(const backup_index *idx, const char *path);
+
+/* m's path relative to the backup root, built from its parents into buf
+ * (BACKUP_PATH_MAX + 1 bytes always suffice); returns buf. */
+#define BACKUP_PATH_MAX 4095
+char *backup_index_path(const backup_index *idx, const backup_member *m, char *buf, size_t cap);
 
 void backup_index_free(backup_index *idx);
 

@@ -16,9 +16,6 @@
 
 #define MAX_LOADED 16
 #define LISTING_TTL_SECONDS 1
-/* The largest stored index read back: a backup of millions of members
- * stays below it, and json-c needs several times this much to parse. */
-#define STORED_INDEX_MAX ((size_t)256 << 20)
 /* A failed build is retried when the partitions change, or after this
  * long (the failure may have been the network's, not the backup's). */
 #define FAILED_RETRY_SECONDS 600
@@ -356,16 +353,20 @@ static void local_index_path(const backup_catalog *cat, const char *name, char *
              digest[1], digest[2], digest[3], digest[4], digest[5]);
 }
 
-static int read_local_file(const char *path, small_buffer *out)
+static int read_local_file(const char *path, size_t max, small_buffer *out)
 {
     memset(out, 0, sizeof *out);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size < 0 || (size_t)sb.st_size > STORED_INDEX_MAX) {
+    if (fstat(fd, &sb) != 0 || sb.st_size < 0) {
         close(fd);
         return -EIO;
+    }
+    if ((uint64_t)sb.st_size > max) {
+        close(fd);
+        return -EFBIG;
     }
     out->data = malloc((size_t)sb.st_size + 1);
     if (!out->data) {
@@ -416,7 +417,12 @@ static backup_index *load_candidate(const char *what, const char *name, const sm
 {
     backup_index *idx = NULL;
     walfs_err err = {0};
-    if (backup_index_from_json(buf->data, buf->len, &idx, &err) != 0) {
+    int rc = backup_index_from_json(buf->data, buf->len, &idx, &err);
+    if (rc == -ESTALE) {
+        log_info("%s index of %s is from an older walfs (%s); rebuilding it", what, name, err.msg);
+        return NULL;
+    }
+    if (rc != 0) {
         log_warn("%s index of %s is unusable (%s); rebuilding it", what, name, err.msg);
         return NULL;
     }
@@ -536,7 +542,17 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
 
     backup_index *idx = NULL;
     small_buffer buf;
-    if (!distrusted && read_local_file(local_path, &buf) == 0) {
+    /* Refused unparsed beyond what such partitions can need: json-c takes
+     * many times an index's size to parse it. */
+    uint64_t part_bytes = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        part_bytes += parts[i].size;
+    size_t max = backup_index_json_max(part_bytes);
+    int lrc = distrusted ? -ENOENT : read_local_file(local_path, max, &buf);
+    if (lrc == -EFBIG)
+        log_warn("cached index %s of %s is larger than the %zu bytes its partitions can need; "
+                 "rebuilding it", local_path, name, max);
+    if (lrc == 0) {
         idx = load_candidate("cached", name, &buf, parts, n_parts);
         free(buf.data);
         if (idx)
@@ -544,7 +560,7 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
     }
     if (!idx && !distrusted) {
         walfs_err gerr = {0};
-        int grc = fetch_object(cat->st, stored_key, STORED_INDEX_MAX, &buf, &gerr);
+        int grc = fetch_object(cat->st, stored_key, max, &buf, &gerr);
         if (grc == 0) {
             idx = load_candidate("stored", name, &buf, parts, n_parts);
             if (idx) {
@@ -585,6 +601,17 @@ static void keep_index(backup_catalog *cat, const backup_index *idx)
     walfs_err err = {0};
     if (backup_index_to_json(idx, &json, &len, &err) != 0) {
         log_warn("could not serialize the index of %s: %s", idx->backup_name, err.msg);
+        return;
+    }
+    uint64_t part_bytes = 0;
+    for (size_t i = 0; i < idx->n_partitions; i++)
+        part_bytes += idx->partitions[i].object_size;
+    if (len > backup_index_json_max(part_bytes)) {
+        /* It would be refused when read back: reading the partitions again
+         * costs less than it. */
+        log_info("not keeping the %zu-byte index of %s: more than its %" PRIu64 " bytes of partitions "
+                 "can need; it is rebuilt from them on each mount", len, idx->backup_name, part_bytes);
+        free(json);
         return;
     }
     write_local_file(local_path, json, len);

@@ -11,7 +11,6 @@
 #include "fs/backup_catalog.h"
 
 #define LATEST "LATEST"
-#define HARDLINK_HOPS_MAX 16
 #define BLOCK_CACHE_BYTES (48u * 1024 * 1024)
 #define READAHEAD_WORKERS 4
 #define READAHEAD_BYTES (16u * 1024 * 1024)
@@ -98,14 +97,10 @@ static int split(const char *rel, char name[64], const char **member)
     return 0;
 }
 
+/* The index points a hard link straight at the file holding the data. */
 static const backup_member *resolve_hardlink(const backup_index *idx, const backup_member *m)
 {
-    for (int hops = 0; m && m->type == MEMBER_HARDLINK; hops++) {
-        if (hops == HARDLINK_HOPS_MAX)
-            return NULL;
-        m = backup_index_find(idx, m->link_target);
-    }
-    return m;
+    return m->type == MEMBER_HARDLINK ? &idx->members[m->link_member] : m;
 }
 
 static void fill_member_stat(const backup_member *m, const backup_member *data, struct stat *st)
@@ -217,24 +212,6 @@ int backup_view_getattr(backup_view *bv, const char *rel, struct stat *st)
     return data ? 0 : -ENOENT;
 }
 
-/* Index of the first member whose path is >= "<dir>/". */
-static size_t first_with_prefix(const backup_index *idx, const char *dir, size_t len)
-{
-    size_t lo = 0, hi = idx->n_members;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        const char *p = idx->members[mid].path;
-        int c = strncmp(p, dir, len);
-        if (c == 0)
-            c = (unsigned char)p[len] < '/' ? -1 : p[len] == '/' ? 0 : 1;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
 int backup_view_readdir(backup_view *bv, const char *rel, void *buf, fuse_fill_dir_t filler)
 {
     walfs_err err = {0};
@@ -270,24 +247,11 @@ int backup_view_readdir(backup_view *bv, const char *rel, void *buf, fuse_fill_d
         backup_catalog_release(bv->catalog, idx);
         return dir ? -ENOTDIR : -ENOENT;
     }
-    /* Members are sorted by path, so a directory's descendants are the one
-     * run of paths starting with "dir/" (not necessarily right after "dir":
-     * "dir.x" sorts between them). */
-    size_t plen = strlen(member);
-    size_t i = plen ? first_with_prefix(idx, member, plen) : 1;
-    for (; i < idx->n_members; i++) {
-        const char *p = idx->members[i].path;
-        if (plen > 0 && (strncmp(p, member, plen) != 0 || p[plen] != '/'))
-            break;
-        const char *child = plen > 0 ? p + plen + 1 : p;
-        if (strchr(child, '/'))
-            continue;
-        const backup_member *data = resolve_hardlink(idx, &idx->members[i]);
-        if (!data)
-            continue;
+    for (size_t i = dir->first_child; i < (size_t)dir->first_child + dir->n_children; i++) {
+        const backup_member *c = &idx->members[i];
         struct stat st;
-        fill_member_stat(&idx->members[i], data, &st);
-        filler(buf, child, &st, 0, 0);
+        fill_member_stat(c, resolve_hardlink(idx, c), &st);
+        filler(buf, c->name, &st, 0, 0);
     }
     backup_catalog_release(bv->catalog, idx);
     return 0;
@@ -336,9 +300,11 @@ static int verify_member(backup_view *bv, const backup_index *idx, const backup_
 {
     if (m->size == 0)
         return 0; /* no bytes to serve wrongly */
+    char path[BACKUP_PATH_MAX + 1];
     if (m->data_offset < BACKUP_TAR_HEADER_LEN)
         return walfs_err_set(err, -EBADMSG, "\"%s\" has its data at offset %llu, where no tar "
-                             "header can precede it", m->path, (unsigned long long)m->data_offset);
+                             "header can precede it", backup_index_path(idx, m, path, sizeof path),
+                             (unsigned long long)m->data_offset);
     unsigned char buf[BACKUP_TAR_HEADER_LEN + 4096];
     size_t want = BACKUP_TAR_HEADER_LEN + (m->size < 4096 ? (size_t)m->size : 4096);
     ssize_t n = block_reader_read(bv->reader, &idx->partitions[m->partition],
@@ -346,9 +312,9 @@ static int verify_member(backup_view *bv, const backup_index *idx, const backup_
     if (n < 0)
         return (int)n;
     if ((size_t)n != want)
-        return walfs_err_set(err, -EBADMSG, "\"%s\" lies past the end of partition %s", m->path,
-                             idx->partitions[m->partition].key);
-    return backup_member_check_header(m, buf, err);
+        return walfs_err_set(err, -EBADMSG, "\"%s\" lies past the end of partition %s",
+                             backup_index_path(idx, m, path, sizeof path), idx->partitions[m->partition].key);
+    return backup_member_check_header(idx, m, buf, err);
 }
 
 int backup_view_open(backup_view *bv, const char *rel, void **handle)
@@ -436,14 +402,16 @@ int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_
                                m->data_offset + m->size);
     walfs_err err = {0};
     ssize_t n = block_reader_read(bv->reader, h->partition, start, buf, (size_t)want, &err);
+    char path[BACKUP_PATH_MAX + 1];
     if (n < 0) {
-        log_error("read %s (backup %s) failed: %s", m->path, h->idx->backup_name,
+        log_error("read %s (backup %s) failed: %s", backup_index_path(h->idx, m, path, sizeof path),
+                  h->idx->backup_name,
                   err.msg[0] ? err.msg : strerror((int)-n));
         return n == -ENOMEM ? -ENOMEM : -EIO;
     }
     if ((uint64_t)n != want) {
         log_error("read %s (backup %s): partition %s ended early; the backup is damaged",
-                  m->path, h->idx->backup_name, h->partition->key);
+                  backup_index_path(h->idx, m, path, sizeof path), h->idx->backup_name, h->partition->key);
         return -EIO;
     }
     if ((uint64_t)off + want > h->next_sequential)

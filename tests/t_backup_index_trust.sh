@@ -67,21 +67,25 @@ import hashlib, json, sys
 src, out, variant = sys.argv[1:4]
 idx = json.loads(open(src, 'rb').read())
 del idx['sha256']
-files = [m for m in idx['members'] if m[1] == 'f']
-pc = next(m for m in files if m[0] == 'global/pg_control')
-part, off, size = pc[8], pc[9], pc[7]
-same = [m for m in files if m[8] == part and m is not pc]
+# Format 2: [parent, name, type, mode, uid, gid, mtime, nsec, size, partition, offset];
+# a directory with the synthesized attributes is just [parent, name].
+mem = idx['members']
+glob = next(i for i, m in enumerate(mem) if m[0] == 0 and m[1] == 'global')
+files = [m for m in mem if len(m) > 2 and m[2] == 'f']
+pc = next(m for m in files if m[0] == glob and m[1] == 'pg_control')
+part, off, size = pc[9], pc[10], pc[8]
+same = [m for m in files if m[9] == part and m is not pc]
 if variant == 'overlap':       # pg_control's offset is another, bigger file's
-    other = max(same, key=lambda m: m[7])
-    pc[9] = other[9]
+    other = max(same, key=lambda m: m[8])
+    pc[10] = other[10]
 elif variant == 'header':      # the offset of pg_control's own tar header
-    pc[9] = off - 512
+    pc[10] = off - 512
 elif variant == 'size':        # 4 KiB more than the file holds
-    pc[7] = size + 4096
+    pc[8] = size + 4096
 elif variant == 'swap':        # data of another file of the same size, and back
-    other = next(m for m in same if m[7] == size and m[0].startswith('global/'))
-    pc[9], other[9] = other[9], pc[9]
-    print(other[0])
+    other = next(m for m in same if m[8] == size and m[0] == glob)
+    pc[10], other[10] = other[10], pc[10]
+    print('global/' + other[1])
 else:
     sys.exit('unknown variant')
 body = json.dumps(idx, separators=(',', ':'), ensure_ascii=False).encode()[:-1]

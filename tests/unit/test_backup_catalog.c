@@ -9,6 +9,7 @@
 #include "tests/unit/test_sh.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -109,6 +110,49 @@ static void *acquire_main(void *arg)
     pthread_cond_broadcast(&j->g->cv);
     pthread_mutex_unlock(&j->g->mu);
     return NULL;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(64 << 20);
+    *len = buf ? fread(buf, 1, (64 << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf)
+        buf[*len] = '\0';
+    return buf;
+}
+
+/* The index with another format version, sealed as walfs seals it: the
+ * sha256 covers everything before ,"sha256" closed with "}". */
+static int write_with_version(const char *path, const char *json, const char *from, const char *to)
+{
+    const char *at = strstr(json, from), *tail = strstr(json, ",\"sha256\":\"");
+    if (!at || !tail || at > tail)
+        return -1;
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, json, (size_t)(at - json));
+    EVP_DigestUpdate(ctx, to, strlen(to));
+    EVP_DigestUpdate(ctx, at + strlen(from), (size_t)(tail - at) - strlen(from));
+    EVP_DigestUpdate(ctx, "}", 1);
+    EVP_DigestFinal_ex(ctx, md, &mdlen);
+    EVP_MD_CTX_free(ctx);
+    fwrite(json, 1, (size_t)(at - json), f);
+    fputs(to, f);
+    fwrite(at + strlen(from), 1, (size_t)(tail - at) - strlen(from), f);
+    fputs(",\"sha256\":\"", f);
+    for (int i = 0; i < 32; i++)
+        fprintf(f, "%02x", md[i]);
+    fputs("\"}\n", f);
+    return fclose(f) == 0 ? 0 : -1;
 }
 
 /* Waits up to secs for *flag >= want; 1 when it got there. */
@@ -212,7 +256,45 @@ int main(void)
     CHECK(strstr(last.msg, "failed") && strstr(last.msg, "have not changed") && strstr(last.msg, "part_00000001"),
           "the remembered failure says so and keeps the reason: %s", last.msg);
 
-    backup_catalog_free(cat);
+    backup_catalog_free(cat); /* waits for the stored indexes to be written */
+
+    /* An index stored by a walfs of format version 1 is rebuilt from the
+     * partitions (and stored again in the current format), saying so at
+     * info level; the loader stops at the version, before the members. */
+    char stored[600], logf[600], cache2[600];
+    snprintf(stored, sizeof stored, "%s/basebackups_005/" B "/walfs_index.json", root);
+    snprintf(logf, sizeof logf, "%s/log", tmpdir);
+    snprintf(cache2, sizeof cache2, "%s/cache2", tmpdir);
+    size_t len = 0;
+    char *json = slurp(stored, &len);
+    int v1 = json && write_with_version(stored, json, "\"version\":2", "\"version\":1") == 0;
+    free(json);
+    CHECK(v1, "B's stored index rewritten as format version 1");
+    sh("mkdir -p %s", cache2);
+    walfs_log_set_level(WALFS_LOG_INFO);
+    walfs_log_use_file(logf);
+    int before = g.gets_b0;
+    backup_catalog *cat2 = backup_catalog_new(&g.base, cache2, &err);
+    const backup_index *idx = NULL;
+    rc = cat2 ? backup_catalog_acquire(cat2, B, &idx, &err) : -1;
+    CHECK(rc == 0 && idx && idx->n_members == 997 && g.gets_b0 == before + 1,
+          "a version-1 stored index is not used: the backup is indexed from its partitions (%d read): %s",
+          g.gets_b0 - before, rc ? err.msg : "ok");
+    if (idx)
+        backup_catalog_release(cat2, idx);
+    backup_catalog_free(cat2);
+    walfs_log_close();
+    walfs_log_set_level(WALFS_LOG_ERROR);
+    char *log = slurp(logf, &len);
+    int said = log && strstr(log, "INFO") && strstr(log, "from an older walfs") && strstr(log, "version 1");
+    if (!said)
+        printf("# log: %s\n", log ? log : "(none)");
+    CHECK(said, "the log says why, at info (\"stored index of B is from an older walfs (... version 1 ...); "
+                "rebuilding it\")");
+    free(log);
+    json = slurp(stored, &len);
+    CHECK(json && strstr(json, "\"version\":2,"), "the stored index is format version 2 again");
+    free(json);
     store_close(g.inner);
     pthread_cond_destroy(&g.cv);
     pthread_mutex_destroy(&g.mu);

@@ -479,7 +479,9 @@ static void test_full_backup(void)
                  (s->size == 0 ||
                   memcmp(decomp[bm->partition].p + bm->data_offset, s->data, s->size) == 0);
         }
-        if (ok && s->link)
+        if (ok && s->link && s->type == MEMBER_HARDLINK)
+            ok = &idx->members[bm->link_member] == backup_index_find(idx, s->link);
+        else if (ok && s->link)
             ok = bm->link_target && strcmp(bm->link_target, s->link) == 0;
         CHECK(ok, "index: '%s' with its type, mode, owner, mtime (ns)%s", s->path,
               s->type == MEMBER_FILE ? ", partition and bytes at its data offset" : "");
