@@ -241,6 +241,32 @@ static int fetch_object(store *st, const char *key, size_t max, small_buffer *ou
     return rc;
 }
 
+int backup_sentinel_parse(const char *json, size_t len, backup_details *out)
+{
+    if (len > INT_MAX)
+        return -1;
+    struct json_tokener *tok = json_tokener_new();
+    json_object *root = tok ? json_tokener_parse_ex(tok, json, (int)len) : NULL;
+    if (tok)
+        json_tokener_free(tok);
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        json_object_put(root);
+        return -1;
+    }
+    json_object *v;
+    if (json_object_object_get_ex(root, "wal_segment_backup_stop", &v) &&
+        json_object_is_type(v, json_type_string))
+        snprintf(out->stop_segment, sizeof out->stop_segment, "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(root, "wal_segment_offset_backup_stop", &v) &&
+        json_object_is_type(v, json_type_string))
+        snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
+        json_object_is_type(v, json_type_int))
+        out->expanded_size_bytes = json_object_get_int64(v);
+    json_object_put(root);
+    return 0;
+}
+
 int backup_catalog_details(backup_catalog *cat, const char *name, backup_details *out,
                            walfs_err *err)
 {
@@ -259,27 +285,11 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
     rc = fetch_object(cat->st, key, 64 * 1024, &buf, err);
     if (rc)
         return rc;
-    struct json_tokener *tok = json_tokener_new();
-    json_object *root = tok ? json_tokener_parse_ex(tok, buf.data, (int)buf.len) : NULL;
-    if (tok)
-        json_tokener_free(tok);
+    rc = backup_sentinel_parse(buf.data, buf.len, out);
     free(buf.data);
-    if (!root || !json_object_is_type(root, json_type_object)) {
-        json_object_put(root);
+    if (rc)
         return walfs_err_set(err, -EIO, "sentinel %s is not a JSON object; the backup's "
                              "metadata is damaged", key);
-    }
-    json_object *v;
-    if (json_object_object_get_ex(root, "wal_segment_backup_stop", &v) &&
-        json_object_is_type(v, json_type_string))
-        snprintf(out->stop_segment, sizeof out->stop_segment, "%s", json_object_get_string(v));
-    if (json_object_object_get_ex(root, "wal_segment_offset_backup_stop", &v) &&
-        json_object_is_type(v, json_type_string))
-        snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
-    if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
-        json_object_is_type(v, json_type_int))
-        out->expanded_size_bytes = json_object_get_int64(v);
-    json_object_put(root);
 
     snprintf(key, sizeof key, BASEBACKUP_DIR "/%s/extended_version.txt", name);
     walfs_err verr = {0};
