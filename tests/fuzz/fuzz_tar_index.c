@@ -7,9 +7,10 @@
  *     harness makes it an lzop object with walfs's own encoder, closing a
  *     block every (block byte * 512) bytes (0: 256 KiB blocks as WAL-E
  *     writes), so tar headers land on, across and between block
- *     boundaries.  Small blocks are stored (lzop's uncompressed blocks)
- *     unless mode bit 1 is set: lzo1x_1_compress clears a 128 KiB
- *     dictionary per block, which would otherwise cost most of the time;
+ *     boundaries.  Small blocks are stored (as lzop stores a block that
+ *     does not shrink) unless mode bit 1 is set, which compresses them:
+ *     lzo1x_1_compress clears a 128 KiB dictionary for every block, work
+ *     most executions need not repeat;
  *   mode bit 0 set: each partition is the stored lzop object itself.
  * The partitions are served from memory through the store interface, so
  * backup_index_build runs as in walfs (its producer thread, the block
@@ -17,7 +18,6 @@
  * from_json and to_json again give the same bytes, and every member is
  * found by its path (tests/fuzz/index_check.h). */
 #include <errno.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,15 +96,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     walfs_log_set_level(WALFS_LOG_ERROR); /* skipped members are logged as warnings */
-    /* Each partition gets a producer thread; ASan clears the shadow of a
-     * thread's whole stack when it exits, which with the default 8 MiB
-     * stack cost most of an execution. */
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) == 0) {
-        pthread_attr_setstacksize(&attr, 512 * 1024);
-        pthread_setattr_default_np(&attr);
-        pthread_attr_destroy(&attr);
-    }
     return 0;
 }
 
