@@ -3,6 +3,7 @@
 #   make asan       ASan+UBSan build: build/asan/walfs
 #   make check      every test (unit, RGW, FUSE, PostgreSQL end to end), both builds
 #   make install    binary and docs under $(PREFIX)
+#   make fuzz       libFuzzer targets (clang): build/fuzz/fuzz_<name>, see tests/fuzz/
 
 PREFIX ?= /usr/local
 PKGS := fuse3 libcurl openssl lzo2 libisal libarchive libxml-2.0 json-c
@@ -41,6 +42,27 @@ endef
 $(eval $(call build_variant,release,$(RELEASE_CFLAGS)))
 $(eval $(call build_variant,asan,$(ASAN_CFLAGS)))
 
+# libFuzzer targets: the library built again with clang's fuzzer
+# instrumentation and ASan+UBSan, one binary per tests/fuzz/fuzz_*.c.
+FUZZ_CC ?= clang-14
+FUZZ_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_OBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRCS))
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
+
+build/fuzz/obj/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DWALFS_VERSION='"$(VERSION)"' -c $< -o $@
+
+build/fuzz/libwalfs.a: $(FUZZ_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) tests/unit/test_buf.h build/fuzz/libwalfs.a
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libwalfs.a $(PKG_LIBS)
+
+fuzz: $(FUZZ_BINS)
+
 all: release
 	@ln -sf build/release/walfs walfs
 
@@ -57,5 +79,5 @@ install: release
 clean:
 	rm -rf build walfs
 
-.PHONY: all release asan check check-unit install clean
+.PHONY: all release asan check check-unit install clean fuzz
 .DEFAULT_GOAL := all

@@ -279,6 +279,40 @@ static int fetch_object(store *st, const char *key, size_t max, small_buffer *ou
     return rc;
 }
 
+int backup_sentinel_parse(const char *json, size_t len, backup_details *out)
+{
+    if (len > INT_MAX)
+        return -1;
+    struct json_tokener *tok = json_tokener_new();
+    json_object *root = tok ? json_tokener_parse_ex(tok, json, (int)len) : NULL;
+    if (tok)
+        json_tokener_free(tok);
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        json_object_put(root);
+        return -1;
+    }
+    json_object *v;
+    if (json_object_object_get_ex(root, "wal_segment_backup_stop", &v) &&
+        json_object_is_type(v, json_type_string))
+        snprintf(out->stop_segment, sizeof out->stop_segment, "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(root, "wal_segment_offset_backup_stop", &v) &&
+        json_object_is_type(v, json_type_string))
+        snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
+    int rc = 0;
+    if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
+        json_object_is_type(v, json_type_int)) {
+        /* json-c saturates what int64 cannot hold (a uint64 above it reads
+         * as INT64_MAX): such a size is no size. */
+        int64_t size = json_object_get_int64(v);
+        if (size < 0 || size == INT64_MAX)
+            rc = 1;
+        else
+            out->expanded_size_bytes = size;
+    }
+    json_object_put(root);
+    return rc;
+}
+
 int backup_catalog_details(backup_catalog *cat, const char *name, backup_details *out,
                            walfs_err *err)
 {
@@ -297,35 +331,13 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
     rc = fetch_object(cat->st, key, 64 * 1024, &buf, err);
     if (rc)
         return rc;
-    struct json_tokener *tok = json_tokener_new();
-    json_object *root = tok ? json_tokener_parse_ex(tok, buf.data, (int)buf.len) : NULL;
-    if (tok)
-        json_tokener_free(tok);
+    rc = backup_sentinel_parse(buf.data, buf.len, out);
     free(buf.data);
-    if (!root || !json_object_is_type(root, json_type_object)) {
-        json_object_put(root);
+    if (rc < 0)
         return walfs_err_set(err, -EIO, "sentinel %s is not a JSON object; the backup's "
                              "metadata is damaged", key);
-    }
-    json_object *v;
-    if (json_object_object_get_ex(root, "wal_segment_backup_stop", &v) &&
-        json_object_is_type(v, json_type_string))
-        snprintf(out->stop_segment, sizeof out->stop_segment, "%s", json_object_get_string(v));
-    if (json_object_object_get_ex(root, "wal_segment_offset_backup_stop", &v) &&
-        json_object_is_type(v, json_type_string))
-        snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
-    if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
-        json_object_is_type(v, json_type_int)) {
-        /* json-c saturates what int64 cannot hold (a uint64 above it reads
-         * as INT64_MAX): such a size is no size. */
-        int64_t size = json_object_get_int64(v);
-        if (size < 0 || size == INT64_MAX)
-            log_warn("sentinel %s: expanded_size_bytes %s is out of range; leaving it blank", key,
-                     json_object_to_json_string(v));
-        else
-            out->expanded_size_bytes = size;
-    }
-    json_object_put(root);
+    if (rc > 0)
+        log_warn("sentinel %s: expanded_size_bytes is out of range; leaving it blank", key);
 
     snprintf(key, sizeof key, BASEBACKUP_DIR "/%s/extended_version.txt", name);
     walfs_err verr = {0};

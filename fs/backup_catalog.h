@@ -43,6 +43,13 @@ int backup_catalog_find(backup_catalog *cat, const char *name, backup_entry *out
 int backup_catalog_details(backup_catalog *cat, const char *name, backup_details *out,
                            walfs_err *err);
 
+/* Fills out's stop_segment, stop_offset and expanded_size_bytes from a
+ * *_backup_stop_sentinel.json body (fields absent or of another type are
+ * left as they are); -1 when it is not a JSON object, 1 when its
+ * expanded_size_bytes is negative or beyond int64 (left as it was).  Pure: the fuzzer's
+ * way in (tests/fuzz/fuzz_sentinel.c). */
+int backup_sentinel_parse(const char *json, size_t len, backup_details *out);
+
 /* The member index of a complete backup; hold it until
  * backup_catalog_release.  The first call for a backup may read all of it. */
 int backup_catalog_acquire(backup_catalog *cat, const char *name, const backup_index **out,
