@@ -39,6 +39,7 @@ static void fit(char *msg, const char *src, size_t len)
 
 /* fmt formatted in full (on the heap when that is long), followed by
  * after (the old message, for a prefix), fitted into err->msg. */
+__attribute__((format(printf, 2, 0)))
 static void format_into(walfs_err *err, const char *fmt, va_list ap, const char *after)
 {
     char stack[WALFS_ERR_MSG_MAX * 2], *buf = stack;

@@ -258,7 +258,7 @@ static int unpack(spool_file *f, walfs_err *err)
     int rc = out ? 0 : walfs_err_set(err, -ENOMEM, "out of memory");
     uint64_t at = 0, uncomp_at = 0;
     while (!rc && at < f->records_len) {
-        uint32_t ulen, plen;
+        uint32_t ulen = 0, plen = 0;
         unsigned char *rec = f->pool->record_buf;
         rc = pread_all(f->fd, rec, LZOP_RECORD_HEADER_LEN, at, err);
         if (!rc)

@@ -10,6 +10,7 @@ PACKAGES=(
     postgresql-15
     ceph-mon ceph-osd radosgw
     daemontools
+    clang-14 libclang-rt-14-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
