@@ -33,6 +33,9 @@ control file or --list-mode; every other request is forwarded as usual):
   many:N          not forwarded: N synthetic WAL keys under the requested prefix
                   (00000001000000XX... .lzo), in pages of max-keys (1000), with
                   proper tokens: a large archive without storing it
+  advancing       not forwarded: like many: but endless, one key a page, each
+                  key greater than the last and each token new: a listing that
+                  passes every loop check and never ends
   bad-keys        forwarded; a 200 page gets impossible entries added: a key past
                   the delimiter, a key outside the prefix, a negative size, an
                   empty key
@@ -643,10 +646,11 @@ class Handler:
                 page = set_truncated(page, "walfs-loop")
                 st.loop_pages[prefix] = page
             self.send_answer(200, "OK", page)
-        elif mode.startswith("many:"):
-            total = int(mode.split(":", 1)[1])
+        elif mode.startswith("many:") or mode == "advancing":
+            advancing = mode == "advancing"
+            total = 1 << 62 if advancing else int(mode.split(":", 1)[1])
             start = int(token) if token else 0
-            n = min(int(query.get("max-keys", ["1000"])[0] or 1000), 1000)
+            n = 1 if advancing else min(int(query.get("max-keys", ["1000"])[0] or 1000), 1000)
             end = min(total, start + n)
             parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name>'
                      f"<Prefix>{prefix}</Prefix><KeyCount>{end - start}</KeyCount>"
