@@ -542,8 +542,8 @@ static int wal_dir_seek(walfs_fs *fs, wal_dir *d, uint64_t i, walfs_err *err)
         wal_dir_drop_page(d);
         int rc = store_lister_next(d->lister, add_wal_entry, d, &d->done, err);
         if (d->oom) {
+            /* the partial page is dropped below, base kept at its start */
             d->oom = 0;
-            wal_dir_drop_page(d);
             rc = walfs_err_set(err, -ENOMEM, "out of memory");
         }
         if (rc) {
