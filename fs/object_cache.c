@@ -31,6 +31,8 @@ typedef struct size_memo {
 #define REFUSALS 32
 typedef struct refusal {
     char name[65];
+    int64_t recorded;     /* the size recorded at upload: metadata replaced by
+                           * a copy keeps the ETag, and may fix the refusal */
     char msg[WALFS_ERR_MSG_MAX];
 } refusal;
 
@@ -536,7 +538,8 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
             continue;
         }
         for (unsigned i = 0; i < REFUSALS; i++) {
-            if (strcmp(oc->refusals[i].name, name) == 0) {
+            if (strcmp(oc->refusals[i].name, name) == 0 &&
+                oc->refusals[i].recorded == meta->uncompressed_size) {
                 int rc = walfs_err_set(err, -EIO, "%s", oc->refusals[i].msg);
                 pthread_mutex_unlock(&oc->lock);
                 return rc;
@@ -564,6 +567,7 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
         if (mine.refused && err) {
             refusal *r = &oc->refusals[oc->next_refusal++ % REFUSALS];
             memcpy(r->name, name, sizeof r->name);
+            r->recorded = meta->uncompressed_size;
             snprintf(r->msg, sizeof r->msg, "%s", err->msg);
         }
         pthread_cond_broadcast(&oc->changed);
