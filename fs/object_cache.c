@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/private_dir.h"
 #include "fs/lzop_object.h"
 #include "postgres/wal_file.h"
 
@@ -183,16 +184,8 @@ object_cache *object_cache_new(store *st, const char *dir, uint64_t max_bytes, w
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/objects", dir);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cache directory %s: %s (choose another with --cache-dir)", dir,
-                      strerror(errno));
+    if (private_dir_make(dir, err) || private_dir_make(path, err))
         return NULL;
-    }
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cache directory %s: %s (choose another with --cache-dir)",
-                      path, strerror(errno));
-        return NULL;
-    }
     if (access(path, W_OK) != 0) {
         walfs_err_set(err, -errno, "cache directory %s is not writable: %s", path,
                       strerror(errno));
