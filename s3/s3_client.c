@@ -529,6 +529,20 @@ static const char *advice_for(const s3_client *c, long status, const char *code,
  * access key's scope) and x-amz-security-token in there.  Everything from
  * the first such mark on is cut, and the credentials themselves wherever
  * they appear. */
+/* Where s holds the start of secret (its first 16 bytes, or all of a
+ * shorter one): a message cut short, here or by the server, may hold only
+ * a prefix of a long session token, and that prefix is as secret. */
+static char *secret_start_in(char *s, const char *secret)
+{
+    size_t need = strlen(secret);
+    if (need > 16)
+        need = 16;
+    for (char *p = s; need && *p; p++)
+        if (strncmp(p, secret, need) == 0)
+            return p;
+    return NULL;
+}
+
 static void redact_secrets(const s3_client *c, char *s, size_t cap)
 {
     static const char *const marks[] = {"authorization:", "authorization=", "x-amz-security-token",
@@ -543,13 +557,15 @@ static void redact_secrets(const s3_client *c, char *s, size_t cap)
     }
     const char *secrets[] = {c->secret_key, c->session_token};
     for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++) {
-        char *m = secrets[i] && *secrets[i] ? strstr(s, secrets[i]) : NULL;
+        char *m = secrets[i] ? secret_start_in(s, secrets[i]) : NULL;
         if (m && (!cut || m < cut))
             cut = m;
     }
     if (!cut)
         return;
     size_t at = (size_t)(cut - s);
+    while (at > 0 && s[at - 1] == ' ')
+        at--; /* the tail brings its own */
     if (cap < sizeof tail) {
         s[0] = '\0';
         return;

@@ -20,6 +20,8 @@
 #   bad-encoding   libxml2 prints nothing on walfs's stderr
 #   echo-403       an error body echoing the request's Authorization and
 #                  x-amz-security-token: neither reaches the log
+#   echo-token-403 one echoing a 600-byte session token bare, cut short by
+#                  walfs: no 16 bytes of its start reach the log
 # Figures (requests, seconds, MiB) are printed as "# ..." lines.
 #
 # Knobs: RGW_TEST_PORT (7720), RGW_TEST_MON_PORT or RGW_MON_PORT (3420),
@@ -251,6 +253,18 @@ check "... nor the signature" bash -c "! grep -qi 'Signature=' '$LOG_ECHO'"
 check "... nor the Authorization header" bash -c "! grep -qi 'Authorization:' '$LOG_ECHO'"
 check "... nor the secret key" bash -c "! grep -q '$RGW_SECRET_KEY' '$LOG_ECHO'"
 check "... the redaction is said" grep -q "\[redacted\]" "$LOG_ECHO"
+# A session token as long as STS's (hundreds of bytes), echoed bare: the
+# message is cut before its end, and the prefix left is as secret.
+LONG_TOKEN=walfs-long-token-$(printf '%0600d' 0 | tr 0 q)
+list_mode echo-token-403
+AWS_SESSION_TOKEN=$LONG_TOKEN mount_part echolong --skip-startup-check
+LOG_LONG=$(walfs_log "$MNT-echolong")
+bounded 30 "$SCRATCH/ls.out" ls "$MNT-echolong/wal_005"
+sleep 0.5
+check "a 403 echoing a long session token bare fails ls, and the log says so" grep -q "HTTP 403" "$LOG_LONG"
+check "... no 16 bytes of the token's start are in the log (the message was cut before its end)" \
+    bash -c "! grep -q '${LONG_TOKEN:0:16}' '$LOG_LONG'"
+check "... the redaction is said" grep -q "the token \[redacted\]" "$LOG_LONG"
 
 # A file:// archive is listed a page at a time too (1000 entries a page).
 mkdir -p "$SCRATCH/local/wal_005"
@@ -263,7 +277,7 @@ check "walfs unmounts mnt-file cleanly" walfs_umount "$MNT-file"
 
 list_mode off
 check "ls wal_005 works again once the server behaves" [ "$(ls "$MNT-bad/wal_005" | sort)" == "$expected" ]
-for part in echo bad advance loop2 intr catalog big endless loop; do
+for part in echolong echo bad advance loop2 intr catalog big endless loop; do
     check "walfs unmounts mnt-$part cleanly" walfs_umount "$MNT-$part"
 done
 t_summary

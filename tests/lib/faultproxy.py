@@ -43,6 +43,8 @@ control file or --list-mode; every other request is forwarded as usual):
                   client stops reading (bytes sent: stats huge_error_sent)
   echo-403        not forwarded: 403 whose Message echoes the request's headers
                   (Authorization, x-amz-security-token), as a broken proxy does
+  echo-token-403  not forwarded: 403 whose Message holds the bare session token
+                  (no header name before it), longer than a client keeps
   bad-encoding    not forwarded: 200 with a body declared Shift_JIS holding bytes
                   that are not (libxml2's encoding error)
 Answers of these modes are counted in stats list_mode_answers.
@@ -706,6 +708,11 @@ class Handler:
             echoed = "; ".join(f"{n}: {v}" for n, v in order)
             body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
                     f"<Message>proxy refused the request {echoed}</Message></Error>").encode()
+            self.send_answer(403, "Forbidden", body)
+        elif mode == "echo-token-403":
+            token = header(headers, "x-amz-security-token") or ""
+            body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                    f"<Message>the token {token} has expired</Message></Error>").encode()
             self.send_answer(403, "Forbidden", body)
         elif mode == "bad-encoding":
             body = (b'<?xml version="1.0" encoding="SHIFT_JIS"?>\n<ListBucketResult>'
