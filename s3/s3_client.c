@@ -524,11 +524,6 @@ static const char *advice_for(const s3_client *c, long status, const char *code,
     return "the request failed";
 }
 
-/* What a response says goes into messages and the log; a proxy or server
- * that echoes the request puts its Authorization (the signature, the
- * access key's scope) and x-amz-security-token in there.  Everything from
- * the first such mark on is cut, and the credentials themselves wherever
- * they appear. */
 /* Where s holds the start of secret (its first 16 bytes, or all of a
  * shorter one): a message cut short, here or by the server, may hold only
  * a prefix of a long session token, and that prefix is as secret. */
@@ -543,6 +538,11 @@ static char *secret_start_in(char *s, const char *secret)
     return NULL;
 }
 
+/* What a response says goes into messages and the log; a proxy or server
+ * that echoes the request puts its Authorization (the signature, the
+ * access key's scope) and x-amz-security-token in there.  Everything from
+ * the first such mark on is cut, and the credentials themselves wherever
+ * they (or their first 16 bytes) appear. */
 static void redact_secrets(const s3_client *c, char *s, size_t cap)
 {
     static const char *const marks[] = {"authorization:", "authorization=", "x-amz-security-token",
