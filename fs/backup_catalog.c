@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/private_dir.h"
 
 #define MAX_LOADED 16
 #define LISTING_TTL_SECONDS 1
@@ -97,9 +98,7 @@ backup_catalog *backup_catalog_new(store *st, const char *cache_dir, walfs_err *
         walfs_err_set(err, -ENOMEM, "out of memory");
         return NULL;
     }
-    if (mkdir(cat->index_dir, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cannot create index cache %s: %s", cat->index_dir,
-                      strerror(errno));
+    if (private_dir_make(cat->index_dir, err)) {
         free(cat->index_dir);
         free(cat);
         return NULL;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/private_dir.h"
 #include "fs/lzop_object.h"
 #include "postgres/wal_file.h"
 
@@ -31,6 +32,8 @@ typedef struct size_memo {
 #define REFUSALS 32
 typedef struct refusal {
     char name[65];
+    int64_t recorded;     /* the size recorded at upload: metadata replaced by
+                           * a copy keeps the ETag, and may fix the refusal */
     char msg[WALFS_ERR_MSG_MAX];
 } refusal;
 
@@ -181,16 +184,8 @@ object_cache *object_cache_new(store *st, const char *dir, uint64_t max_bytes, w
 {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/objects", dir);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cache directory %s: %s (choose another with --cache-dir)", dir,
-                      strerror(errno));
+    if (private_dir_make(dir, err) || private_dir_make(path, err))
         return NULL;
-    }
-    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cache directory %s: %s (choose another with --cache-dir)",
-                      path, strerror(errno));
-        return NULL;
-    }
     if (access(path, W_OK) != 0) {
         walfs_err_set(err, -errno, "cache directory %s is not writable: %s", path,
                       strerror(errno));
@@ -536,7 +531,8 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
             continue;
         }
         for (unsigned i = 0; i < REFUSALS; i++) {
-            if (strcmp(oc->refusals[i].name, name) == 0) {
+            if (strcmp(oc->refusals[i].name, name) == 0 &&
+                oc->refusals[i].recorded == meta->uncompressed_size) {
                 int rc = walfs_err_set(err, -EIO, "%s", oc->refusals[i].msg);
                 pthread_mutex_unlock(&oc->lock);
                 return rc;
@@ -564,6 +560,7 @@ static int obtain(object_cache *oc, const char *key, const store_stat *meta, int
         if (mine.refused && err) {
             refusal *r = &oc->refusals[oc->next_refusal++ % REFUSALS];
             memcpy(r->name, name, sizeof r->name);
+            r->recorded = meta->uncompressed_size;
             snprintf(r->msg, sizeof r->msg, "%s", err->msg);
         }
         pthread_cond_broadcast(&oc->changed);

@@ -18,6 +18,7 @@
 
 #include "common/deadline.h"
 #include "common/log.h"
+#include "common/private_dir.h"
 #include "fs/background_compressor.h"
 #include "fs/caller.h"
 #include "fs/outage_wait.h"
@@ -542,8 +543,8 @@ static int wal_dir_seek(walfs_fs *fs, wal_dir *d, uint64_t i, walfs_err *err)
         wal_dir_drop_page(d);
         int rc = store_lister_next(d->lister, add_wal_entry, d, &d->done, err);
         if (d->oom) {
+            /* the partial page is dropped below, base kept at its start */
             d->oom = 0;
-            wal_dir_drop_page(d);
             rc = walfs_err_set(err, -ENOMEM, "out of memory");
         }
         if (rc) {
@@ -1401,11 +1402,7 @@ static int make_dirs(const char *dir, walfs_err *err)
         if (saved == '\0')
             break;
     }
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return walfs_err_set(err, -ENOTDIR, "cache directory %s is not a directory (set "
-                             "--cache-dir)", dir);
-    return 0;
+    return private_dir_check(dir, err);
 }
 
 int walfs_fs_start(walfs_fs *fs, walfs_err *err)
@@ -1441,9 +1438,7 @@ walfs_fs *walfs_fs_new(const walfs_fs_config *cfg, walfs_err *err)
         walfs_fs_free(fs);
         return NULL;
     }
-    if (mkdir(fs->spool_dir, 0700) != 0 && errno != EEXIST) {
-        walfs_err_set(err, -errno, "cannot create spool directory %s: %s", fs->spool_dir,
-                      strerror(errno));
+    if (private_dir_make(fs->spool_dir, err)) {
         walfs_fs_free(fs);
         return NULL;
     }

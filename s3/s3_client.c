@@ -36,6 +36,14 @@
 #define BACKOFF_START_MS 100
 #define BACKOFF_CAP_MS 5000
 
+/* Pages one listing may take.  The token and ordering checks stop a server
+ * that loops, but not one that keeps going forward (one new, greater key and
+ * a new token per page): this cap ends that.  At S3's 1000 keys a page it is
+ * 100 M keys, 1.6 PB of 16 MiB WAL segments, far past any real archive; at
+ * one key a page it is 100,000 requests, minutes, not forever.
+ * WALFS_S3_LIST_MAX_PAGES lowers it for tests. */
+#define S3_LIST_MAX_PAGES 100000
+
 struct s3_client {
     char *url_base;     /* scheme://host[:port], with "bucket." in front when virtual-hosted */
     char *host;         /* Host header, signed exactly as sent */
@@ -47,6 +55,7 @@ struct s3_client {
     long connect_timeout_ms, low_speed_time_s, low_speed_limit, deadline_ms;
     size_t mp_threshold, mp_part_size;
     int list_max_keys;  /* 0 = server default; WALFS_S3_LIST_MAX_KEYS lets tests force paging */
+    int list_max_pages; /* S3_LIST_MAX_PAGES, or lower by WALFS_S3_LIST_MAX_PAGES */
 
     pthread_mutex_t lock;
     CURL *idle[POOL_MAX];
@@ -515,11 +524,25 @@ static const char *advice_for(const s3_client *c, long status, const char *code,
     return "the request failed";
 }
 
+/* Where s holds the start of secret (its first 16 bytes, or all of a
+ * shorter one): a message cut short, here or by the server, may hold only
+ * a prefix of a long session token, and that prefix is as secret. */
+static char *secret_start_in(char *s, const char *secret)
+{
+    size_t need = strlen(secret);
+    if (need > 16)
+        need = 16;
+    for (char *p = s; need && *p; p++)
+        if (strncmp(p, secret, need) == 0)
+            return p;
+    return NULL;
+}
+
 /* What a response says goes into messages and the log; a proxy or server
  * that echoes the request puts its Authorization (the signature, the
  * access key's scope) and x-amz-security-token in there.  Everything from
  * the first such mark on is cut, and the credentials themselves wherever
- * they appear. */
+ * they (or their first 16 bytes) appear. */
 static void redact_secrets(const s3_client *c, char *s, size_t cap)
 {
     static const char *const marks[] = {"authorization:", "authorization=", "x-amz-security-token",
@@ -534,13 +557,15 @@ static void redact_secrets(const s3_client *c, char *s, size_t cap)
     }
     const char *secrets[] = {c->secret_key, c->session_token};
     for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++) {
-        char *m = secrets[i] && *secrets[i] ? strstr(s, secrets[i]) : NULL;
+        char *m = secrets[i] ? secret_start_in(s, secrets[i]) : NULL;
         if (m && (!cut || m < cut))
             cut = m;
     }
     if (!cut)
         return;
     size_t at = (size_t)(cut - s);
+    while (at > 0 && s[at - 1] == ' ')
+        at--; /* the tail brings its own */
     if (cap < sizeof tail) {
         s[0] = '\0';
         return;
@@ -1025,6 +1050,10 @@ s3_client *s3_client_new(const s3_config *cfg, const char *bucket, walfs_err *er
         c->list_max_keys = mk ? atoi(mk) : 0;
         if (c->list_max_keys < 0 || c->list_max_keys > 1000)
             c->list_max_keys = 0;
+        const char *mp = getenv("WALFS_S3_LIST_MAX_PAGES");
+        c->list_max_pages = mp ? atoi(mp) : 0;
+        if (c->list_max_pages <= 0 || c->list_max_pages > S3_LIST_MAX_PAGES)
+            c->list_max_pages = S3_LIST_MAX_PAGES;
         pthread_mutex_init(&c->lock, NULL);
     }
     free(scheme);
@@ -1356,6 +1385,13 @@ int s3_lister_next(s3_lister *l, s3_list_fn fn, void *ctx, int *done, walfs_err 
     *done = l->done;
     if (l->done)
         return 0;
+    if (l->pages >= c->list_max_pages)
+        return walfs_err_set(err, -EIO,
+                             "list %s/%s*: the server has sent %d pages and says there are "
+                             "more; walfs stops a listing at %d pages (far past any real "
+                             "archive), so it would not end; is the endpoint a compliant S3 "
+                             "server?",
+                             c->label, l->prefix, l->pages, c->list_max_pages);
     char *etoken = l->token ? sigv4_uri_encode(l->token, 0) : NULL;
     int oom = l->token && !etoken;
     char maxkeys[16] = "";

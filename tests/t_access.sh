@@ -12,7 +12,9 @@
 #      but may not read pg_authid (0600 in global/ 0700, uid 101 in the tar);
 #  (d) a name with a newline is one escaped log line, not a forged one, and
 #      a name starting .walfs-tmp. (which a file:// archive never lists) is
-#      refused at create.
+#      refused at create;
+#  (e) a --cache-dir (or a directory walfs makes in it) that another user
+#      could write, or a symlink, is refused at startup with a message.
 # No S3 server: the fixture is a file:// archive.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -142,6 +144,31 @@ if root_mount "$M" "$A" -o uid=nobody,gid=nogroup; then
 else
     not_ok "[c] root mounts with -o allow_other,uid=nobody,gid=nogroup"
 fi
+
+# --- (e) a cache directory another user can write is refused: its copies are
+# served without being checked again, so a planted WAL copy would be served ---
+# refuses CACHE_DIR PATTERN WHAT: walfs exits without mounting, saying PATTERN
+refuses() {
+    local dir=$1 pattern=$2 what=$3 M=$SCRATCH/mnt-e out rc
+    mkdir -p "$M"
+    out=$(timeout 20 "$WALFS_BIN" -f "file://$A" "$M" --cache-dir="$dir" 2>&1)
+    rc=$?
+    grep -qs " $M fuse" /proc/mounts && { fusermount3 -u "$M"; rc=0; }
+    check "[e] $what: walfs refuses to mount (exit $rc)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+    check "[e] ... saying so: $(grep -o "cache directory.*" <<<"$out" | head -c 160)" grep -q -- "$pattern" <<<"$out"
+    check "[e] ... and what to do" grep -q "chmod go-w" <<<"$out"
+}
+E=$SCRATCH/cache-e
+mkdir -p "$E/open" "$E/nobody" "$E/inner" "$E/real"
+chmod 0777 "$E/open"
+chown nobody "$E/nobody"
+mkdir -m 0777 "$E/inner/objects"
+ln -s "$E/real" "$E/link"
+chmod 0700 "$E/real"
+refuses "$E/open" "cache directory $E/open is not private: owner uid 0, mode 0777" "a cache directory of mode 0777"
+refuses "$E/nobody" "cache directory $E/nobody is not private: owner uid $(id -u nobody), mode 0755" "one owned by nobody"
+refuses "$E/inner" "cache directory $E/inner/objects is not private: owner uid 0, mode 0777" "its objects/ of mode 0777"
+refuses "$E/link" "cache directory $E/link is not a directory (a symbolic link" "a symbolic link to one"
 
 out=$("$WALFS_BIN" --help 2>&1)
 check "--help says allow_other implies default_permissions" grep -q "implies" <<<"$out"

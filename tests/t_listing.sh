@@ -6,6 +6,9 @@
 # and its signature checks:
 #   repeat-token   a page that hands back the token it was asked for: ls
 #                  fails within --deadline, after a few requests
+#   advancing      one new, greater key and a new token a page, forever:
+#                  ls fails at the cap on pages (lowered to 200 by
+#                  WALFS_S3_LIST_MAX_PAGES), not never
 #   many:100000000 a listing that would take hours: once ls is killed,
 #                  walfs stops listing
 #   many:1000000   1 M keys: ls lists them all, walfs's peak RSS grows by a
@@ -17,6 +20,8 @@
 #   bad-encoding   libxml2 prints nothing on walfs's stderr
 #   echo-403       an error body echoing the request's Authorization and
 #                  x-amz-security-token: neither reaches the log
+#   echo-token-403 one echoing a 600-byte session token bare, cut short by
+#                  walfs: no 16 bytes of its start reach the log
 # Figures (requests, seconds, MiB) are printed as "# ..." lines.
 #
 # Knobs: RGW_TEST_PORT (7720), RGW_TEST_MON_PORT or RGW_MON_PORT (3420),
@@ -111,6 +116,8 @@ for part in loop endless catalog; do mount_part $part; done
 ASAN_OPTIONS="${ASAN_OPTIONS:-}:quarantine_size_mb=8:thread_local_quarantine_size_kb=256" mount_part big
 mount_part intr --deadline=30
 mount_part loop2 paged
+WALFS_WRAPPER="env WALFS_S3_LIST_MAX_PAGES=200" walfs_mount "$SCRATCH/mnt-advance" "s3://$BUCKET/pgdb" \
+    "${OPTS[@]}" || fail_out "walfs mounts $SCRATCH/mnt-advance"
 mount_part bad paged
 MNT=$SCRATCH/mnt
 
@@ -132,6 +139,19 @@ for part in loop loop2; do
     check "$part: ... with an EIO for ls" grep -q "Input/output error" "$SCRATCH/ls.out"
     check "$part: ... and a log line saying the listing would never end" grep -q "would never end" "$(walfs_log "$MNT-$part")"
 done
+
+# --- item 3: a listing that keeps going forward ends at the cap on pages ---
+list_mode advancing
+r0=$(requests) t0=$(now_s)
+bounded 60 "$SCRATCH/ls.out" ls "$MNT-advance/wal_005"
+rc=$? t1=$(now_s) r1=$(requests)
+echo "# advancing listing (cap 200 pages): ls exit $rc after $(secs "$t0" "$t1") s and $((r1 - r0)) requests"
+check "a listing that advances forever fails ls (it does not go on for ever)" [ "$rc" -ne 0 -a "$rc" -ne 124 ]
+check "... with an EIO for ls" grep -q "Input/output error" "$SCRATCH/ls.out"
+check "... after the cap's 200 pages, not many more" [ $((r1 - r0)) -ge 200 -a $((r1 - r0)) -le 205 ]
+check "... and a log line naming the prefix and the cap" \
+    grep -q "list .*pgdb/wal_005/\*: the server has sent 200 pages and says there are more; walfs stops a listing at 200 pages" \
+    "$(walfs_log "$MNT-advance")"
 
 # --- item 3: a listing nobody waits for stops; one of walfs's own fits in --deadline ---
 list_mode many:100000000
@@ -233,6 +253,18 @@ check "... nor the signature" bash -c "! grep -qi 'Signature=' '$LOG_ECHO'"
 check "... nor the Authorization header" bash -c "! grep -qi 'Authorization:' '$LOG_ECHO'"
 check "... nor the secret key" bash -c "! grep -q '$RGW_SECRET_KEY' '$LOG_ECHO'"
 check "... the redaction is said" grep -q "\[redacted\]" "$LOG_ECHO"
+# A session token as long as STS's (hundreds of bytes), echoed bare: the
+# message is cut before its end, and the prefix left is as secret.
+LONG_TOKEN=walfs-long-token-$(printf '%0600d' 0 | tr 0 q)
+list_mode echo-token-403
+AWS_SESSION_TOKEN=$LONG_TOKEN mount_part echolong --skip-startup-check
+LOG_LONG=$(walfs_log "$MNT-echolong")
+bounded 30 "$SCRATCH/ls.out" ls "$MNT-echolong/wal_005"
+sleep 0.5
+check "a 403 echoing a long session token bare fails ls, and the log says so" grep -q "HTTP 403" "$LOG_LONG"
+check "... no 16 bytes of the token's start are in the log (the message was cut before its end)" \
+    bash -c "! grep -q '${LONG_TOKEN:0:16}' '$LOG_LONG'"
+check "... the redaction is said" grep -q "the token \[redacted\]" "$LOG_LONG"
 
 # A file:// archive is listed a page at a time too (1000 entries a page).
 mkdir -p "$SCRATCH/local/wal_005"
@@ -245,7 +277,7 @@ check "walfs unmounts mnt-file cleanly" walfs_umount "$MNT-file"
 
 list_mode off
 check "ls wal_005 works again once the server behaves" [ "$(ls "$MNT-bad/wal_005" | sort)" == "$expected" ]
-for part in echo bad loop2 intr catalog big endless loop; do
+for part in echolong echo bad advance loop2 intr catalog big endless loop; do
     check "walfs unmounts mnt-$part cleanly" walfs_umount "$MNT-$part"
 done
 t_summary

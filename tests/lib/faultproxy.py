@@ -33,6 +33,9 @@ control file or --list-mode; every other request is forwarded as usual):
   many:N          not forwarded: N synthetic WAL keys under the requested prefix
                   (00000001000000XX... .lzo), in pages of max-keys (1000), with
                   proper tokens: a large archive without storing it
+  advancing       not forwarded: like many: but endless, one key a page, each
+                  key greater than the last and each token new: a listing that
+                  passes every loop check and never ends
   bad-keys        forwarded; a 200 page gets impossible entries added: a key past
                   the delimiter, a key outside the prefix, a negative size, an
                   empty key
@@ -40,6 +43,8 @@ control file or --list-mode; every other request is forwarded as usual):
                   client stops reading (bytes sent: stats huge_error_sent)
   echo-403        not forwarded: 403 whose Message echoes the request's headers
                   (Authorization, x-amz-security-token), as a broken proxy does
+  echo-token-403  not forwarded: 403 whose Message holds the bare session token
+                  (no header name before it), longer than a client keeps
   bad-encoding    not forwarded: 200 with a body declared Shift_JIS holding bytes
                   that are not (libxml2's encoding error)
 Answers of these modes are counted in stats list_mode_answers.
@@ -643,10 +648,11 @@ class Handler:
                 page = set_truncated(page, "walfs-loop")
                 st.loop_pages[prefix] = page
             self.send_answer(200, "OK", page)
-        elif mode.startswith("many:"):
-            total = int(mode.split(":", 1)[1])
+        elif mode.startswith("many:") or mode == "advancing":
+            advancing = mode == "advancing"
+            total = 1 << 62 if advancing else int(mode.split(":", 1)[1])
             start = int(token) if token else 0
-            n = min(int(query.get("max-keys", ["1000"])[0] or 1000), 1000)
+            n = 1 if advancing else min(int(query.get("max-keys", ["1000"])[0] or 1000), 1000)
             end = min(total, start + n)
             parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name>'
                      f"<Prefix>{prefix}</Prefix><KeyCount>{end - start}</KeyCount>"
@@ -702,6 +708,11 @@ class Handler:
             echoed = "; ".join(f"{n}: {v}" for n, v in order)
             body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
                     f"<Message>proxy refused the request {echoed}</Message></Error>").encode()
+            self.send_answer(403, "Forbidden", body)
+        elif mode == "echo-token-403":
+            token = header(headers, "x-amz-security-token") or ""
+            body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                    f"<Message>the token {token} has expired</Message></Error>").encode()
             self.send_answer(403, "Forbidden", body)
         elif mode == "bad-encoding":
             body = (b'<?xml version="1.0" encoding="SHIFT_JIS"?>\n<ListBucketResult>'

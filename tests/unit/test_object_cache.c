@@ -306,6 +306,13 @@ int main(void)
     CHECK(rc == -EIO && strstr(err.msg, "100 bytes recorded") && fs.peak == before,
           "an object decompressing past its recorded 100 bytes is refused before a byte is "
           "written: %s", err.msg);
+    /* Its metadata fixed by a copy onto itself: same ETag, the true size. */
+    meta.uncompressed_size = MiB;
+    rc = object_cache_open(oc, "wal_005/000000010000000000000062.lzo", &meta, &fd, &size, &err);
+    CHECK(rc == 0 && size == MiB, "... and served once its recorded size is fixed (same ETag): "
+          "%d %s", rc, rc ? err.msg : "");
+    if (rc == 0)
+        close(fd);
     object_cache_free(oc);
 
     /* Read-ahead holds half a cache of 4 MiB when a reader needs 3 MiB. */
