@@ -444,6 +444,21 @@ static backup_index *load_candidate(const char *what, const char *name, const sm
         backup_index_free(idx);
         return NULL;
     }
+    /* A hard link's target is an index into the members that no tar header
+     * vouches for, so a forged one could serve any file under any name.
+     * PostgreSQL base backups (pg_basebackup, WAL-E) hold no hard links, so
+     * a loaded index with one is rebuilt rather than checked.  The index
+     * built then is still stored (and cached), but is never trusted on load:
+     * a backup that really has hard links is indexed on every mount. */
+    for (size_t i = 0; i < idx->n_members; i++) {
+        if (idx->members[i].type == MEMBER_HARDLINK) {
+            log_info("%s index of %s lists hard links, which a base backup does not have and "
+                     "which no tar header vouches for; rebuilding it from the partitions",
+                     what, name);
+            backup_index_free(idx);
+            return NULL;
+        }
+    }
     return idx;
 }
 
