@@ -63,6 +63,10 @@ struct backup_catalog {
      * with a partition: the next load builds from the partitions. */
     char distrusted[MAX_DISTRUSTED][64];
     int next_distrusted;
+    /* Backups whose loaded index was caught lying in this mount, kept after
+     * the rebuild: the kernel may still hold attributes it gave. */
+    char lied[MAX_DISTRUSTED][64];
+    int next_lied;
     /* Threads storing freshly built indexes (locally and in the bucket),
      * off the path of the listing that built them; joined at free. */
     pthread_t keepers[MAX_KEEPERS];
@@ -810,11 +814,23 @@ int backup_catalog_distrust(backup_catalog *cat, const backup_index *idx)
             int d = cat->next_distrusted++ % MAX_DISTRUSTED;
             snprintf(cat->distrusted[d], sizeof cat->distrusted[d], "%s", idx->backup_name);
         }
+        if (rebuild && find_name(cat->lied, MAX_DISTRUSTED, idx->backup_name) < 0) {
+            int d = cat->next_lied++ % MAX_DISTRUSTED;
+            snprintf(cat->lied[d], sizeof cat->lied[d], "%s", idx->backup_name);
+        }
     }
     pthread_mutex_unlock(&cat->lock);
     if (rebuild)
         unlink(local_path);
     return rebuild;
+}
+
+int backup_catalog_was_distrusted(backup_catalog *cat, const char *name)
+{
+    pthread_mutex_lock(&cat->lock);
+    int d = find_name(cat->lied, MAX_DISTRUSTED, name) >= 0;
+    pthread_mutex_unlock(&cat->lock);
+    return d;
 }
 
 void backup_catalog_release(backup_catalog *cat, const backup_index *idx)

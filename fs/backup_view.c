@@ -36,6 +36,7 @@ typedef struct member_handle {
     const backup_member *member;    /* the member holding the data (hard links resolved) */
     const backup_partition *partition;
     uint64_t next_sequential;       /* where a sequential reader reads next */
+    int direct_io;                  /* see backup_view_needs_direct_io */
 } member_handle;
 
 backup_view *backup_view_new(store *st, const char *cache_dir, uid_t uid, gid_t gid,
@@ -343,10 +344,10 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
         }
         /* The kernel let this open through on the forged attributes
          * (default_permissions); serving it would honour them.  It fetches
-         * the real ones on its next lookup. */
+         * the real ones on its next lookup.  A forged size alone is served
+         * (the handle is direct_io, so reads are not cut at it). */
         if (round > 0 && (m->type != seen.type || m->mode != seen.mode || m->uid != seen.uid ||
-                          m->gid != seen.gid || m->size != seen.size)) {
-            /* The size too: the kernel cuts reads at the size it was given. */
+                          m->gid != seen.gid)) {
             log_error("backup %s, member %s: the discarded index gave it mode %04o, owner %u:%u, "
                       "%llu bytes; the partitions say mode %04o, owner %u:%u, %llu bytes; refusing "
                       "this open, which the kernel allowed on the wrong attributes: open it again "
@@ -382,6 +383,7 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
         return -ENOMEM;
     }
     h->kind = HANDLE_BACKUP_MEMBER;
+    h->direct_io = backup_catalog_was_distrusted(bv->catalog, name);
     h->idx = idx;
     h->member = data;
     h->partition = &idx->partitions[data->partition];
@@ -393,6 +395,11 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
         block_reader_readahead(bv->reader, h->partition, data->data_offset, end);
     *handle = h;
     return 0;
+}
+
+int backup_view_needs_direct_io(void *handle)
+{
+    return ((member_handle *)handle)->direct_io;
 }
 
 int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_t off)
