@@ -220,6 +220,20 @@ static int header_name_matches(const char *path, const char *h, int prefix)
     return prefix || *p == '\0';
 }
 
+/* Whether an octal header field says want.  A value the field cannot hold
+ * is carried by a pax record, the field then holding 0 (Python's tarfile);
+ * base-256 fields (GNU) are left to the caller, as a pax record may still
+ * override them.  Any other octal value must be want exactly. */
+static int octal_agrees(const unsigned char *f, size_t n, uint64_t want, uint64_t field_max)
+{
+    if (f[0] & 0x80)
+        return 1;
+    int64_t v = tar_number(f, n);
+    if (v < 0)
+        return 0;
+    return (uint64_t)v == want || (v == 0 && want > field_max);
+}
+
 int backup_member_check_header(const backup_index *idx, const backup_member *m, const unsigned char *h,
                                walfs_err *err)
 {
@@ -231,11 +245,18 @@ int backup_member_check_header(const backup_index *idx, const backup_member *m, 
      * as a regular file with data. */
     if (h[156] != '0' && h[156] != '\0' && h[156] != '7')
         return mismatch(idx, m, err, "is not that of a regular file");
-    int64_t size = tar_number(h + 124, 12);
-    /* Beyond 8 GiB only a pax record can carry the size; the octal field is
-     * then whatever the writer put there. */
-    if (m->size < ((uint64_t)1 << 33) - 1 && (size < 0 || (uint64_t)size != m->size))
+    /* The size decides which bytes are served, so a field that is neither
+     * octal nor base-256 refuses the member. */
+    if (!(h[124] & 0x80) && !octal_agrees(h + 124, 12, m->size, 077777777777ULL))
         return mismatch(idx, m, err, "gives another size");
+    /* The kernel checks permissions against these (default_permissions). */
+    int64_t mode = h[100] & 0x80 ? -1 : tar_number(h + 100, 8);
+    if (mode >= 0 && ((uint64_t)mode & 07777) != m->mode)
+        return mismatch(idx, m, err, "gives another mode");
+    if (tar_number(h + 108, 8) >= 0 && !octal_agrees(h + 108, 8, m->uid, 07777777))
+        return mismatch(idx, m, err, "gives another owner (uid)");
+    if (tar_number(h + 116, 8) >= 0 && !octal_agrees(h + 116, 8, m->gid, 07777777))
+        return mismatch(idx, m, err, "gives another group (gid)");
     char full[100 + 1 + 155 + 1];
     size_t nlen = strnlen((const char *)h, 100), plen = 0;
     full[0] = '\0';

@@ -55,6 +55,11 @@ typedef struct entry {
     struct entry *lru_prev, *lru_next;
     uint64_t hash;
     size_t blockno;
+    /* With the block number, what the block table said the block is: a
+     * forged table (from a stored index) decodes other bytes under the same
+     * number, which must not be served to a table built from the partition. */
+    uint64_t comp_offset;
+    uint32_t comp_len, uncomp_len;
     enum ent_state state;
     int in_table;
     int refs;               /* one for the table while in_table, one per holder */
@@ -117,12 +122,13 @@ static uint64_t block_hash(uint64_t ih, size_t blockno)
 }
 
 static entry *lookup(block_reader *br, uint64_t ih, const char *key, const char *etag,
-                     size_t blockno)
+                     size_t blockno, const lzop_block *bl)
 {
     uint64_t h = block_hash(ih, blockno);
     for (entry *e = br->buckets[h & (br->n_buckets - 1)]; e; e = e->hnext)
-        if (e->hash == h && e->blockno == blockno && strcmp(e->key, key) == 0 &&
-            strcmp(e->etag, etag) == 0)
+        if (e->hash == h && e->blockno == blockno && e->comp_offset == bl->comp_offset &&
+            e->comp_len == bl->comp_len && e->uncomp_len == bl->uncomp_len &&
+            strcmp(e->key, key) == 0 && strcmp(e->etag, etag) == 0)
             return e;
     return NULL;
 }
@@ -194,7 +200,7 @@ static void entry_unref(block_reader *br, entry *e)
 
 /* A new in-flight entry, referenced by the table and by the caller. */
 static entry *new_inflight(block_reader *br, uint64_t ih, const char *key, const char *etag,
-                           size_t blockno)
+                           size_t blockno, const lzop_block *bl)
 {
     size_t kl = strlen(key), el = strlen(etag);
     entry *e = calloc(1, sizeof *e + kl + el + 2);
@@ -206,6 +212,9 @@ static entry *new_inflight(block_reader *br, uint64_t ih, const char *key, const
     e->etag = e->strs + kl + 1;
     e->hash = block_hash(ih, blockno);
     e->blockno = blockno;
+    e->comp_offset = bl->comp_offset;
+    e->comp_len = bl->comp_len;
+    e->uncomp_len = bl->uncomp_len;
     e->state = ENT_INFLIGHT;
     e->in_table = 1;
     e->refs = 2;
@@ -647,7 +656,7 @@ ssize_t block_reader_read(block_reader *br, const backup_partition *part, uint64
     while (pos < end) {
         const lzop_block *b = &ix->blocks[bi];
         pthread_mutex_lock(&br->mu);
-        entry *e = lookup(br, ih, part->key, part->etag, bi);
+        entry *e = lookup(br, ih, part->key, part->etag, bi, &ix->blocks[bi]);
         if (e) {
             e->refs++;
             while (e->state == ENT_INFLIGHT) {
@@ -696,9 +705,9 @@ ssize_t block_reader_read(block_reader *br, const backup_partition *part, uint64
         uint64_t comp = 0;
         while (n < RUN_MAX_BLOCKS && bi + n < ix->n_blocks && ix->blocks[bi + n].uncomp_offset < end) {
             size_t rl = raw_len(&ix->blocks[bi + n]);
-            if (n > 0 && (comp + rl > RUN_MAX_COMP || lookup(br, ih, part->key, part->etag, bi + n)))
+            if (n > 0 && (comp + rl > RUN_MAX_COMP || lookup(br, ih, part->key, part->etag, bi + n, &ix->blocks[bi + n])))
                 break;
-            entry *ne = new_inflight(br, ih, part->key, part->etag, bi + n);
+            entry *ne = new_inflight(br, ih, part->key, part->etag, bi + n, &ix->blocks[bi + n]);
             if (!ne)
                 break;
             ents[n++] = ne;
@@ -737,7 +746,7 @@ void block_reader_readahead(block_reader *br, const backup_partition *part, uint
 
     pthread_mutex_lock(&br->mu);
     while (bi < ix->n_blocks && ix->blocks[bi].uncomp_offset < wend) {
-        if (lookup(br, ih, part->key, part->etag, bi)) {
+        if (lookup(br, ih, part->key, part->etag, bi, &ix->blocks[bi])) {
             bi++;
             continue;
         }
@@ -746,7 +755,7 @@ void block_reader_readahead(block_reader *br, const backup_partition *part, uint
         while (n < RUN_MAX_BLOCKS && ub < br->chunk_bytes && bi + n < ix->n_blocks &&
                ix->blocks[bi + n].uncomp_offset < wend &&
                check_block(part, bi + n, NULL) == 0 &&
-               !lookup(br, ih, part->key, part->etag, bi + n)) {
+               !lookup(br, ih, part->key, part->etag, bi + n, &ix->blocks[bi + n])) {
             ub += ix->blocks[bi + n].uncomp_len;
             n++;
         }
@@ -777,7 +786,7 @@ void block_reader_readahead(block_reader *br, const backup_partition *part, uint
         j->first = bi;
         memcpy(j->blocks, &ix->blocks[bi], n * sizeof *j->blocks);
         for (; j->n < n; j->n++) {
-            entry *ne = new_inflight(br, ih, part->key, part->etag, bi + j->n);
+            entry *ne = new_inflight(br, ih, part->key, part->etag, bi + j->n, &ix->blocks[bi + j->n]);
             if (!ne)
                 break;
             ne->queued = j;

@@ -64,6 +64,10 @@ struct backup_catalog {
      * with a partition: the next load builds from the partitions. */
     char distrusted[MAX_DISTRUSTED][64];
     int next_distrusted;
+    /* Backups whose loaded index was caught lying in this mount, kept after
+     * the rebuild: the kernel may still hold attributes it gave. */
+    char lied[MAX_DISTRUSTED][64];
+    int next_lied;
     /* Threads storing freshly built indexes (locally and in the bucket),
      * off the path of the listing that built them; joined at free. */
     pthread_t keepers[MAX_KEEPERS];
@@ -443,6 +447,21 @@ static backup_index *load_candidate(const char *what, const char *name, const sm
         backup_index_free(idx);
         return NULL;
     }
+    /* A hard link's target is an index into the members that no tar header
+     * vouches for, so a forged one could serve any file under any name.
+     * PostgreSQL base backups (pg_basebackup, WAL-E) hold no hard links, so
+     * a loaded index with one is rebuilt rather than checked.  The index
+     * built then is still stored (and cached), but is never trusted on load:
+     * a backup that really has hard links is indexed on every mount. */
+    for (size_t i = 0; i < idx->n_members; i++) {
+        if (idx->members[i].type == MEMBER_HARDLINK) {
+            log_info("%s index of %s lists hard links, which a base backup does not have and "
+                     "which no tar header vouches for; rebuilding it from the partitions",
+                     what, name);
+            backup_index_free(idx);
+            return NULL;
+        }
+    }
     return idx;
 }
 
@@ -794,11 +813,23 @@ int backup_catalog_distrust(backup_catalog *cat, const backup_index *idx)
             int d = cat->next_distrusted++ % MAX_DISTRUSTED;
             snprintf(cat->distrusted[d], sizeof cat->distrusted[d], "%s", idx->backup_name);
         }
+        if (rebuild && find_name(cat->lied, MAX_DISTRUSTED, idx->backup_name) < 0) {
+            int d = cat->next_lied++ % MAX_DISTRUSTED;
+            snprintf(cat->lied[d], sizeof cat->lied[d], "%s", idx->backup_name);
+        }
     }
     pthread_mutex_unlock(&cat->lock);
     if (rebuild)
         unlink(local_path);
     return rebuild;
+}
+
+int backup_catalog_was_distrusted(backup_catalog *cat, const char *name)
+{
+    pthread_mutex_lock(&cat->lock);
+    int d = find_name(cat->lied, MAX_DISTRUSTED, name) >= 0;
+    pthread_mutex_unlock(&cat->lock);
+    return d;
 }
 
 void backup_catalog_release(backup_catalog *cat, const backup_index *idx)

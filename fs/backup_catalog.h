@@ -62,5 +62,9 @@ void backup_catalog_release(backup_catalog *cat, const backup_index *idx);
  * replaces them (acquire again to get it); 0 when it was built from the
  * partitions themselves, so building again cannot help. */
 int backup_catalog_distrust(backup_catalog *cat, const backup_index *idx);
+/* Whether a loaded index of name was distrusted in this mount (the most
+ * recent ones are remembered): what the kernel was told of its members may
+ * have been forged. */
+int backup_catalog_was_distrusted(backup_catalog *cat, const char *name);
 
 #endif

@@ -36,6 +36,7 @@ typedef struct member_handle {
     const backup_member *member;    /* the member holding the data (hard links resolved) */
     const backup_partition *partition;
     uint64_t next_sequential;       /* where a sequential reader reads next */
+    int direct_io;                  /* see backup_view_needs_direct_io */
 } member_handle;
 
 backup_view *backup_view_new(store *st, const char *cache_dir, uid_t uid, gid_t gid,
@@ -298,8 +299,8 @@ static int open_backup_list(backup_view *bv, void **handle);
 static int verify_member(backup_view *bv, const backup_index *idx, const backup_member *m,
                          walfs_err *err)
 {
-    if (m->size == 0)
-        return 0; /* no bytes to serve wrongly */
+    /* An empty file too: a forged size 0 would otherwise serve a real
+     * file as empty. */
     char path[BACKUP_PATH_MAX + 1];
     if (m->data_offset < BACKUP_TAR_HEADER_LEN)
         return walfs_err_set(err, -EBADMSG, "\"%s\" has its data at offset %llu, where no tar "
@@ -328,6 +329,7 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
         return -EISDIR;
     const backup_index *idx;
     const backup_member *data;
+    backup_member seen = {0}; /* what the lying index told the kernel */
     /* A second round only after the index was caught lying and was
      * replaced by one built from the partitions. */
     for (int round = 0;; round++) {
@@ -340,6 +342,23 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
             backup_catalog_release(bv->catalog, idx);
             return !data ? -ENOENT : data->type == MEMBER_DIR ? -EISDIR : -EACCES;
         }
+        /* The kernel let this open through on the forged attributes
+         * (default_permissions); serving it would honour them.  It fetches
+         * the real ones on its next lookup.  A forged size alone is served
+         * (the handle is direct_io, so reads are not cut at it). */
+        if (round > 0 && (m->type != seen.type || m->mode != seen.mode || m->uid != seen.uid ||
+                          m->gid != seen.gid)) {
+            log_error("backup %s, member %s: the discarded index gave it mode %04o, owner %u:%u, "
+                      "%llu bytes; the partitions say mode %04o, owner %u:%u, %llu bytes; refusing "
+                      "this open, which the kernel allowed on the wrong attributes: open it again "
+                      "once the kernel has re-read them (--attr-timeout)",
+                      name, member, (unsigned)seen.mode, (unsigned)seen.uid, (unsigned)seen.gid,
+                      (unsigned long long)seen.size, (unsigned)m->mode, (unsigned)m->uid,
+                      (unsigned)m->gid, (unsigned long long)m->size);
+            backup_catalog_release(bv->catalog, idx);
+            return -EIO;
+        }
+        seen = *m;
         rc = verify_member(bv, idx, data, &err);
         if (rc == 0)
             break;
@@ -364,6 +383,7 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
         return -ENOMEM;
     }
     h->kind = HANDLE_BACKUP_MEMBER;
+    h->direct_io = backup_catalog_was_distrusted(bv->catalog, name);
     h->idx = idx;
     h->member = data;
     h->partition = &idx->partitions[data->partition];
@@ -375,6 +395,11 @@ int backup_view_open(backup_view *bv, const char *rel, void **handle)
         block_reader_readahead(bv->reader, h->partition, data->data_offset, end);
     *handle = h;
     return 0;
+}
+
+int backup_view_needs_direct_io(void *handle)
+{
+    return ((member_handle *)handle)->direct_io;
 }
 
 int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_t off)

@@ -37,6 +37,11 @@ int backup_view_readlink(backup_view *bv, const char *rel, char *buf, size_t siz
 /* On success *handle is a HANDLE_BACKUP_MEMBER handle for read/release. */
 int backup_view_open(backup_view *bv, const char *rel, void **handle);
 int backup_view_read(backup_view *bv, void *handle, char *buf, size_t size, off_t off);
+/* 1 when the kernel may hold a forged size for the member (its backup's
+ * loaded index was caught lying in this mount): open it with direct_io, as
+ * the writeback cache makes the kernel keep its own size for a cached inode
+ * and cut cached reads there. */
+int backup_view_needs_direct_io(void *handle);
 void backup_view_release(backup_view *bv, void *handle);
 
 #endif

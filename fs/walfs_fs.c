@@ -755,8 +755,8 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
         if (rc)
             return rc;
         fi->fh = (uint64_t)(uintptr_t)handle;
-        if (strcmp(name, BACKUP_LIST_FILE) == 0)
-            fi->direct_io = 1; /* made at open: stat cannot know its size */
+        if (strcmp(name, BACKUP_LIST_FILE) == 0 || backup_view_needs_direct_io(handle))
+            fi->direct_io = 1; /* stat does not (or may not) give its size */
         else
             fi->keep_cache = 1; /* a backup never changes */
         return 0;

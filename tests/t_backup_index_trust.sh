@@ -5,8 +5,12 @@
 #      is no MAC) never make walfs serve wrong bytes for global/pg_control:
 #      overlapping members, an offset into a tar header, a size too large, and
 #      two members' data swapped (which passes every structural check and is
-#      caught by the tar header in front of the data) -- each reads the real
-#      file, after discarding the forged index and indexing the partitions;
+#      caught by the tar header in front of the data), a hard link to another
+#      file (base backups have none: refused on load), size 0 (read to the
+#      real end: the backup's files are then opened direct_io), and a wider
+#      mode (the open the kernel allowed on it fails, the next one reads) --
+#      each reads the real file, after discarding the forged index and
+#      indexing the partitions;
 #  (b) a backup with a corrupt last partition: three stats cost one build
 #      (one GET of the first partition), not three;
 #  (c) a backup of 20,000 members: its stored index (over 1 MiB) is used by a
@@ -86,6 +90,14 @@ elif variant == 'swap':        # data of another file of the same size, and back
     other = next(m for m in same if m[8] == size and m[0] == glob)
     pc[10], other[10] = other[10], pc[10]
     print('global/' + other[1])
+elif variant == 'hardlink':    # a hard link to another, bigger file
+    other = max(same, key=lambda m: m[8])
+    pc[2] = 'h'
+    pc[8:] = [mem.index(other)]
+elif variant == 'empty':       # size 0 at its real offset
+    pc[8] = 0
+elif variant == 'mode':        # readable by group and others
+    pc[3] ^= 0o044
 else:
     sys.exit('unknown variant')
 body = json.dumps(idx, separators=(',', ':'), ensure_ascii=False).encode()[:-1]
@@ -93,20 +105,41 @@ sha = hashlib.sha256(body + b'}').hexdigest()
 open(out, 'wb').write(body + b',"sha256":"' + sha.encode() + b'"}\n')
 PY
 
-for variant in overlap header size swap; do
+for variant in ${TRUST_VARIANTS:-overlap header size swap hardlink empty mode}; do
     forged=$SCRATCH/forged-$variant.json
     other=$(python3 "$SCRATCH/forge.py" "$GENUINE" "$forged" "$variant") || { not_ok "[a] $variant: forge"; continue; }
     rgw_s3 put "$BUCKET" "$FXKEY/walfs_index.json" "$forged" >/dev/null
     M=$SCRATCH/mnt-$variant
     walfs_mount "$M" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" || { not_ok "[a] $variant: mount"; continue; }
     got=$SCRATCH/got-$variant
+    log=$(walfs_log "$M")
+    if [[ $variant == mode ]]; then
+        # The kernel allowed the open on the forged attributes (and would cut
+        # reads at the forged size): walfs refuses it once the partitions say
+        # otherwise, and serves the next open.
+        fattr=$(stat -c '%a %s' "$M/basebackups_005/$FXNAME/global/pg_control")
+        cat "$M/basebackups_005/$FXNAME/global/pg_control" >"$got" 2>"$got.err"
+        rc=$?
+        check "[a] $variant: the open the kernel allowed on the forged mode and size ($fattr) fails (cat rc $rc, $(stat -c %s "$got") bytes)" \
+            [ $rc -ne 0 -a ! -s "$got" ]
+        check "[a] $variant: the log says which attributes differ" \
+            grep -q "member global/pg_control: the discarded index gave it mode 0${fattr% *}, .* ${fattr#* } bytes; the partitions say mode" "$log"
+        sleep 1.5
+        check "[a] $variant: mode and size are the real ones again ($(stat -c '%a %s' "$M/basebackups_005/$FXNAME/global/pg_control"))" \
+            [ "$(stat -c '%a %s' "$M/basebackups_005/$FXNAME/global/pg_control")" != "$fattr" ]
+    fi
     cat "$M/basebackups_005/$FXNAME/global/pg_control" >"$got" 2>"$got.err"
     rc=$?
-    log=$(walfs_log "$M")
     check "[a] $variant: pg_control reads as the real file ($(stat -c %s "$got") bytes, cat rc $rc; $(head -c 80 "$got.err"))" \
         cmp -s "$got" "$REAL"
-    check "[a] $variant: pg_control's size is the real one" \
-        [ "$(stat -c %s "$M/basebackups_005/$FXNAME/global/pg_control")" -eq "$(stat -c %s "$REAL")" ]
+    if [[ $variant == empty ]]; then
+        # With the writeback cache the kernel keeps the size it was told for
+        # the inode it has cached; the file is read to its real end anyway.
+        echo "# empty: stat says $(stat -c %s "$M/basebackups_005/$FXNAME/global/pg_control") bytes while the kernel keeps its inode"
+    else
+        check "[a] $variant: pg_control's size is the real one" \
+            [ "$(stat -c %s "$M/basebackups_005/$FXNAME/global/pg_control")" -eq "$(stat -c %s "$REAL")" ]
+    fi
     if [[ $variant == swap ]]; then
         # Nothing structural is wrong with it: walfs loads it, and the tar
         # header in front of the data gives it away when the file is opened.
@@ -118,7 +151,7 @@ for variant in overlap header size swap; do
             bash -c "cmp -s '$M/basebackups_005/$FXNAME/$other' <(lzop -dc '$FIXTURE/pgdb/basebackups_005/$FXNAME/tar_partitions/part_00000000.tar.lzo' | tar -xOf - '$other')"
     else
         check "[a] $variant: the forged index is refused with a reason, then rebuilt" \
-            bash -c "grep -qE 'stored index of $FXNAME is unusable .*(overlaps|header|outside|past the end)|member global/pg_control: the tar header' '$log' && grep -q 'indexing $FXNAME' '$log'"
+            bash -c "grep -qE 'stored index of $FXNAME is unusable .*(overlaps|header|outside|past the end)|stored index of $FXNAME lists hard links|member global/pg_control: the tar header' '$log' && grep -q 'indexing $FXNAME' '$log'"
     fi
     walfs_umount "$M"
     stored=$SCRATCH/stored-$variant.json

@@ -722,7 +722,7 @@ static void test_check_headers(const backup_index *idx, char tars[][512], const 
     const backup_member *prev = NULL;
     for (size_t i = 0; i < idx->n_members; i++) {
         const backup_member *m = &idx->members[i];
-        if (m->type != MEMBER_FILE || m->size == 0)
+        if (m->type != MEMBER_FILE)
             continue;
         unsigned char hdr[512];
         walfs_err err = {0};
@@ -739,10 +739,38 @@ static void test_check_headers(const backup_index *idx, char tars[][512], const 
         forged.size = m->size + 1;
         tried++;
         caught += backup_member_check_header(idx, &forged, hdr, &err) == -EBADMSG && strstr(err.msg, "another size");
+        /* Sizes a plain octal field contradicts: 0 for a file with data, and
+         * 16 GiB (once let through as "only a pax record can say that"; a
+         * field of 0 still is, and an empty file's forged 16 GiB is left to
+         * the load-time extent checks). */
+        if (m->size) {
+            forged.size = 0;
+            tried++;
+            caught += backup_member_check_header(idx, &forged, hdr, &err) == -EBADMSG && strstr(err.msg, "another size");
+            forged.size = (uint64_t)1 << 34;
+            tried++;
+            caught += backup_member_check_header(idx, &forged, hdr, &err) == -EBADMSG && strstr(err.msg, "another size");
+        }
+        /* Attributes the kernel checks access against. */
+        forged = *m;
+        forged.mode ^= 0044;
+        tried++;
+        caught += backup_member_check_header(idx, &forged, hdr, &err) == -EBADMSG && strstr(err.msg, "another mode");
+        forged = *m;
+        forged.uid++;
+        tried++;
+        caught += backup_member_check_header(idx, &forged, hdr, &err) == -EBADMSG && strstr(err.msg, "(uid)");
+        forged = *m;
+        forged.gid++;
+        tried++;
+        caught += backup_member_check_header(idx, &forged, hdr, &err) == -EBADMSG && strstr(err.msg, "(gid)");
         if (prev && prev->partition == m->partition) {
             /* Another file's header: its name differs (sizes may agree). */
             forged = *m;
             forged.size = prev->size;
+            forged.mode = prev->mode;
+            forged.uid = prev->uid;
+            forged.gid = prev->gid;
             tried++;
             unsigned char ph[512];
             caught += header_at(tars[prev->partition], prev->data_offset - 512, ph) == 0 &&
@@ -756,7 +784,7 @@ static void test_check_headers(const backup_index *idx, char tars[][512], const 
         prev = m;
     }
     CHECK(n > 0 && bad == 0, "%s: the tar header in front of each of %zu files matches it", what, n);
-    CHECK(caught == tried, "%s: %zu of %zu forged claims (size+1, another file's header, one block early) refused",
+    CHECK(caught == tried, "%s: %zu of %zu forged claims (size+1, size 0 or 16 GiB, mode, uid, gid, another file's header, one block early) refused",
           what, caught, tried);
 }
 

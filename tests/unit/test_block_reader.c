@@ -699,6 +699,37 @@ static void test_corruption(const backup_partition *good)
     free(blocks);
 }
 
+/* A forged block table (from a stored index) whose block 0 is the object's
+ * block 1: what it decodes must not be served, from the cache, to the
+ * genuine table of the same object under the same block number. */
+static void test_forged_table(const backup_partition *good)
+{
+    backup_partition q = *good;
+    size_t n = good->blocks.n_blocks - 1;
+    lzop_block *blocks = malloc(n * sizeof *blocks);
+    memcpy(blocks, good->blocks.blocks + 1, n * sizeof *blocks);
+    for (size_t i = 0; i < n; i++)
+        blocks[i].uncomp_offset -= BLK;
+    q.blocks.blocks = blocks;
+    q.blocks.n_blocks = n;
+    q.blocks.uncomp_size -= BLK;
+    walfs_err err;
+    block_reader *br = block_reader_new(local, 64u << 20, 0, 0, &err);
+    unsigned char *b = malloc(BLK);
+    walfs_err_clear(&err);
+    ssize_t got = block_reader_read(br, &q, 0, b, 1000, &err);
+    CHECK(got == 1000 && memcmp(b, orig + BLK, 1000) == 0,
+          "the forged table's block 0 decodes the object's block 1 (%zd bytes)", got);
+    CHECK(read_ok(br, good, 0, 2 * BLK),
+          "the genuine table reads its own block 0, not the one cached for the forged table");
+    CHECK(read_ok(br, good, 0, 1000) && block_reader_read(br, &q, 0, b, 1000, &err) == 1000 &&
+              memcmp(b, orig + BLK, 1000) == 0,
+          "both stay right once both are cached");
+    free(b);
+    block_reader_free(br);
+    free(blocks);
+}
+
 /* Not a check: sequential throughput from the local store, for the record. */
 static void bench(const backup_partition *p)
 {
@@ -738,6 +769,7 @@ int main(void)
     test_concurrency(&part);
     test_readahead(&part);
     test_corruption(&part);
+    test_forged_table(&part);
     bench(&part);
 
     free_part(&part);
