@@ -14,16 +14,17 @@ int private_dir_check(const char *path, walfs_err *err)
 {
     struct stat sb;
     uid_t me = geteuid();
-    if (lstat(path, &sb) != 0) {
+    /* stat, not lstat: a cache directory symlinked to another disk is
+     * common, and what the link points to is what must be private (the
+     * directories walfs makes inside it only the owner could replace). */
+    if (stat(path, &sb) != 0) {
         int e = errno;
         return walfs_err_set(err, -e, "cache directory %s: %s (choose another with --cache-dir)",
                              path, strerror(e));
     }
     if (!S_ISDIR(sb.st_mode))
-        return walfs_err_set(err, -ENOTDIR, "cache directory %s is not a directory (%s, owner "
-                             "uid %u); " WHAT_TO_DO, path,
-                             S_ISLNK(sb.st_mode) ? "a symbolic link" : "another kind of file",
-                             (unsigned)sb.st_uid, (unsigned)me);
+        return walfs_err_set(err, -ENOTDIR, "cache directory %s is not a directory (owner "
+                             "uid %u); " WHAT_TO_DO, path, (unsigned)sb.st_uid, (unsigned)me);
     if (sb.st_uid != me || (sb.st_mode & (S_IWGRP | S_IWOTH)))
         return walfs_err_set(err, -EPERM, "cache directory %s is not private: owner uid %u, "
                              "mode %04o; " WHAT_TO_DO, path, (unsigned)sb.st_uid,

@@ -8,9 +8,9 @@
 
 #include "common/err.h"
 
-/* 0 when path is a directory (not a symlink to one) owned by this process's
+/* 0 when path is (or is a symlink to) a directory owned by this process's
  * user and not writable by group or others; else -EPERM (-ENOTDIR, or the
- * lstat's error) with a message naming path, what was found, and what to do. */
+ * stat's error) with a message naming path, what was found, and what to do. */
 int private_dir_check(const char *path, walfs_err *err);
 
 /* Makes path with mode 0700 unless it exists, then private_dir_check. */

@@ -159,16 +159,15 @@ refuses() {
     check "[e] ... and what to do" grep -q "chmod go-w" <<<"$out"
 }
 E=$SCRATCH/cache-e
-mkdir -p "$E/open" "$E/nobody" "$E/inner" "$E/real"
+mkdir -p "$E/open" "$E/nobody" "$E/inner"
 chmod 0777 "$E/open"
 chown nobody "$E/nobody"
 mkdir -m 0777 "$E/inner/objects"
-ln -s "$E/real" "$E/link"
-chmod 0700 "$E/real"
+ln -s "$E/open" "$E/link"
 refuses "$E/open" "cache directory $E/open is not private: owner uid 0, mode 0777" "a cache directory of mode 0777"
 refuses "$E/nobody" "cache directory $E/nobody is not private: owner uid $(id -u nobody), mode 0755" "one owned by nobody"
 refuses "$E/inner" "cache directory $E/inner/objects is not private: owner uid 0, mode 0777" "its objects/ of mode 0777"
-refuses "$E/link" "cache directory $E/link is not a directory (a symbolic link" "a symbolic link to one"
+refuses "$E/link" "cache directory $E/link is not private: owner uid 0, mode 0777" "a symbolic link to such a directory"
 
 out=$("$WALFS_BIN" --help 2>&1)
 check "--help says allow_other implies default_permissions" grep -q "implies" <<<"$out"
