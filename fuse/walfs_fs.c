@@ -260,6 +260,24 @@ static int read_wal_object(walfs_fs *fs, const char *op, const char *name, const
 
 static walfs_fs *current_fs(void) { return fuse_get_context()->private_data; }
 
+/* The process a FUSE request came from; it owns what it creates in a push. */
+static push_caller current_caller(void)
+{
+    const struct fuse_context *ctx = fuse_get_context();
+    return (push_caller){.uid = ctx->uid, .gid = ctx->gid};
+}
+
+typedef struct fuse_fill_ctx {
+    void *buf;
+    fuse_fill_dir_t filler;
+} fuse_fill_ctx;
+
+static int fill_from_push(void *ctx, const char *name, const struct stat *st)
+{
+    fuse_fill_ctx *f = ctx;
+    return f->filler(f->buf, name, st, 0, 0);
+}
+
 /* *name is the file name for NODE_WAL_FILE and the path relative to
  * /basebackups_005 for NODE_BACKUPS. */
 static node_kind classify(const char *path, const char **name)
@@ -606,9 +624,9 @@ static int walfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, of
         return 0;
     }
     if (kind == NODE_BACKUPS && in_push(fs, name))
-        return push_readdir(fs->pushes, name, buf, filler);
+        return push_readdir(fs->pushes, name, fill_from_push, &(fuse_fill_ctx){buf, filler});
     if (name[0] == '\0')
-        push_list_sessions(fs->pushes, buf, filler);
+        push_list_sessions(fs->pushes, fill_from_push, &(fuse_fill_ctx){buf, filler});
     return backup_view_readdir(fs->backups, name, buf, filler);
 }
 
@@ -716,7 +734,8 @@ static int walfs_create(const char *path, mode_t mode, struct fuse_file_info *fi
     node_kind kind = classify(path, &name);
     if (kind == NODE_BACKUPS && in_push(fs, name)) {
         void *handle;
-        int rc = push_create(fs->pushes, name, mode, &handle);
+        push_caller who = current_caller();
+        int rc = push_create(fs->pushes, name, mode, &who, &handle);
         if (rc == 0)
             fi->fh = (uint64_t)(uintptr_t)handle;
         return rc;
@@ -740,7 +759,8 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
     node_kind kind = classify(path, &name);
     if (kind == NODE_BACKUPS && in_push(fs, name)) {
         void *handle;
-        int rc = push_open(fs->pushes, name, fi->flags, &handle);
+        push_caller who = current_caller();
+        int rc = push_open(fs->pushes, name, fi->flags, &who, &handle);
         if (rc == 0) {
             fi->fh = (uint64_t)(uintptr_t)handle;
             fi->direct_io = 1; /* a file being pushed changes under the same name */
@@ -1122,7 +1142,8 @@ static int walfs_mkdir(const char *path, mode_t mode)
             return strchr(name, '/') ? -EROFS : -EEXIST;
         }
     }
-    return push_mkdir(fs->pushes, name, mode);
+    push_caller who = current_caller();
+    return push_mkdir(fs->pushes, name, mode, &who);
 }
 
 static int walfs_rmdir(const char *path)
@@ -1264,13 +1285,15 @@ static int walfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_
 static int walfs_symlink(const char *target, const char *path)
 {
     const char *rel = push_path(path);
-    return rel ? push_symlink(current_fs()->pushes, target, rel) : refuse("symlink", path);
+    push_caller who = current_caller();
+    return rel ? push_symlink(current_fs()->pushes, target, rel, &who) : refuse("symlink", path);
 }
 
 static int walfs_link(const char *from, const char *to)
 {
     const char *rel_from = push_path(from), *rel_to = push_path(to);
-    return rel_from && rel_to ? push_link(current_fs()->pushes, rel_from, rel_to)
+    push_caller who = current_caller();
+    return rel_from && rel_to ? push_link(current_fs()->pushes, rel_from, rel_to, &who)
                               : refuse("link", to);
 }
 

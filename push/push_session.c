@@ -187,7 +187,7 @@ static uint32_t node_mode(mode_t mode)
 }
 
 static push_node *add_node(push_registry *reg, push_session *s, const char *path,
-                           backup_member_type type, uint32_t mode)
+                           backup_member_type type, uint32_t mode, const push_caller *who)
 {
     push_node *n = calloc(1, sizeof *n);
     if (!n)
@@ -195,9 +195,8 @@ static push_node *add_node(push_registry *reg, push_session *s, const char *path
     n->path = strdup(path);
     n->type = type;
     n->mode = node_mode(mode);
-    struct fuse_context *ctx = fuse_get_context();
-    n->uid = ctx ? ctx->uid : reg->uid;
-    n->gid = ctx ? ctx->gid : reg->gid;
+    n->uid = who ? who->uid : reg->uid;
+    n->gid = who ? who->gid : reg->gid;
     now_ts(&n->mtime_sec, &n->mtime_nsec);
     n->seq = s->next_seq++;
     n->next = s->nodes;
@@ -875,14 +874,15 @@ static void free_if_unused(push_registry *reg, push_session *s)
     session_free(reg, s);
 }
 
-static push_session *new_session(push_registry *reg, const char *dir, mode_t mode)
+static push_session *new_session(push_registry *reg, const char *dir, mode_t mode,
+                                 const push_caller *who)
 {
     push_session *s = calloc(1, sizeof *s);
     if (!s || !(s->dir = strdup(dir))) {
         free(s);
         return NULL;
     }
-    if (!add_node(reg, s, "", MEMBER_DIR, mode)) {
+    if (!add_node(reg, s, "", MEMBER_DIR, mode, who)) {
         free(s->dir);
         free(s);
         return NULL;
@@ -896,8 +896,8 @@ static push_session *new_session(push_registry *reg, const char *dir, mode_t mod
 /* The session a write into rel goes to (*out NULL when there is none):
  * writing into the directory of a completed push starts a new push there.
  * 0 or -ENOMEM. */
-static int locate_for_write(push_registry *reg, const char *rel, push_session **out,
-                            const char **inner)
+static int locate_for_write(push_registry *reg, const char *rel, const push_caller *who,
+                            push_session **out, const char **inner)
 {
     push_session *s = locate(reg, rel, inner);
     *out = s;
@@ -909,7 +909,7 @@ static int locate_for_write(push_registry *reg, const char *rel, push_session **
     if (!dir)
         return -ENOMEM;
     retire(reg, s);
-    *out = new_session(reg, dir, mode);
+    *out = new_session(reg, dir, mode, who);
     *inner = rel + strlen(dir) + 1;
     free(dir);
     return *out ? 0 : -ENOMEM;
@@ -960,18 +960,18 @@ int push_is_session(push_registry *reg, const char *rel)
     return found;
 }
 
-int push_mkdir(push_registry *reg, const char *rel, mode_t mode)
+int push_mkdir(push_registry *reg, const char *rel, mode_t mode, const push_caller *who)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s;
-    int rc = locate_for_write(reg, rel, &s, &inner);
+    int rc = locate_for_write(reg, rel, who, &s, &inner);
     if (!rc && !s)
-        rc = strchr(rel, '/') ? -ENOENT : new_session(reg, rel, mode) ? 0 : -ENOMEM;
+        rc = strchr(rel, '/') ? -ENOENT : new_session(reg, rel, mode, who) ? 0 : -ENOMEM;
     else if (!rc)
         rc = s->failed ? latched(s) : find_node(s, inner) ? -EEXIST
              : !parent_is_dir(s, inner) ? -ENOENT
-             : add_node(reg, s, inner, MEMBER_DIR, mode) ? 0 : -ENOMEM;
+             : add_node(reg, s, inner, MEMBER_DIR, mode, who) ? 0 : -ENOMEM;
     pthread_mutex_unlock(&reg->lock);
     return rc;
 }
@@ -1005,7 +1005,7 @@ int push_getattr(push_registry *reg, const char *rel, struct stat *st)
     return n ? 0 : -ENOENT;
 }
 
-int push_readdir(push_registry *reg, const char *rel, void *buf, fuse_fill_dir_t filler)
+int push_readdir(push_registry *reg, const char *rel, push_dir_filler fill, void *ctx)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
@@ -1027,21 +1027,23 @@ int push_readdir(push_registry *reg, const char *rel, void *buf, fuse_fill_dir_t
                 continue;
             struct stat st;
             fill_stat(reg, n, &st);
-            filler(buf, child, &st, 0, 0);
+            if (fill(ctx, child, &st))
+                break;
         }
     }
     pthread_mutex_unlock(&reg->lock);
     return rc;
 }
 
-void push_list_sessions(push_registry *reg, void *buf, fuse_fill_dir_t filler)
+void push_list_sessions(push_registry *reg, push_dir_filler fill, void *ctx)
 {
     pthread_mutex_lock(&reg->lock);
     for (push_session *s = reg->sessions; s; s = s->next) {
         if (s->completed)
             continue; /* the backup shows under its own name now */
         struct stat st = {.st_mode = S_IFDIR | 0700};
-        filler(buf, s->dir, &st, 0, 0);
+        if (fill(ctx, s->dir, &st))
+            break;
     }
     pthread_mutex_unlock(&reg->lock);
 }
@@ -1060,12 +1062,13 @@ static push_handle *new_handle(push_session *s, push_node *n, int writable)
     return h;
 }
 
-int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
+int push_create(push_registry *reg, const char *rel, mode_t mode, const push_caller *who,
+                void **handle)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s;
-    int rc = locate_for_write(reg, rel, &s, &inner);
+    int rc = locate_for_write(reg, rel, who, &s, &inner);
     push_node *n = NULL;
     if (!rc)
         rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
@@ -1076,7 +1079,7 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
             rc = n->type == MEMBER_DIR ? -EISDIR : n->emitting ? -EBUSY : -EEXIST;
     }
     if (!rc && !n) {
-        n = add_node(reg, s, inner, MEMBER_FILE, mode);
+        n = add_node(reg, s, inner, MEMBER_FILE, mode, who);
         if (!n)
             rc = -ENOMEM;
     }
@@ -1103,7 +1106,8 @@ int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle)
     return rc;
 }
 
-int push_open(push_registry *reg, const char *rel, int flags, void **handle)
+int push_open(push_registry *reg, const char *rel, int flags, const push_caller *who,
+              void **handle)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
@@ -1112,7 +1116,7 @@ int push_open(push_registry *reg, const char *rel, int flags, void **handle)
         /* Rewriting a name the kernel still remembers from the finished
          * push: a new push into the same directory. */
         pthread_mutex_unlock(&reg->lock);
-        return push_create(reg, rel, 0600, handle);
+        return push_create(reg, rel, 0600, who, handle);
     }
     push_node *n = s ? visible_node(s, inner) : NULL;
     int rc = 0;
@@ -1343,17 +1347,18 @@ int push_utimens(push_registry *reg, const char *rel, const struct timespec tv[2
     return rc;
 }
 
-int push_symlink(push_registry *reg, const char *target, const char *rel)
+int push_symlink(push_registry *reg, const char *target, const char *rel,
+                 const push_caller *who)
 {
     pthread_mutex_lock(&reg->lock);
     const char *inner;
     push_session *s;
-    int rc = locate_for_write(reg, rel, &s, &inner);
+    int rc = locate_for_write(reg, rel, who, &s, &inner);
     if (!rc)
         rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
              : find_node(s, inner) ? -EEXIST : !parent_is_dir(s, inner) ? -ENOENT : 0;
     if (!rc) {
-        push_node *n = add_node(reg, s, inner, MEMBER_SYMLINK, 0777);
+        push_node *n = add_node(reg, s, inner, MEMBER_SYMLINK, 0777, who);
         if (!n || !(n->link_target = strdup(target)))
             rc = -ENOMEM;
     }
@@ -1361,7 +1366,8 @@ int push_symlink(push_registry *reg, const char *target, const char *rel)
     return rc;
 }
 
-int push_link(push_registry *reg, const char *from_rel, const char *to_rel)
+int push_link(push_registry *reg, const char *from_rel, const char *to_rel,
+              const push_caller *who)
 {
     pthread_mutex_lock(&reg->lock);
     const char *from_inner, *to_inner;
@@ -1371,7 +1377,7 @@ int push_link(push_registry *reg, const char *from_rel, const char *to_rel)
     int rc = !target || s != t ? -ENOENT : target->type != MEMBER_FILE ? -EPERM
              : s->failed ? latched(s) : find_node(s, to_inner) ? -EEXIST : 0;
     if (!rc) {
-        push_node *n = add_node(reg, s, to_inner, MEMBER_HARDLINK, target->mode);
+        push_node *n = add_node(reg, s, to_inner, MEMBER_HARDLINK, target->mode, who);
         if (!n || !(n->link_target = strdup(from_inner)))
             rc = -ENOMEM;
         else {

@@ -22,7 +22,6 @@
 #ifndef WALFS_PUSH_PUSH_SESSION_H
 #define WALFS_PUSH_PUSH_SESSION_H
 
-#include <fuse.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -31,6 +30,16 @@
 #include "store/store.h"
 
 typedef struct push_registry push_registry;
+
+/* Who asked for a new node: its creator owns it, as on a local disk.  NULL
+ * means the mounting user. */
+typedef struct push_caller {
+    uid_t uid;
+    gid_t gid;
+} push_caller;
+
+/* Called once per directory entry of a listing; nonzero stops it. */
+typedef int (*push_dir_filler)(void *ctx, const char *name, const struct stat *st);
 
 typedef struct push_settings {
     const char *spool_dir;
@@ -52,13 +61,17 @@ void push_registry_free(push_registry *reg);
  * returns -ENOENT when rel is not inside a push, so the caller can fall back
  * to the read-only view of finished backups. */
 int push_is_session(push_registry *reg, const char *rel);
-int push_mkdir(push_registry *reg, const char *rel, mode_t mode);
+int push_mkdir(push_registry *reg, const char *rel, mode_t mode, const push_caller *who);
 int push_getattr(push_registry *reg, const char *rel, struct stat *st);
-int push_readdir(push_registry *reg, const char *rel, void *buf, fuse_fill_dir_t filler);
+int push_readdir(push_registry *reg, const char *rel, push_dir_filler fill, void *ctx);
 /* Names of the pushes in progress, for the listing of /basebackups_005. */
-void push_list_sessions(push_registry *reg, void *buf, fuse_fill_dir_t filler);
-int push_create(push_registry *reg, const char *rel, mode_t mode, void **handle);
-int push_open(push_registry *reg, const char *rel, int flags, void **handle);
+void push_list_sessions(push_registry *reg, push_dir_filler fill, void *ctx);
+int push_create(push_registry *reg, const char *rel, mode_t mode, const push_caller *who,
+                void **handle);
+/* Opening with O_TRUNC a file of a finished push starts a new push there,
+ * owned by who. */
+int push_open(push_registry *reg, const char *rel, int flags, const push_caller *who,
+              void **handle);
 int push_read(push_registry *reg, void *handle, char *buf, size_t size, off_t off);
 int push_write(push_registry *reg, void *handle, const char *buf, size_t size, off_t off);
 int push_flush(push_registry *reg, void *handle);
@@ -67,8 +80,10 @@ int push_truncate(push_registry *reg, const char *rel, void *handle, off_t size)
 int push_chmod(push_registry *reg, const char *rel, mode_t mode);
 int push_chown(push_registry *reg, const char *rel, uid_t uid, gid_t gid);
 int push_utimens(push_registry *reg, const char *rel, const struct timespec tv[2]);
-int push_symlink(push_registry *reg, const char *target, const char *rel);
-int push_link(push_registry *reg, const char *from_rel, const char *to_rel);
+int push_symlink(push_registry *reg, const char *target, const char *rel,
+                 const push_caller *who);
+int push_link(push_registry *reg, const char *from_rel, const char *to_rel,
+              const push_caller *who);
 int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size);
 /* *completed is set when this rename completed a push (its sentinel is stored). */
 int push_rename(push_registry *reg, const char *from_rel, const char *to_rel, int *completed);
