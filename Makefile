@@ -17,30 +17,47 @@ RELEASE_CFLAGS := -O2 -g
 ASAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
 VERSION := 0.1.0
-LIB_SRCS := $(wildcard common/*.c codec/*.c s3/*.c store/*.c postgres/*.c backup/*.c fs/*.c) cli/config.c
+# Every folder but tests/ is one part of walfs (README "Layout of the source");
+# cli/main.c alone is the program, the rest is a static library, so a test
+# links only the objects it uses.
+LIB_DIRS := common codec s3 store pg wale wal backup push fuse
+LIB_SRCS := $(wildcard $(addsuffix /*.c,$(LIB_DIRS))) cli/config.c
 MAIN_SRC := cli/main.c
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
+# -MMD -MP: each object depends on the headers it includes, and no more.
+DEP_FLAGS = -MMD -MP -MF $(@:.o=.d)
+LINK_FLAGS := -Wl,--as-needed
 
 define build_variant
 $(1)_OBJS := $$(patsubst %.c,build/$(1)/%.o,$$(LIB_SRCS))
 $(1)_TESTS := $$(patsubst tests/unit/%.c,build/$(1)/tests/%,$$(TEST_SRCS))
 
-build/$(1)/%.o: %.c $$(wildcard */*.h)
+build/$(1)/%.o: %.c
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(BASE_CFLAGS) $(2) -DWALFS_VERSION='"$$(VERSION)"' -c $$< -o $$@
+	$$(CC) $$(BASE_CFLAGS) $(2) $$(DEP_FLAGS) -DWALFS_VERSION='"$$(VERSION)"' -c $$< -o $$@
 
-build/$(1)/walfs: $$($(1)_OBJS) build/$(1)/cli/main.o
-	$$(CC) $(2) -pthread -o $$@ $$^ $$(PKG_LIBS)
+build/$(1)/libwalfs.a: $$($(1)_OBJS)
+	rm -f $$@
+	ar rcs $$@ $$^
 
-build/$(1)/tests/%: tests/unit/%.c $$($(1)_OBJS)
+build/$(1)/walfs: build/$(1)/cli/main.o build/$(1)/libwalfs.a
+	$$(CC) $(2) -pthread $$(LINK_FLAGS) -o $$@ $$^ $$(PKG_LIBS)
+
+build/$(1)/tests/%.o: tests/unit/%.c
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(BASE_CFLAGS) $(2) -o $$@ $$^ $$(PKG_LIBS)
+	$$(CC) $$(BASE_CFLAGS) $(2) $$(DEP_FLAGS) -c $$< -o $$@
+
+build/$(1)/tests/%: build/$(1)/tests/%.o build/$(1)/libwalfs.a
+	$$(CC) $(2) -pthread $$(LINK_FLAGS) -o $$@ $$^ $$(PKG_LIBS)
 
 $(1): build/$(1)/walfs $$($(1)_TESTS)
+
+-include $$($(1)_OBJS:.o=.d) build/$(1)/cli/main.d $$(patsubst %,%.d,$$($(1)_TESTS))
 endef
 
 $(eval $(call build_variant,release,$(RELEASE_CFLAGS)))
 $(eval $(call build_variant,asan,$(ASAN_CFLAGS)))
+.SECONDARY:
 
 # libFuzzer targets: the library built again with clang's fuzzer
 # instrumentation and ASan+UBSan, one binary per tests/fuzz/fuzz_*.c.
@@ -50,16 +67,18 @@ FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_OBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRCS))
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRCS))
 
-build/fuzz/obj/%.o: %.c $(wildcard */*.h)
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DWALFS_VERSION='"$(VERSION)"' -c $< -o $@
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_CFLAGS) $(DEP_FLAGS) -fsanitize=fuzzer-no-link -DWALFS_VERSION='"$(VERSION)"' -c $< -o $@
 
 build/fuzz/libwalfs.a: $(FUZZ_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) tests/unit/test_buf.h build/fuzz/libwalfs.a
-	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libwalfs.a $(PKG_LIBS)
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c build/fuzz/libwalfs.a
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_CFLAGS) -MMD -MP -MF $@.d -fsanitize=fuzzer -o $@ $< build/fuzz/libwalfs.a $(PKG_LIBS)
+
+-include $(FUZZ_OBJS:.o=.d) $(patsubst %,%.d,$(FUZZ_BINS))
 
 fuzz: $(FUZZ_BINS)
 

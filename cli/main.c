@@ -11,7 +11,7 @@
 #include "cli/config.h"
 #include "common/deadline.h"
 #include "common/log.h"
-#include "fs/walfs_fs.h"
+#include "fuse/walfs_fs.h"
 #include "store/store.h"
 
 #ifndef WALFS_VERSION

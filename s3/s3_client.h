@@ -13,8 +13,8 @@
  *            answer, an object that changed mid-read, a failing consumer)
  *   -EINVAL  bad configuration
  * Thread-safe: one client can be used from many threads at once. */
-#ifndef WALFS_S3_CLIENT_H
-#define WALFS_S3_CLIENT_H
+#ifndef WALFS_S3_S3_CLIENT_H
+#define WALFS_S3_S3_CLIENT_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -2,8 +2,8 @@
  * network access, no entity expansion, and documents carrying a DTD are
  * refused, so a hostile or broken server cannot make the parser fetch or
  * expand anything.  Malformed input is reported, never crashes. */
-#ifndef WALFS_S3_XML_H
-#define WALFS_S3_XML_H
+#ifndef WALFS_S3_S3_XML_H
+#define WALFS_S3_S3_XML_H
 
 #include <stddef.h>
 

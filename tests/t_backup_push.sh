@@ -437,7 +437,7 @@ push_pgbb none "$MNT" pgdb incoming-none none; NAME_NONE=$PUSH_NAME
 check "[none] the directory pushed into shows empty afterwards" \
     [ -d "$BB/incoming-none" -a -z "$(ls -A "$BB/incoming-none" 2>&1)" ]
 # Files over one lzop block (the catalogs, the tables) are compressed as
-# they arrive and spooled as lzop records (fs/spool_file.h); the tests above
+# they arrive and spooled as lzop records (push/spool_file.h); the tests above
 # prove the partitions right, this that the path was taken and saved space.
 read -r SP_FILES SP_BYTES SP_SPOOL < <(sed -En 's/.*basebackups_005\/incoming-none: ([0-9]+) files \(([0-9]+) bytes\) were compressed as they arrived, into ([0-9]+) bytes of spool.*/\1 \2 \3/p' "$(walfs_log "$MNT")" | tail -n 1)
 check "[none] large files were spooled compressed: ${SP_FILES:-0} files, ${SP_BYTES:-?} bytes into ${SP_SPOOL:-?}" \

@@ -1,11 +1,11 @@
 /* libFuzzer target: the backup sentinel parser (backup_sentinel_parse in
- * fs/backup_catalog.c), which reads *_backup_stop_sentinel.json from the
+ * backup/backup_catalog.c), which reads *_backup_stop_sentinel.json from the
  * bucket for every backup's details. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "fs/backup_catalog.h"
+#include "backup/backup_catalog.h"
 
 /* backup_catalog_details fetches at most this much of a sentinel. */
 #define INPUT_MAX (64u << 10)

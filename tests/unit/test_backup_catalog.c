@@ -2,7 +2,7 @@
  * backup being indexed does not stall another backup's index, concurrent
  * wanters of one backup share one build, and a failed build is remembered
  * (three attempts, one read of the first partition). */
-#include "fs/backup_catalog.h"
+#include "backup/backup_catalog.h"
 #include "common/log.h"
 #include "store/store.h"
 #include "tests/unit/tap.h"

@@ -17,7 +17,7 @@
 #include <openssl/evp.h>
 
 #include "backup/backup_index.h"
-#include "backup/backup_writer.h"
+#include "push/backup_writer.h"
 #include "codec/lzop.h"
 #include "store/store.h"
 #include "tests/unit/tap.h"

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "backup/backup_index.h"
-#include "backup/backup_writer.h"
+#include "push/backup_writer.h"
 #include "s3/s3_client.h"
 #include "store/store.h"
 #include "tests/unit/tap.h"

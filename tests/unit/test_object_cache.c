@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "codec/lzop.h"
-#include "fs/object_cache.h"
+#include "wal/object_cache.h"
 #include "tap.h"
 #include "test_buf.h"
 

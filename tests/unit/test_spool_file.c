@@ -1,7 +1,7 @@
-/* Unit tests for fs/spool_file.c: whatever the order of writes, a sealed
+/* Unit tests for push/spool_file.c: whatever the order of writes, a sealed
  * spool gives back exactly the bytes a plain file would hold, and data
  * arriving in order is kept as lzop records, a fraction of its size. */
-#include "fs/spool_file.h"
+#include "push/spool_file.h"
 #include "codec/lzop.h"
 #include "tests/unit/tap.h"
 

@@ -4,7 +4,7 @@
  * and larger). */
 #include <string.h>
 
-#include "postgres/wal_file.h"
+#include "pg/wal_file.h"
 #include "tap.h"
 
 static int lpad_is(uint64_t offset, const char *want)

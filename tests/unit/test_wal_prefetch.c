@@ -2,7 +2,7 @@
  * PostgreSQL's XLogFileName for any wal_segment_size. */
 #include <string.h>
 
-#include "fs/wal_prefetch.h"
+#include "wal/wal_prefetch.h"
 #include "tap.h"
 
 static int next_is(const char *name, unsigned long long size, int ahead, const char *want)

@@ -1,0 +1,168 @@
+#include "wal/wal_prefetch.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "pg/wal_file.h"
+
+#define QUEUE_MAX 32
+#define WORKERS 2
+
+struct wal_prefetch {
+    store *st;
+    object_cache *cache;
+    int depth;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    char queue[QUEUE_MAX][25];
+    int head, count;
+    char recent[QUEUE_MAX][25];     /* queued or fetched lately: not queued again */
+    int recent_next;
+    int stopping;
+    pthread_t workers[WORKERS];
+    int n_workers;
+};
+
+int wal_segment_name_after(const char *name, uint64_t segment_size, int ahead, char out[25])
+{
+    if (strlen(name) != 24 || strspn(name, "0123456789ABCDEF") != 24 || segment_size == 0 ||
+        (segment_size & (segment_size - 1)) != 0 || segment_size > WAL_FILE_MAX_BYTES)
+        return -1;
+    unsigned tli, log, seg;
+    if (sscanf(name, "%8X%8X%8X", &tli, &log, &seg) != 3)
+        return -1;
+    /* PostgreSQL's XLogFileName: segments per 4 GiB "log" file depend on
+     * wal_segment_size, which the segment's own size tells. */
+    uint64_t per_log = 0x100000000ull / segment_size;
+    if (seg >= per_log)
+        return -1;
+    uint64_t number = (uint64_t)log * per_log + seg + (uint64_t)ahead;
+    snprintf(out, 25, "%08X%08X%08X", tli, (unsigned)(number / per_log),
+             (unsigned)(number % per_log));
+    return 0;
+}
+
+static int recently_seen(wal_prefetch *p, const char *name)
+{
+    for (int i = 0; i < QUEUE_MAX; i++)
+        if (strcmp(p->recent[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Returns 1 when the segment is now in the cache. */
+static int fetch_one(wal_prefetch *p, const char *name)
+{
+    char key[64];
+    snprintf(key, sizeof key, "wal_005/%s.lzo", name);
+    walfs_err err = {0};
+    store_stat meta;
+    int rc = store_stat_key(p->st, key, &meta, &err);
+    if (rc == -ENOENT)
+        return 0; /* not archived yet: the standby will ask again */
+    if (rc == 0) {
+        uint64_t size;
+        rc = object_cache_prefetch(p->cache, key, &meta, &size, &err);
+        if (rc == 0) {
+            log_debug("prefetched %s (%llu bytes)", key, (unsigned long long)size);
+            return 1;
+        }
+    }
+    /* Not fatal: the reader will fetch it itself and report the error. */
+    log_debug("prefetch of %s failed: %s", key, err.msg);
+    return 0;
+}
+
+static void *worker(void *arg)
+{
+    wal_prefetch *p = arg;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (!p->stopping && p->count == 0)
+            pthread_cond_wait(&p->wake, &p->lock);
+        if (p->stopping)
+            break;
+        char name[25];
+        memcpy(name, p->queue[p->head], sizeof name);
+        p->head = (p->head + 1) % QUEUE_MAX;
+        p->count--;
+        pthread_mutex_unlock(&p->lock);
+        int cached = fetch_one(p, name);
+        pthread_mutex_lock(&p->lock);
+        /* Forget a segment that is not there yet, so the next hint tries it
+         * again once it has been archived. */
+        for (int i = 0; !cached && i < QUEUE_MAX; i++)
+            if (strcmp(p->recent[i], name) == 0)
+                p->recent[i][0] = '\0';
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+wal_prefetch *wal_prefetch_new(store *st, object_cache *cache, int depth)
+{
+    wal_prefetch *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->st = st;
+    p->cache = cache;
+    p->depth = depth > QUEUE_MAX ? QUEUE_MAX : depth;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    return p;
+}
+
+void wal_prefetch_start(wal_prefetch *p)
+{
+    for (int i = p->n_workers; i < WORKERS && p->depth > 0; i++)
+        if (pthread_create(&p->workers[i], NULL, worker, p) == 0)
+            p->n_workers++;
+}
+
+void wal_prefetch_free(wal_prefetch *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = 1;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->n_workers; i++)
+        pthread_join(p->workers[i], NULL);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->wake);
+    free(p);
+}
+
+void wal_prefetch_after(wal_prefetch *p, const char *name, uint64_t segment_size)
+{
+    if (!p || p->n_workers == 0)
+        return;
+    pthread_mutex_lock(&p->lock);
+    /* The reader is past what is still queued behind name: nobody needs it
+     * any more (in an outage such work would only keep retrying). */
+    int kept = 0;
+    for (int i = 0; i < p->count; i++) {
+        const char *queued = p->queue[(p->head + i) % QUEUE_MAX];
+        if (strcmp(queued, name) > 0)
+            memmove(p->queue[(p->head + kept++) % QUEUE_MAX], queued, 25);
+    }
+    p->count = kept;
+    for (int ahead = 1; ahead <= p->depth; ahead++) {
+        char next[25];
+        if (wal_segment_name_after(name, segment_size, ahead, next) != 0)
+            break;
+        if (recently_seen(p, next) || p->count == QUEUE_MAX)
+            continue;
+        memcpy(p->queue[(p->head + p->count) % QUEUE_MAX], next, sizeof next);
+        p->count++;
+        memcpy(p->recent[p->recent_next], next, sizeof next);
+        p->recent_next = (p->recent_next + 1) % QUEUE_MAX;
+    }
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+}
