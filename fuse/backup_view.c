@@ -1,4 +1,5 @@
 #include "fuse/backup_view.h"
+#include "fuse/errno_policy.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -76,13 +77,12 @@ void backup_view_free(backup_view *bv)
     free(bv);
 }
 
+/* Through the one policy, named as the user sees the path. */
 static int report(int rc, const walfs_err *err, const char *op, const char *rel)
 {
-    if (rc == -ENOENT)
-        return rc;
-    log_error("%s basebackups_005/%s failed: %s", op, rel,
-              err && err->msg[0] ? err->msg : strerror(-rc));
-    return rc == -EACCES || rc == -ENOMEM ? rc : -EIO;
+    char path[4200];
+    snprintf(path, sizeof path, "basebackups_005/%s", rel);
+    return fs_errno(rc, err, op, path);
 }
 
 /* Splits "base_X_Y/some/path" into the backup name and the member path. */

@@ -23,6 +23,7 @@
 #include "pg/caller.h"
 #include "wal/outage_wait.h"
 #include "fuse/backup_view.h"
+#include "fuse/errno_policy.h"
 #include "push/push_session.h"
 #include "wal/object_cache.h"
 #include "push/spool_file.h"
@@ -327,21 +328,6 @@ static char *wal_key(const char *name)
     return k;
 }
 
-/* A failed operation's errno for the kernel, with its message logged. */
-static int report(int rc, const walfs_err *err, const char *op, const char *path)
-{
-    if (rc == -ENOENT) {
-        log_debug("%s %s: not in the archive", op, path);
-        return rc;
-    }
-    log_error("%s %s failed: %s", op, path, err && err->msg[0] ? err->msg : strerror(-rc));
-    if (rc == -EACCES || rc == -EEXIST || rc == -ENOSPC || rc == -ENOMEM || rc == -EROFS ||
-        rc == -ENODATA ||
-        rc == -EPERM || rc == -ENAMETOOLONG || rc == -EINVAL)
-        return rc;
-    return -EIO; /* timeouts, corrupt data, server errors: never mistaken for "missing" */
-}
-
 static void fill_dir_stat(const walfs_fs *fs, struct stat *st, mode_t mode)
 {
     memset(st, 0, sizeof *st);
@@ -449,7 +435,7 @@ static int walfs_getattr(const char *path, struct stat *st, struct fuse_file_inf
     int rc = read_wal_object(fs, "lookup", name, key, &meta, &size, NULL, &err);
     free(key);
     if (rc)
-        return report(rc, &err, "lookup", path);
+        return fs_errno(rc, &err, "lookup", path);
     fill_file_stat(fs, st, size, meta.mtime);
     return 0;
 }
@@ -525,7 +511,7 @@ static int walfs_opendir(const char *path, struct fuse_file_info *fi)
                : walfs_err_set(&err, -ENOMEM, "out of memory");
     if (rc) {
         free(d);
-        return report(rc, &err, "opendir", path);
+        return fs_errno(rc, &err, "opendir", path);
     }
     fi->fh = (uintptr_t)d;
     return 0;
@@ -593,7 +579,7 @@ static int readdir_wal(walfs_fs *fs, const char *path, wal_dir *d, void *buf,
     deadline_stop_when(NULL, NULL);
     deadline_scope_end(outer);
     if (rc)
-        return report(rc, &err, "list", path);
+        return fs_errno(rc, &err, "list", path);
     struct stat st = {.st_mode = S_IFREG | 0644};
     for (; i < d->base + d->n; i++)
         if (filler(buf, d->names[i - d->base], &st, (off_t)(i + DIR_OFFSET_FIRST), 0))
@@ -817,7 +803,7 @@ static int walfs_open(const char *path, struct fuse_file_info *fi)
     int rc = read_wal_object(fs, "open", name, h->key, &meta, &h->size, &h->fd, &err);
     if (rc) {
         handle_free(h);
-        return report(rc, &err, "open", path);
+        return fs_errno(rc, &err, "open", path);
     }
     h->mode = WAL_FILE_MODE;
     wal_prefetch_after(fs->prefetch, name, h->size);
@@ -966,7 +952,7 @@ static int sync_handle(wal_handle *h, const char *path, const char *op)
         log_debug("%s: %.1f ms finishing compression, %.1f ms storing", h->key,
                   (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
                   (t2.tv_sec - t1.tv_sec) * 1e3 + (t2.tv_nsec - t1.tv_nsec) / 1e6);
-        h->latched_error = rc ? report(rc, &err, op, path) : 0;
+        h->latched_error = rc ? fs_errno(rc, &err, op, path) : 0;
         if (!rc)
             remember_stored(fs, h->name, h->writer_pid);
     }
@@ -1211,7 +1197,7 @@ static int store_scratch(walfs_fs *fs, const char *from, const char *from_name,
                         NULL, &err);
         deadline_scope_end(outer);
         if (rc)
-            rc = report(rc, &err, "archive (rename)", to);
+            rc = fs_errno(rc, &err, "archive (rename)", to);
         else
             remember_stored(fs, to_name, fuse_get_context()->pid);
     }

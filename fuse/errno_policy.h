@@ -1,0 +1,18 @@
+/* The one errno policy of the FUSE layer.
+ *
+ * Knows: which negative errno values a user can act on (missing, refused,
+ * read-only, out of space, too many open) and must therefore see as such, and
+ * how a failed operation is logged.  Everything else (timeouts, corrupt data,
+ * server errors) becomes EIO so that it is never mistaken for "missing".
+ * Does not know FUSE, the store, or any view. */
+#ifndef WALFS_FUSE_ERRNO_POLICY_H
+#define WALFS_FUSE_ERRNO_POLICY_H
+
+#include "common/err.h"
+
+/* rc (negative errno) as the user sees it; logs err's message (or rc's
+ * strerror) as "<op> <path> failed: ...".  ENOENT is logged at debug level
+ * only: a lookup of a missing name is not a failure. */
+int fs_errno(int rc, const walfs_err *err, const char *op, const char *path);
+
+#endif
