@@ -24,6 +24,8 @@ LIB_DIRS := common codec s3 store pg wale wal backup push fuse
 LIB_SRCS := $(wildcard $(addsuffix /*.c,$(LIB_DIRS))) cli/config.c
 MAIN_SRC := cli/main.c
 TEST_SRCS := $(wildcard tests/unit/test_*.c)
+# What the tests share (tests/unit/fault_store.c): a library of its own.
+TEST_SUPPORT_SRCS := $(filter-out $(TEST_SRCS),$(wildcard tests/unit/*.c))
 # -MMD -MP: each object depends on the headers it includes, and no more.
 DEP_FLAGS = -MMD -MP -MF $(@:.o=.d)
 LINK_FLAGS := -Wl,--as-needed
@@ -31,6 +33,7 @@ LINK_FLAGS := -Wl,--as-needed
 define build_variant
 $(1)_OBJS := $$(patsubst %.c,build/$(1)/%.o,$$(LIB_SRCS))
 $(1)_TESTS := $$(patsubst tests/unit/%.c,build/$(1)/tests/%,$$(TEST_SRCS))
+$(1)_TEST_SUPPORT := $$(patsubst tests/unit/%.c,build/$(1)/tests/%.o,$$(TEST_SUPPORT_SRCS))
 
 build/$(1)/%.o: %.c
 	@mkdir -p $$(dir $$@)
@@ -47,12 +50,16 @@ build/$(1)/tests/%.o: tests/unit/%.c
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(BASE_CFLAGS) $(2) $$(DEP_FLAGS) -c $$< -o $$@
 
-build/$(1)/tests/%: build/$(1)/tests/%.o build/$(1)/libwalfs.a
+build/$(1)/tests/libtestsupport.a: $$($(1)_TEST_SUPPORT)
+	rm -f $$@
+	ar rcs $$@ $$^
+
+build/$(1)/tests/%: build/$(1)/tests/%.o build/$(1)/tests/libtestsupport.a build/$(1)/libwalfs.a
 	$$(CC) $(2) -pthread $$(LINK_FLAGS) -o $$@ $$^ $$(PKG_LIBS)
 
 $(1): build/$(1)/walfs $$($(1)_TESTS)
 
--include $$($(1)_OBJS:.o=.d) build/$(1)/cli/main.d $$(patsubst %,%.d,$$($(1)_TESTS))
+-include $$($(1)_OBJS:.o=.d) build/$(1)/cli/main.d $$(patsubst %,%.d,$$($(1)_TESTS)) $$($(1)_TEST_SUPPORT:.o=.d)
 endef
 
 $(eval $(call build_variant,release,$(RELEASE_CFLAGS)))

@@ -320,10 +320,9 @@ download_backup() { # PFX NAME DIR: keys.txt, parts/, sentinel.json, extended_ve
 }
 
 has_sentinel() { rgw_s3 head "$BUCKET" "$1/basebackups_005/${2}_backup_stop_sentinel.json" >/dev/null 2>&1; }
-no_sentinel() { ! has_sentinel "$@"; }
+no_sentinel() { rgw_s3_absent "$BUCKET" "$1/basebackups_005/${2}_backup_stop_sentinel.json"; } # a 404, not a dead gateway
 sentinel_is_json() { rgw_s3 head "$BUCKET" "$1/basebackups_005/${2}_backup_stop_sentinel.json" | grep -qx 'content-type=application/json'; }
 ls_has() { ls "$1" 2>/dev/null | grep -qx -- "$2"; }
-ls_lacks() { ! ls "$1" 2>/dev/null | grep -qxE -- "$2"; }
 no_mp() { # no incomplete multipart upload under PFX/ (an error answer is not "clean")
     local out; out=$(list_mp) || return 1
     grep -q '<ListMultipartUploadsResult' <<<"$out" || { echo "# ListMultipartUploads: ${out:0:200}"; return 1; }
@@ -472,7 +471,7 @@ if [[ -n $NAME_NONE ]]; then
     write_config_files "$PLAIN"
     if pg_recover plain "$(pg_free_port $((PORT0 + 10)))" "$PLAIN" "$RESTORE_CMD"; then
         got=$(pg_results plain)
-        check "[b] plain-tools restore + restore_command from the mount gives the primary's results ($EXPECTED, got $got)" [ "$got" == "$EXPECTED" ]
+        check "[b] plain-tools restore + restore_command from the mount gives the primary's results ($EXPECTED, got $got)" [ -n "$got" -a "$got" == "$EXPECTED" ]
     else
         not_ok "[b] plain-tools restore of $NAME_NONE recovers"
     fi
@@ -488,7 +487,7 @@ if [[ -n $NAME_FETCH ]]; then
     write_config_files "$ALONE"
     if pg_recover alone "$(pg_free_port $((PORT0 + 11)))" "$ALONE" "/bin/false"; then
         got=$(pg_results alone)
-        check "[b] the -X fetch backup restores without the archive, to the results at backup time ($RESULTS_FETCH, got $got)" [ "$got" == "$RESULTS_FETCH" ]
+        check "[b] the -X fetch backup restores without the archive, to the results at backup time ($RESULTS_FETCH, got $got)" [ -n "$got" -a "$got" == "$RESULTS_FETCH" ]
     else
         not_ok "[b] the -X fetch backup restores without the archive"
     fi
@@ -503,7 +502,7 @@ if rsync -a "$BB/LATEST/" "$THRU/" 2>"$SCRATCH/rsync.err"; then
     write_config_files "$THRU"
     if pg_recover thru "$(pg_free_port $((PORT0 + 12)))" "$THRU" "$RESTORE_CMD"; then
         got=$(pg_results thru)
-        check "[b] restore of LATEST ($NAME_STREAM) through the mount gives the primary's results ($EXPECTED, got $got)" [ "$got" == "$EXPECTED" ]
+        check "[b] restore of LATEST ($NAME_STREAM) through the mount gives the primary's results ($EXPECTED, got $got)" [ -n "$got" -a "$got" == "$EXPECTED" ]
     else
         not_ok "[b] restore of LATEST through the mount recovers"
     fi
@@ -640,7 +639,7 @@ for v in rsync cp; do
         write_config_files "$dst"
         if pg_recover "thru$v" "$(pg_free_port $((PORT0 + 13)))" "$dst" "$RESTORE_CMD"; then
             got=$(pg_results "thru$v")
-            check "[$v] restore of ${!n} through the mount gives the primary's results ($EXPECTED, got $got)" [ "$got" == "$EXPECTED" ]
+            check "[$v] restore of ${!n} through the mount gives the primary's results ($EXPECTED, got $got)" [ -n "$got" -a "$got" == "$EXPECTED" ]
         else
             not_ok "[$v] restore of the $v-pushed backup through the mount recovers"
         fi

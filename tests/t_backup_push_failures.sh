@@ -81,9 +81,27 @@ show_dirt() { # the stray keys and uploads, as comments
     bucket_clean pgdb
     list_mp 2>/dev/null | grep -o "<Upload><Key>[^<]*" | sed 's/^<Upload><Key>/#   incomplete multipart upload: /' | head -n 5
 }
+# The negative checks below name a push by its backup name, which bb_name
+# reads from pg_basebackup's log: an empty or malformed name (the log gave
+# none) makes them fail, rather than look for a name no push could have.
+push_name_ok() {
+    [[ $1 =~ ^base_[0-9A-F]{24}_[0-9A-F]{8}$ ]] && return 0
+    echo "# no backup name to look for ('$1'): pg_basebackup's log has no write-ahead log start point"
+    return 1
+}
 has_sentinel() { rgw_s3 head "$BUCKET" "pgdb/basebackups_005/${1}_backup_stop_sentinel.json" >/dev/null 2>&1; }
-no_keys_of() { ! rgw_s3 ls "$BUCKET" "pgdb/basebackups_005/$1" | grep -q .; }
-no_base_listed() { ! ls "$MNT/basebackups_005" 2>/dev/null | grep -qx "$1"; }
+# a 404 for the sentinel (an unreachable gateway is not "no sentinel")
+sentinel_absent() { push_name_ok "$1" && rgw_s3_absent "$BUCKET" "pgdb/basebackups_005/${1}_backup_stop_sentinel.json"; }
+# the listing succeeds and has no key of the push
+no_keys_of() {
+    local out
+    push_name_ok "$1" || return 1
+    out=$(rgw_s3 ls "$BUCKET" "pgdb/basebackups_005/$1") || { echo "# listing pgdb/basebackups_005/$1 failed"; return 1; }
+    [[ -z $out ]]
+}
+# the mount answers the listing and it lacks the name
+no_base_listed() { ls_lacks "$MNT/basebackups_005" "$1"; }
+no_push_listed() { push_name_ok "$1" && no_base_listed "$1"; }
 push_started() { # a partition key or a multipart upload of a push exists
     rgw_s3 ls "$BUCKET" "pgdb/basebackups_005/" 2>/dev/null | grep -q '/tar_partitions/' || mp_under pgdb/basebackups_005
 }
@@ -96,8 +114,9 @@ wait_clean() {
 # no sentinel shows up for NAME within SECONDS
 no_sentinel_for() {
     local i
+    push_name_ok "$1" || return 1
     for ((i = 0; i < $2 * 2; i++)); do has_sentinel "$1" && return 1; sleep 0.5; done
-    ! has_sentinel "$1"
+    sentinel_absent "$1"
 }
 
 # pg_basebackup -X fetch as postgres in the background; BB_PID is pg_basebackup
@@ -191,7 +210,7 @@ show_tail "$log"
 check "[rgw] walfs is still running" kill -0 "${_WALFS_PID[$MNT]:-none}"
 NAME1=$(bb_name "$log")
 rgw_restart_gateway 2>/dev/null || fail_out "[rgw] radosgw restarted"
-check "[rgw] no sentinel for the failed push ${NAME1:-?} (watched 5 s)" no_sentinel_for "${NAME1:-none}" 5
+check "[rgw] no sentinel for the failed push ${NAME1:-?} (watched 5 s)" no_sentinel_for "${NAME1:-}" 5
 if wait_clean 20; then
     echo "# [rgw] bucket clean without a remount"
 else
@@ -201,10 +220,10 @@ else
     remount || fail_out "[rgw] mount again"
     wait_clean 30 || show_dirt
 fi
-check "[rgw] no key of the failed push remains (partitions, extended_version.txt)" no_keys_of "${NAME1:-none}"
+check "[rgw] no key of the failed push remains (partitions, extended_version.txt)" no_keys_of "${NAME1:-}"
 check "[rgw] no stray keys under pgdb/basebackups_005/" bucket_clean pgdb
 check_clean "[rgw] no incomplete multipart upload" no_mp pgdb
-check "[rgw] the failed push is not listed as a backup" no_base_listed "${NAME1:-none}"
+check "[rgw] the failed push is not listed as a backup" no_push_listed "${NAME1:-}"
 next_push rgw
 echo "# (1) took $((SECONDS - T0)) s"
 
@@ -216,8 +235,8 @@ bb_start "$log" "$DIR2"
 wait_midpush writer "$DIR2"
 NAME2=$(bb_name "$log")
 kill -9 "$BB_PID"; wait "$BB_PID" 2>/dev/null; BB_PID=
-check "[writer] no sentinel for the abandoned push ${NAME2:-?} (watched 5 s)" no_sentinel_for "${NAME2:-none}" 5
-check "[writer] the abandoned push is not listed as a backup" no_base_listed "${NAME2:-none}"
+check "[writer] no sentinel for the abandoned push ${NAME2:-?} (watched 5 s)" no_sentinel_for "${NAME2:-}" 5
+check "[writer] the abandoned push is not listed as a backup" no_push_listed "${NAME2:-}"
 if wait_clean 10; then echo "# [writer] walfs removed the abandoned push's uploads by itself"; fi
 # What pg_basebackup itself does on an error, and what an operator does.
 as_pg timeout 60 rm -rf "$DIR2" 2>"$SCRATCH/rm.err"; rc=$?
@@ -225,8 +244,8 @@ check "[writer] rm -rf of the incomplete directory succeeds (rc $rc)" [ $rc -eq 
 [ $rc -eq 0 ] || head -n 3 "$SCRATCH/rm.err" | sed 's/^/#   /'
 check "[writer] ... and it is gone from the listing" no_base_listed fail-writer
 check_clean "[writer] its uploads are removed at once (bucket clean within 20 s)" wait_clean 20
-check "[writer] no key of the abandoned push remains" no_keys_of "${NAME2:-none}"
-check "[writer] no sentinel appeared meanwhile" no_sentinel_for "${NAME2:-none}" 0
+check "[writer] no key of the abandoned push remains" no_keys_of "${NAME2:-}"
+check "[writer] no sentinel appeared meanwhile" no_sentinel_for "${NAME2:-}" 0
 next_push writer
 echo "# (2) took $((SECONDS - T0)) s"
 
@@ -242,14 +261,14 @@ fusermount3 -uz "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
 bb_wait 60; rc=$?
 check "[walfs] pg_basebackup exits non-zero once walfs is gone (rc $rc)" [ $rc -ne 0 -a $rc -ne 124 ]
 NAME3=$(bb_name "$log")
-check "[walfs] no sentinel for the interrupted push ${NAME3:-?} (watched 3 s)" no_sentinel_for "${NAME3:-none}" 3
+check "[walfs] no sentinel for the interrupted push ${NAME3:-?} (watched 3 s)" no_sentinel_for "${NAME3:-}" 3
 echo "# [walfs] before the remount: $(rgw_s3 ls "$BUCKET" pgdb/basebackups_005/ | grep -c "${NAME3:-none}/") key(s) of the push, multipart uploads: $(list_mp | grep -o '<Upload>' | wc -l)"
 remount || fail_out "[walfs] mount again after walfs was killed"
 check_clean "[walfs] after the next mount the leftovers are removed (bucket clean within 30 s)" wait_clean 30
-check "[walfs] no key of the interrupted push remains" no_keys_of "${NAME3:-none}"
+check "[walfs] no key of the interrupted push remains" no_keys_of "${NAME3:-}"
 check "[walfs] no incomplete multipart upload" no_mp pgdb
-check "[walfs] the interrupted push is not listed as a backup" no_base_listed "${NAME3:-none}"
-check "[walfs] no sentinel appeared for it" no_sentinel_for "${NAME3:-none}" 0
+check "[walfs] the interrupted push is not listed as a backup" no_push_listed "${NAME3:-}"
+check "[walfs] no sentinel appeared for it" no_sentinel_for "${NAME3:-}" 0
 next_push walfs
 echo "# (3) took $((SECONDS - T0)) s"
 
@@ -270,7 +289,7 @@ if walfs_mount "$MNT4" "s3://$BUCKET/pgdb" "${MOUNT_OPTS[@]}" --cache-dir="$SMAL
     check "[space] walfs logs which file could not be spooled and where to look" \
         grep -q "spooling .* failed: No space left on device (check the space in the cache directory" "$(walfs_log "$MNT4")"
     NAME4=$(bb_name "$log")
-    check "[space] no sentinel for the push ${NAME4:-?} (watched 3 s)" no_sentinel_for "${NAME4:-none}" 3
+    check "[space] no sentinel for the push ${NAME4:-?} (watched 3 s)" no_sentinel_for "${NAME4:-}" 3
     check_clean "[space] its uploads are removed at once (bucket clean within 20 s)" wait_clean 20
     check "[space] the mount with the small spool unmounts cleanly" walfs_umount "$MNT4"
 else

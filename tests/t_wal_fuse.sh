@@ -76,7 +76,7 @@ done
 : > "$SCRATCH/000000010000000000000010"
 chmod 0644 "$SCRATCH/000000010000000000000010"
 check "cp of an empty file into wal_005 fails" bash -c "! setpriv --reuid=postgres --regid=postgres --init-groups cp $SCRATCH/000000010000000000000010 $MNT/wal_005/000000010000000000000010"
-empty_not_stored() { ! rgw_s3 head "$BUCKET" pgdb/wal_005/000000010000000000000010.lzo >/dev/null 2>&1; }
+empty_not_stored() { rgw_s3_absent "$BUCKET" pgdb/wal_005/000000010000000000000010.lzo; }
 check "... and stores nothing" empty_not_stored
 meta=$(rgw_s3 head "$BUCKET" pgdb/wal_005/000000010000000000000013.lzo)
 check "x-amz-meta-walfs-uncompressed-size is 16777216" grep -q "walfs-uncompressed-size=16777216" <<<"$meta"
@@ -103,16 +103,18 @@ for name in $(printf '%s\n' "${!WRITERS[@]}" | sort); do
     check "... stored exactly the segment (lzop -t, same bytes)" stored_equals "$name"
     check "... and reads back" cmp -s "$MNT/wal_005/$name" "$WSEG"
 done
-check "rsync left no temporary file visible" bash -c "! ls -a '$MNT/wal_005' | grep -q '^\.0000'"
+check "rsync left no temporary file visible" ls_lacks "$MNT/wal_005" '\.0000.*'
 out=$(as_pg sh -c 'head -c 8388608 "$0" > "$1"' "$WSEG" "$MNT/wal_005/000000010000000000000056" 2>&1)
 check "half a segment through a shell redirection is not reported stored" [ $? -ne 0 ]
-not_stored_56() { ! rgw_s3 head "$BUCKET" pgdb/wal_005/000000010000000000000056.lzo >/dev/null 2>&1; }
+not_stored_56() { rgw_s3_absent "$BUCKET" pgdb/wal_005/000000010000000000000056.lzo; }
 check "... and nothing is stored under its name" not_stored_56
 check "... the whole segment then archives under that name" as_pg cp "$WSEG" "$MNT/wal_005/000000010000000000000056"
 
 # --- write-once ---
 seg=000000010000000000000012
-before=$(rgw_s3 get "$BUCKET" "pgdb/wal_005/$seg.lzo" | sha256sum)
+# the stored object's sha256, empty when it cannot be read (never the hash of nothing)
+stored_sha() { rgw_s3 get "$BUCKET" "$1" "$SCRATCH/sha.obj" >/dev/null && sha256sum <"$SCRATCH/sha.obj" | cut -d' ' -f1; }
+before=$(stored_sha "pgdb/wal_005/$seg.lzo")
 check "re-archiving identical content succeeds" as_pg cp "$SRC/$seg" "$MNT/wal_005/$seg"
 head -c 1000 /dev/urandom > "$SCRATCH/other"
 chmod 0644 "$SCRATCH/other"
@@ -120,7 +122,7 @@ out=$(as_pg cp "$SCRATCH/other" "$MNT/wal_005/$seg" 2>&1)
 rc=$?
 check "archiving different content under an existing name fails" [ $rc -ne 0 ]
 check "the refusal is explained in the log" grep -q "refusing to overwrite wal_005/$seg.lzo" "$(walfs_log "$MNT")"
-check "the stored object is unchanged" [ "$(rgw_s3 get "$BUCKET" "pgdb/wal_005/$seg.lzo" | sha256sum)" == "$before" ]
+check "the stored object is unchanged" [ -n "$before" -a "$(stored_sha "pgdb/wal_005/$seg.lzo")" == "$before" ]
 check "re-archiving a WAL-E-written segment with identical content succeeds" \
     bash -c "lzop -dc < $FIXTURE/pgdb/wal_005/000000010000000000000002.lzo > $SCRATCH/seg2 && chmod 644 $SCRATCH/seg2 && setpriv --reuid=postgres --regid=postgres --init-groups cp $SCRATCH/seg2 $MNT/wal_005/000000010000000000000002"
 check "rm is refused" bash -c "! setpriv --reuid=postgres --regid=postgres --init-groups rm -f $MNT/wal_005/$seg"

@@ -142,6 +142,18 @@ rgw_s3() {
         AWS_SECRET_ACCESS_KEY=$RGW_SECRET_KEY AWS_REGION=${AWS_REGION:-us-east-1} \
         python3 "$RGW_LIB_DIR/s3tool.py" "$@"
 }
+# rgw_s3_absent BUCKET KEY: the gateway answered 404 for KEY.  Any other
+# failure (gateway down, 403, a bad key) is not evidence of absence: it
+# fails, saying so, so that a negative check cannot pass by accident.
+rgw_s3_absent() {
+    local out rc=0
+    out=$(rgw_s3 head "$1" "$2" 2>&1) || rc=$?
+    case $rc in
+        3) return 0 ;;
+        0) return 1 ;;
+        *) echo "# HEAD $2 failed (s3tool exit $rc), cannot tell whether it exists: ${out:0:200}"; return 1 ;;
+    esac
+}
 
 # 0 if a signed request with the right secret gets 200 right now.
 rgw_ready() {

@@ -197,7 +197,19 @@ ok() { _T_PASSED=$((_T_PASSED + 1)); echo "ok - $*"; }
 not_ok() { _T_FAILED=$((_T_FAILED + 1)); echo "not ok - $*"; }
 # check "description" command...: ok when the command succeeds
 check() { local d=$1; shift; if "$@"; then ok "$d"; else not_ok "$d"; fi; }
-t_summary() { echo "$_T_PASSED passed, $_T_FAILED failed"; [[ $_T_FAILED -eq 0 ]]; }
+# A suite that ran no check proved nothing: it fails, like one that failed a check.
+t_summary() {
+    echo "$_T_PASSED passed, $_T_FAILED failed"
+    [[ $_T_PASSED -gt 0 ]] || echo "# no check passed: the suite proved nothing"
+    [[ $_T_FAILED -eq 0 && $_T_PASSED -gt 0 ]]
+}
+# ls_lacks DIR ERE: DIR lists, and no entry (dot files too) matches ERE whole.  A directory
+# that cannot be listed (dead mount, EIO) is not evidence of absence.
+ls_lacks() {
+    local out
+    out=$(ls -A "$1" 2>&1) || { echo "# ls $1 failed: ${out:0:200}"; return 1; }
+    ! grep -qxE -- "$2" <<<"$out"
+}
 
 # --- shared set-up of the shell suites ---
 # t_require TOOL...: stop with one failed check if a tool is missing.

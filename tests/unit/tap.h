@@ -8,9 +8,12 @@
 
 static int tap_passed, tap_failed;
 
+/* cond is evaluated exactly once: a CHECK whose condition calls the code
+ * under test must not run it a second time to print the failure. */
 #define CHECK(cond, ...)                                                           \
     do {                                                                           \
-        if (cond) {                                                                \
+        int tap_ok_ = !!(cond);                                                    \
+        if (tap_ok_) {                                                             \
             tap_passed++;                                                          \
             printf("ok %d - ", tap_passed + tap_failed);                           \
         } else {                                                                   \
@@ -18,7 +21,7 @@ static int tap_passed, tap_failed;
             printf("not ok %d - ", tap_passed + tap_failed);                       \
         }                                                                          \
         printf(__VA_ARGS__);                                                       \
-        if (!(cond))                                                               \
+        if (!tap_ok_)                                                              \
             printf("   [%s:%d: %s]", __FILE__, __LINE__, #cond);                   \
         printf("\n");                                                              \
         fflush(stdout);                                                            \

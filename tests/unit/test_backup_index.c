@@ -8,6 +8,7 @@
 #include "backup/backup_index.h"
 #include "backup/backup_index_internal.h"
 #include "common/log.h"
+#include "tests/unit/fault_store.h"
 #include "tests/unit/tap.h"
 #include "tests/unit/test_sh.h"
 
@@ -1303,85 +1304,16 @@ static void test_skips_data(void)
     backup_index_free(idx);
 }
 
-/* A store whose GET fails after a given number of bytes (or delivers
- * everything when fail_after is UINT64_MAX). */
-typedef struct fail_store {
-    store base;
-    store_ops ops;
-    store *inner;
-    uint64_t fail_after;
-} fail_store;
-
-typedef struct fail_sink {
-    store_sink_fn sink;
-    void *ctx;
-    uint64_t left;
-    int tripped;
-} fail_sink;
-
-static int fail_sink_fn(void *ctx, const void *data, size_t len)
-{
-    fail_sink *fs = ctx;
-    if (len > fs->left) {
-        size_t n = (size_t)fs->left;
-        fs->left = 0;
-        fs->tripped = 1;
-        int rc = n ? fs->sink(fs->ctx, data, n) : 0;
-        return rc ? rc : -ECONNRESET;
-    }
-    fs->left -= len;
-    return fs->sink(fs->ctx, data, len);
-}
-
-static int fail_get(store *st, const char *key, uint64_t off, uint64_t len, store_sink_fn sink, void *ctx,
-                    walfs_err *err)
-{
-    fail_store *f = (fail_store *)st;
-    fail_sink fs = {sink, ctx, f->fail_after, 0};
-    int rc = store_get(f->inner, key, off, len, fail_sink_fn, &fs, err);
-    if (fs.tripped && rc == -ECONNRESET)
-        return walfs_err_set(err, -EIO, "GET %s: connection reset after %" PRIu64 " bytes (injected)", key,
-                             f->fail_after);
-    return rc;
-}
-
-static int fail_stat(store *st, const char *key, store_stat *out, walfs_err *err)
-{
-    return store_stat_key(((fail_store *)st)->inner, key, out, err);
-}
-
-static int fail_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err)
-{
-    return store_list(((fail_store *)st)->inner, dir_prefix, fn, ctx, err);
-}
-
-static void fail_destroy(store *st)
-{
-    fail_store *f = (fail_store *)st;
-    store_close(f->inner);
-    free(f);
-}
-
+/* The local store behind the shared fault store: every GET fails with
+ * -EIO after delivering fail_after bytes (as a connection reset would). */
 static store *fail_store_open(const char *root, uint64_t fail_after)
 {
-    fail_store *f = calloc(1, sizeof *f);
-    walfs_err err = {0};
-    if (!f || store_local_open(root, &f->inner, &err) != 0) {
-        free(f);
-        return NULL;
+    store *st = fault_store_open_local(root);
+    if (st) {
+        fault_store_fail(st, FAULT_GET, 1, -1, -EIO);
+        fault_store_fail_get_after(st, fail_after);
     }
-    f->ops = *f->inner->ops;
-    /* Only what indexing calls; the rest would see the wrong store. */
-    f->ops.get = fail_get;
-    f->ops.stat = fail_stat;
-    f->ops.list = fail_list;
-    f->ops.put = NULL;
-    f->ops.remove = NULL;
-    f->ops.upload_begin = NULL;
-    f->ops.destroy = fail_destroy;
-    f->base.ops = &f->ops;
-    f->fail_after = fail_after;
-    return &f->base;
+    return st;
 }
 
 /* A member whose compressed data outgrows the in-flight limit: the

@@ -20,6 +20,7 @@
 #include "push/backup_writer.h"
 #include "codec/lzop.h"
 #include "store/store.h"
+#include "tests/unit/fault_store.h"
 #include "tests/unit/tap.h"
 
 #define NAME "base_000000010000000000000002_00000040"
@@ -571,82 +572,28 @@ static void test_too_big(void)
     free(root);
 }
 
-/* ---- a store that forwards to the local one and fails on demand ---- */
+/* ---- the local store behind the shared fault store (tests/unit/fault_store.h) ---- */
 
-typedef struct flaky {
-    store base;
-    store *inner;
-    int fail_part_after; /* upload_part calls that succeed; -1 = never fail */
-    int fail_commit_after;
-    int part_calls, commit_calls;
-    size_t part_sizes[64];
-} flaky;
-
-static flaky *the_flaky;
-
-static int fl_stat(store *st, const char *k, store_stat *o, walfs_err *e)
-{ return store_stat_key(((flaky *)st)->inner, k, o, e); }
-static int fl_get(store *st, const char *k, uint64_t off, uint64_t len, store_sink_fn s, void *c,
-                  walfs_err *e)
-{ return store_get(((flaky *)st)->inner, k, off, len, s, c, e); }
-static int fl_put(store *st, const char *k, const void *b, size_t l, int64_t u, walfs_err *e)
-{ return store_put(((flaky *)st)->inner, k, b, l, u, e); }
-static int fl_remove(store *st, const char *k, walfs_err *e)
-{ return store_remove(((flaky *)st)->inner, k, e); }
-static int fl_list(store *st, const char *d, store_list_fn fn, void *c, walfs_err *e)
-{ return store_list(((flaky *)st)->inner, d, fn, c, e); }
-static int fl_begin(store *st, const char *k, store_upload **o, walfs_err *e)
-{ return store_upload_begin(((flaky *)st)->inner, k, o, e); }
-static int fl_part(store_upload *up, const void *d, size_t l, walfs_err *e)
+/* Upload parts that succeed before every later one fails (-1: none fails),
+ * likewise commits. */
+static store *flaky_open(const char *root, int fail_part_after, int fail_commit_after)
 {
-    flaky *f = the_flaky;
-    if (f->part_calls < 64)
-        f->part_sizes[f->part_calls] = l;
-    if (f->fail_part_after >= 0 && f->part_calls++ >= f->fail_part_after)
-        return walfs_err_set(e, -EIO, "injected upload_part failure");
-    if (f->fail_part_after < 0)
-        f->part_calls++;
-    return store_upload_part(f->inner, up, d, l, e);
-}
-static int fl_commit(store_upload *up, walfs_err *e)
-{
-    flaky *f = the_flaky;
-    if (f->fail_commit_after >= 0 && f->commit_calls++ >= f->fail_commit_after) {
-        store_upload_abort(f->inner, up);
-        return walfs_err_set(e, -EIO, "injected commit failure");
-    }
-    return store_upload_commit(f->inner, up, e);
-}
-static void fl_abort(store_upload *up) { store_upload_abort(the_flaky->inner, up); }
-static void fl_destroy(store *st) { store_close(((flaky *)st)->inner); }
-
-static const store_ops flaky_ops = {
-    .stat = fl_stat, .get = fl_get, .put = fl_put, .remove = fl_remove, .list = fl_list,
-    .upload_begin = fl_begin, .upload_part = fl_part, .upload_commit = fl_commit,
-    .upload_abort = fl_abort, .destroy = fl_destroy,
-};
-
-static void flaky_init(flaky *f, const char *root, int fail_part_after, int fail_commit_after)
-{
-    walfs_err err;
-    memset(f, 0, sizeof *f);
-    f->base.ops = &flaky_ops;
-    f->base.url = "flaky://";
-    f->fail_part_after = fail_part_after;
-    f->fail_commit_after = fail_commit_after;
-    store_local_open(root, &f->inner, &err);
-    the_flaky = f;
+    store *st = fault_store_open_local(root);
+    if (st && fail_part_after >= 0)
+        fault_store_fail(st, FAULT_UPLOAD_PART, (unsigned)fail_part_after + 1, -1, -EIO);
+    if (st && fail_commit_after >= 0)
+        fault_store_fail(st, FAULT_UPLOAD_COMMIT, (unsigned)fail_commit_after + 1, -1, -EIO);
+    return st;
 }
 
 static void test_failing_store(int fail_part_after, int fail_commit_after)
 {
     char *root = new_root();
-    flaky f;
-    flaky_init(&f, root, fail_part_after, fail_commit_after);
+    store *f = flaky_open(root, fail_part_after, fail_commit_after);
     walfs_err err;
     backup_writer_limits lim = {.max_partition_bytes = 400 * 1024, .max_partition_members = 4};
     backup_writer *bw = NULL;
-    int rc = backup_writer_begin(&f.base, NAME, &lim, &bw, &err);
+    int rc = backup_writer_begin(f, NAME, &lim, &bw, &err);
     size_t i;
     for (i = 0; rc == 0 && i < N_MEMBERS; i++)
         rc = add_spec(bw, &members[i], &err);
@@ -671,7 +618,7 @@ static void test_failing_store(int fail_part_after, int fail_commit_after)
     char first[1024] = "";
     int n = count_files(root, first, sizeof first);
     CHECK(n == 0, "nothing left, no sentinel (%d; %s)", n, first);
-    store_close(f.inner);
+    store_close(f);
     rm_rf(root);
     free(root);
 }
@@ -681,12 +628,11 @@ static void test_failing_store(int fail_part_after, int fail_commit_after)
 static void test_multipart(void)
 {
     char *root = new_root();
-    flaky f;
-    flaky_init(&f, root, -1, -1);
+    store *f = flaky_open(root, -1, -1);
     walfs_err err;
     backup_writer *bw = NULL;
     backup_writer_limits lim = {.upload_part_size = 1};
-    int rc = backup_writer_begin(&f.base, NAME, &lim, &bw, &err);
+    int rc = backup_writer_begin(f, NAME, &lim, &bw, &err);
     spec big = {"big", MEMBER_FILE, 0600, 11u * 1024 * 1024, NULL, NULL, 0};
     big.data = malloc(big.size);
     for (size_t j = 0; j < big.size; j++)
@@ -697,10 +643,11 @@ static void test_multipart(void)
                                .stop_offset = "00000256", .base_prefix = "/x/"};
     rc = rc ? rc : backup_writer_finish(bw, &stop, &err);
     CHECK(rc == 0, "11 MiB of random data written (%s)", rc ? err.msg : "");
-    CHECK(f.part_calls == 3, "3 upload parts (%d)", f.part_calls);
-    CHECK(f.part_sizes[0] == 5u * 1024 * 1024 && f.part_sizes[1] == 5u * 1024 * 1024,
-          "parts but the last are part_size (5 MiB minimum applied): %zu %zu", f.part_sizes[0],
-          f.part_sizes[1]);
+    unsigned parts = fault_store_calls(f, FAULT_UPLOAD_PART);
+    size_t part0 = fault_store_part_size(f, 0), part1 = fault_store_part_size(f, 1);
+    CHECK(parts == 3, "3 upload parts (%u)", parts);
+    CHECK(part0 == 5u * 1024 * 1024 && part1 == 5u * 1024 * 1024,
+          "parts but the last are part_size (5 MiB minimum applied): %zu %zu", part0, part1);
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "lzop -dc '%s/basebackups_005/%s/tar_partitions/part_00000000.tar.lzo' | "
@@ -709,14 +656,14 @@ static void test_multipart(void)
     rc = run(cmd);
         CHECK(rc == 0, "the multi-part partition reads back");
     buf d = {0};
-    rc = decompress_key(f.inner, "basebackups_005/" NAME "/tar_partitions/part_00000000.tar.lzo",
+    rc = decompress_key(fault_store_inner(f), "basebackups_005/" NAME "/tar_partitions/part_00000000.tar.lzo",
                         &d);
     CHECK(rc == 0 &&
               d.len > big.size && memmem(d.p, d.len, big.data, 4096) != NULL,
           "decoded partition holds the data");
     free(d.p);
     free(big.data);
-    store_close(f.inner);
+    store_close(f);
     rm_rf(root);
     free(root);
 }
