@@ -8,6 +8,7 @@
 #include "backup/backup_index.h"
 #include "backup/backup_index_internal.h"
 #include "common/log.h"
+#include "store/store_driver.h"
 #include "tests/unit/tap.h"
 #include "tests/unit/test_sh.h"
 

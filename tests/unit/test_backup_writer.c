@@ -19,7 +19,7 @@
 #include "backup/backup_index.h"
 #include "push/backup_writer.h"
 #include "codec/lzop.h"
-#include "store/store.h"
+#include "store/store_driver.h"
 #include "tests/unit/tap.h"
 
 #define NAME "base_000000010000000000000002_00000040"
@@ -582,8 +582,6 @@ typedef struct flaky {
     size_t part_sizes[64];
 } flaky;
 
-static flaky *the_flaky;
-
 static int fl_stat(store *st, const char *k, store_stat *o, walfs_err *e)
 { return store_stat_key(((flaky *)st)->inner, k, o, e); }
 static int fl_get(store *st, const char *k, uint64_t off, uint64_t len, store_sink_fn s, void *c,
@@ -597,9 +595,9 @@ static int fl_list(store *st, const char *d, store_list_fn fn, void *c, walfs_er
 { return store_list(((flaky *)st)->inner, d, fn, c, e); }
 static int fl_begin(store *st, const char *k, store_upload **o, walfs_err *e)
 { return store_upload_begin(((flaky *)st)->inner, k, o, e); }
-static int fl_part(store_upload *up, const void *d, size_t l, walfs_err *e)
+static int fl_part(store *st, store_upload *up, const void *d, size_t l, walfs_err *e)
 {
-    flaky *f = the_flaky;
+    flaky *f = (flaky *)st;
     if (f->part_calls < 64)
         f->part_sizes[f->part_calls] = l;
     if (f->fail_part_after >= 0 && f->part_calls++ >= f->fail_part_after)
@@ -608,16 +606,16 @@ static int fl_part(store_upload *up, const void *d, size_t l, walfs_err *e)
         f->part_calls++;
     return store_upload_part(f->inner, up, d, l, e);
 }
-static int fl_commit(store_upload *up, walfs_err *e)
+static int fl_commit(store *st, store_upload *up, walfs_err *e)
 {
-    flaky *f = the_flaky;
+    flaky *f = (flaky *)st;
     if (f->fail_commit_after >= 0 && f->commit_calls++ >= f->fail_commit_after) {
         store_upload_abort(f->inner, up);
         return walfs_err_set(e, -EIO, "injected commit failure");
     }
     return store_upload_commit(f->inner, up, e);
 }
-static void fl_abort(store_upload *up) { store_upload_abort(the_flaky->inner, up); }
+static void fl_abort(store *st, store_upload *up) { store_upload_abort(((flaky *)st)->inner, up); }
 static void fl_destroy(store *st) { store_close(((flaky *)st)->inner); }
 
 static const store_ops flaky_ops = {
@@ -635,7 +633,6 @@ static void flaky_init(flaky *f, const char *root, int fail_part_after, int fail
     f->fail_part_after = fail_part_after;
     f->fail_commit_after = fail_commit_after;
     store_local_open(root, &f->inner, &err);
-    the_flaky = f;
 }
 
 static void test_failing_store(int fail_part_after, int fail_commit_after)
