@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <json-c/json.h>
 #include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -14,6 +13,8 @@
 
 #include "common/log.h"
 #include "common/private_dir.h"
+#include "wale/layout.h"
+#include "wale/sentinel.h"
 
 #define MAX_LOADED 16
 #define LISTING_TTL_SECONDS 1
@@ -74,21 +75,6 @@ struct backup_catalog {
     int n_keepers;
 };
 
-static int is_hex_upper(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'F')))
-            return 0;
-    return 1;
-}
-
-/* WAL-E's COMPLETE_BASE_BACKUP_REGEXP: base_<24 hex>_<8 hex-ish chars>. */
-static int is_backup_name(const char *name, size_t len)
-{
-    return len == 5 + 24 + 1 + 8 && strncmp(name, "base_", 5) == 0 &&
-           is_hex_upper(name + 5, 24) && name[29] == '_' && is_hex_upper(name + 30, 8);
-}
-
 backup_catalog *backup_catalog_new(store *st, const char *cache_dir, walfs_err *err)
 {
     backup_catalog *cat = calloc(1, sizeof *cat);
@@ -138,10 +124,10 @@ typedef struct listing_builder {
 static int collect_sentinel(void *ctx, const store_entry *e)
 {
     listing_builder *b = ctx;
-    size_t len = strlen(e->name), sl = strlen(BACKUP_SENTINEL_SUFFIX);
-    if (e->is_dir || len <= sl || strcmp(e->name + len - sl, BACKUP_SENTINEL_SUFFIX) != 0)
+    size_t len = e->is_dir ? 0 : wale_sentinel_backup_len(e->name);
+    if (!len)
         return 0;
-    if (!is_backup_name(e->name, len - sl))
+    if (!wale_is_backup_name(e->name, len))
         return 0; /* WAL-G or foreign names: not a WAL-E backup walfs can serve */
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 16;
@@ -153,7 +139,7 @@ static int collect_sentinel(void *ctx, const store_entry *e)
     }
     backup_entry *be = &b->items[b->n++];
     memset(be, 0, sizeof *be);
-    memcpy(be->name, e->name, len - sl);
+    memcpy(be->name, e->name, len);
     be->sentinel_mtime = e->mtime;
     return 0;
 }
@@ -170,7 +156,7 @@ static int refresh_listing(backup_catalog *cat, walfs_err *err)
     listing_builder b = {0};
     cat->listing_busy = 1;
     pthread_mutex_unlock(&cat->lock);
-    int rc = store_list(cat->st, BASEBACKUP_DIR "/", collect_sentinel, &b, err);
+    int rc = store_list(cat->st, wale_backups_prefix(), collect_sentinel, &b, err);
     pthread_mutex_lock(&cat->lock);
     cat->listing_busy = 0;
     pthread_cond_broadcast(&cat->listing_done);
@@ -220,7 +206,7 @@ int backup_catalog_list(backup_catalog *cat, backup_entry **out, size_t *n, int 
 
 int backup_catalog_find(backup_catalog *cat, const char *name, backup_entry *out, walfs_err *err)
 {
-    if (!is_backup_name(name, strlen(name)))
+    if (!wale_is_backup_name(name, strlen(name)))
         return -ENOENT;
     backup_entry *list;
     size_t n;
@@ -282,40 +268,6 @@ static int fetch_object(store *st, const char *key, size_t max, small_buffer *ou
     return rc;
 }
 
-int backup_sentinel_parse(const char *json, size_t len, backup_details *out)
-{
-    if (len > INT_MAX)
-        return -1;
-    struct json_tokener *tok = json_tokener_new();
-    json_object *root = tok ? json_tokener_parse_ex(tok, json, (int)len) : NULL;
-    if (tok)
-        json_tokener_free(tok);
-    if (!root || !json_object_is_type(root, json_type_object)) {
-        json_object_put(root);
-        return -1;
-    }
-    json_object *v;
-    if (json_object_object_get_ex(root, "wal_segment_backup_stop", &v) &&
-        json_object_is_type(v, json_type_string))
-        snprintf(out->stop_segment, sizeof out->stop_segment, "%s", json_object_get_string(v));
-    if (json_object_object_get_ex(root, "wal_segment_offset_backup_stop", &v) &&
-        json_object_is_type(v, json_type_string))
-        snprintf(out->stop_offset, sizeof out->stop_offset, "%s", json_object_get_string(v));
-    int rc = 0;
-    if (json_object_object_get_ex(root, "expanded_size_bytes", &v) &&
-        json_object_is_type(v, json_type_int)) {
-        /* json-c saturates what int64 cannot hold (a uint64 above it reads
-         * as INT64_MAX): such a size is no size. */
-        int64_t size = json_object_get_int64(v);
-        if (size < 0 || size == INT64_MAX)
-            rc = 1;
-        else
-            out->expanded_size_bytes = size;
-    }
-    json_object_put(root);
-    return rc;
-}
-
 int backup_catalog_details(backup_catalog *cat, const char *name, backup_details *out,
                            walfs_err *err)
 {
@@ -328,21 +280,28 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
     memcpy(out->start_offset, name + 30, 8);
     out->expanded_size_bytes = -1;
     out->sentinel_mtime = entry.sentinel_mtime;
-    char key[256];
-    snprintf(key, sizeof key, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX, name);
+    char key[WALE_KEY_MAX];
+    wale_sentinel_key(key, sizeof key, name);
     small_buffer buf;
     rc = fetch_object(cat->st, key, 64 * 1024, &buf, err);
     if (rc)
         return rc;
-    rc = backup_sentinel_parse(buf.data, buf.len, out);
+    _Static_assert(sizeof out->stop_segment == sizeof ((wale_sentinel *)0)->stop_segment &&
+                   sizeof out->stop_offset == sizeof ((wale_sentinel *)0)->stop_offset,
+                   "backup_details holds what the sentinel gives");
+    wale_sentinel sentinel = {.expanded_size_bytes = -1};
+    rc = wale_sentinel_parse(buf.data, buf.len, &sentinel);
     free(buf.data);
+    memcpy(out->stop_segment, sentinel.stop_segment, sizeof out->stop_segment);
+    memcpy(out->stop_offset, sentinel.stop_offset, sizeof out->stop_offset);
+    out->expanded_size_bytes = sentinel.expanded_size_bytes;
     if (rc < 0)
         return walfs_err_set(err, -EIO, "sentinel %s is not a JSON object; the backup's "
                              "metadata is damaged", key);
     if (rc > 0)
         log_warn("sentinel %s: expanded_size_bytes is out of range; leaving it blank", key);
 
-    snprintf(key, sizeof key, BASEBACKUP_DIR "/%s/extended_version.txt", name);
+    wale_extended_version_key(key, sizeof key, name);
     walfs_err verr = {0};
     if (fetch_object(cat->st, key, sizeof out->pg_version - 1, &buf, &verr) == 0) {
         size_t n = buf.len;
@@ -362,7 +321,7 @@ static void local_index_path(const backup_catalog *cat, const char *name, char *
     /* One cache directory may serve several archives: key by store URL too. */
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned int dlen = 0;
-    const char *url = cat->st->url ? cat->st->url : "";
+    const char *url = store_url(cat->st);
     EVP_Digest(url, strlen(url), digest, &dlen, EVP_sha256(), NULL);
     snprintf(out, len, "%s/%s-%02x%02x%02x%02x%02x%02x.json", cat->index_dir, name, digest[0],
              digest[1], digest[2], digest[3], digest[4], digest[5]);
@@ -567,8 +526,8 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
     }
     char local_path[PATH_MAX];
     local_index_path(cat, name, local_path, sizeof local_path);
-    char stored_key[256];
-    snprintf(stored_key, sizeof stored_key, BASEBACKUP_DIR "/%s/" BACKUP_INDEX_OBJECT, name);
+    char stored_key[WALE_KEY_MAX];
+    wale_index_key(stored_key, sizeof stored_key, name);
 
     backup_index *idx = NULL;
     small_buffer buf;
@@ -622,10 +581,9 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
  * in the bucket for other machines. */
 static void keep_index(backup_catalog *cat, const backup_index *idx)
 {
-    char local_path[PATH_MAX], stored_key[256];
+    char local_path[PATH_MAX], stored_key[WALE_KEY_MAX];
     local_index_path(cat, idx->backup_name, local_path, sizeof local_path);
-    snprintf(stored_key, sizeof stored_key, BASEBACKUP_DIR "/%s/" BACKUP_INDEX_OBJECT,
-             idx->backup_name);
+    wale_index_key(stored_key, sizeof stored_key, idx->backup_name);
     char *json = NULL;
     size_t len = 0;
     walfs_err err = {0};

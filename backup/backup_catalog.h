@@ -24,7 +24,7 @@ typedef struct backup_entry {
 
 typedef struct backup_details {
     char start_segment[25], start_offset[9];
-    char stop_segment[32], stop_offset[16];
+    char stop_segment[32], stop_offset[16];     /* as the sentinel has them (wale/sentinel.h) */
     long long expanded_size_bytes;      /* -1 when the sentinel lacks it */
     char pg_version[512];               /* extended_version.txt, "" when absent */
     time_t sentinel_mtime;
@@ -42,13 +42,6 @@ int backup_catalog_list(backup_catalog *cat, backup_entry **out, size_t *n, int 
 int backup_catalog_find(backup_catalog *cat, const char *name, backup_entry *out, walfs_err *err);
 int backup_catalog_details(backup_catalog *cat, const char *name, backup_details *out,
                            walfs_err *err);
-
-/* Fills out's stop_segment, stop_offset and expanded_size_bytes from a
- * *_backup_stop_sentinel.json body (fields absent or of another type are
- * left as they are); -1 when it is not a JSON object, 1 when its
- * expanded_size_bytes is negative or beyond int64 (left as it was).  Pure: the fuzzer's
- * way in (tests/fuzz/fuzz_sentinel.c). */
-int backup_sentinel_parse(const char *json, size_t len, backup_details *out);
 
 /* The member index of a complete backup; hold it until
  * backup_catalog_release.  The first call for a backup may read all of it. */

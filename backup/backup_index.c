@@ -19,8 +19,8 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "wale/layout.h"
 
-#define TAR_PARTS_DIR "tar_partitions/"
 #define INDEX_FORMAT "walfs-backup-index"
 /* Version 1 stored every member's full path; version 2 stores a name and
  * a parent reference (an older index is rebuilt, not converted). */
@@ -300,26 +300,11 @@ typedef struct list_ctx {
     int oom;
 } list_ctx;
 
-/* part_%08d.tar.lzo exactly, as WAL-E's uploader names them. */
-static int parse_part_name(const char *name, uint32_t *num)
-{
-    if (strlen(name) != 21 || strncmp(name, "part_", 5) != 0 || strcmp(name + 13, ".tar.lzo") != 0)
-        return 0;
-    uint32_t v = 0;
-    for (int i = 5; i < 13; i++) {
-        if (name[i] < '0' || name[i] > '9')
-            return 0;
-        v = v * 10 + (uint32_t)(name[i] - '0');
-    }
-    *num = v;
-    return 1;
-}
-
 static int list_cb(void *ctx, const store_entry *e)
 {
     list_ctx *lc = ctx;
     uint32_t num;
-    if (e->is_dir || !parse_part_name(e->name, &num)) {
+    if (e->is_dir || !wale_partition_number(e->name, &num)) {
         log_warn("backup %s: ignoring %s%s in tar_partitions/: not a part_NNNNNNNN.tar.lzo partition",
                  lc->backup, e->name, e->is_dir ? "/" : "");
         return 0;
@@ -345,7 +330,9 @@ static int list_cb(void *ctx, const store_entry *e)
     l->size = e->size;
     if (e->etag)
         snprintf(l->etag, sizeof l->etag, "%s", e->etag);
-    if (asprintf(&l->key, BASEBACKUP_DIR "/%s/" TAR_PARTS_DIR "%s", lc->backup, e->name) < 0) {
+    char prefix[WALE_KEY_MAX];
+    wale_partitions_prefix(prefix, sizeof prefix, lc->backup);
+    if (asprintf(&l->key, "%s%s", prefix, e->name) < 0) {
         l->key = NULL;
         lc->oom = 1;
         return -ENOMEM;
@@ -372,8 +359,8 @@ int backup_list_partitions(store *st, const char *backup_name, backup_partition_
     int rc = check_backup_name(backup_name, err);
     if (rc)
         return rc;
-    char prefix[512];
-    snprintf(prefix, sizeof prefix, BASEBACKUP_DIR "/%s/" TAR_PARTS_DIR, backup_name);
+    char prefix[WALE_KEY_MAX];
+    wale_partitions_prefix(prefix, sizeof prefix, backup_name);
     list_ctx lc = {.backup = backup_name};
     rc = store_list(st, prefix, list_cb, &lc, err);
     if (lc.oom)
@@ -1994,8 +1981,8 @@ static int load_partition(loader *L, json_object *o, size_t i, const char *backu
     int rc = get_str(L, field(o, "key"), &key);
     if (rc)
         return rc;
-    char want[512];
-    snprintf(want, sizeof want, BASEBACKUP_DIR "/%s/" TAR_PARTS_DIR "part_%08zu.tar.lzo", backup, i);
+    char want[WALE_KEY_MAX];
+    wale_partition_key(want, sizeof want, backup, (uint32_t)i);
     if (strcmp(key, want) != 0)
         return bad(L, "partition key does not match the backup and its position");
     p->key = strdup(key);

@@ -16,13 +16,9 @@
 #include "codec/lzop.h"
 #include "common/err.h"
 #include "store/store.h"
+/* Only for fuse/walfs_fs.c's BASEBACKUP_DIR until it includes this itself. */
+#include "wale/layout.h"
 
-#define BASEBACKUP_DIR "basebackups_005"
-/* basebackups_005/<backup><this>: a backup exists once this object does. */
-#define BACKUP_SENTINEL_SUFFIX "_backup_stop_sentinel.json"
-/* Stored at basebackups_005/<backup>/<this>; WAL-E only reads
- * tar_partitions/ and the sentinel, so it ignores the file. */
-#define BACKUP_INDEX_OBJECT "walfs_index.json"
 
 typedef enum backup_member_type {
     MEMBER_FILE,

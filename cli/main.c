@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "fuse/walfs_fs.h"
 #include "store/store.h"
+#include "wale/layout.h"
 
 #ifndef WALFS_VERSION
 #define WALFS_VERSION "dev"
@@ -34,17 +35,17 @@ static int check_archive(store *st)
 {
     walfs_err err = {0};
     uint64_t outer = deadline_scope_begin(STARTUP_PROBE_MS);
-    int rc = store_list(st, "wal_005/", stop_after_first, NULL, &err);
+    int rc = store_list(st, wale_wal_prefix(), stop_after_first, NULL, &err);
     deadline_scope_end(outer);
     if (rc >= 0)
         return 0;
     if (rc != -ETIMEDOUT) {
-        fprintf(stderr, "walfs: cannot use the archive %s: %s\n", st->url, err.msg);
+        fprintf(stderr, "walfs: cannot use the archive %s: %s\n", store_url(st), err.msg);
         return -1;
     }
     fprintf(stderr, "walfs: warning: archive %s did not answer within %d s (%s); mounting "
                     "anyway: archiving fails (PostgreSQL retries it) and restoring waits until "
-                    "it answers\n", st->url, STARTUP_PROBE_MS / 1000, err.msg);
+                    "it answers\n", store_url(st), STARTUP_PROBE_MS / 1000, err.msg);
     return 0;
 }
 
@@ -171,7 +172,7 @@ int main(int argc, char *argv[])
     }
     if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
         goto out_unmount;
-    log_info("walfs %s serving %s at %s", WALFS_VERSION, st->url, fuse_opts.mountpoint);
+    log_info("walfs %s serving %s at %s", WALFS_VERSION, store_url(st), fuse_opts.mountpoint);
     int loop_rc;
     if (fuse_opts.singlethread) {
         loop_rc = fuse_loop(fuse);

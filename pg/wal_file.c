@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "pg/lsn.h"
+
 /* XLogLongPageHeaderData on every platform PostgreSQL supports: the short
  * header (xlp_magic u16, xlp_info u16, xlp_tli u32, xlp_pageaddr u64,
  * xlp_rem_len u32, padded to 24), then xlp_sysid u64, xlp_seg_size u32,
@@ -45,6 +47,16 @@ int wal_segment_check(const unsigned char *head, size_t head_len, uint64_t size,
         return -1;
     *expected = seg_size;
     return size == seg_size ? 1 : 0;
+}
+
+uint64_t wal_segment_size_of(uint64_t lsn, const char *name)
+{
+    uint32_t timeline;
+    uint64_t segno;
+    for (uint64_t size = 1 << 20; size <= WAL_FILE_MAX_BYTES; size <<= 1)
+        if (pg_segment_parse(name, size, &timeline, &segno) == 0 && segno == lsn / size)
+            return size;
+    return 0;
 }
 
 void wal_offset_lpad(uint64_t offset, char out[9])

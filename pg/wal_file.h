@@ -1,7 +1,8 @@
 /* PostgreSQL's WAL files as they arrive in wal_005: segment names and the
  * long page header that opens every segment.
  *
- * Knows PostgreSQL's on-disk format (XLogLongPageHeaderData, XLogFileName);
+ * Knows PostgreSQL's on-disk format (XLogLongPageHeaderData; names through
+ * pg/lsn);
  * nothing of FUSE, S3 or WAL-E. */
 #ifndef WALFS_PG_WAL_FILE_H
 #define WALFS_PG_WAL_FILE_H
@@ -27,6 +28,13 @@ int wal_name_is_segment(const char *name);
  *      check against */
 int wal_segment_check(const unsigned char *head, size_t head_len, uint64_t size,
                       uint64_t *expected);
+
+/* The wal_segment_size (1 MiB to 1 GiB) for which lsn lies in segment
+ * file name, as backup_label pairs them ("START WAL LOCATION: 0/2000028
+ * (file 000000010000000000000002)"); 0 when no size does.  Several sizes
+ * can fit only when the LSN is below the first segment boundary they share;
+ * the smallest is given, as PostgreSQL's own file name would be the same. */
+uint64_t wal_segment_size_of(uint64_t lsn, const char *name);
 
 /* out = WAL-E's lpad(offset::text, 8, '0') of an offset into a segment, as
  * in base backup names and wal_segment_offset_backup_stop: shorter

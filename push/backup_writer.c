@@ -15,6 +15,7 @@
 
 #include "codec/lzop.h"
 #include "common/log.h"
+#include "wale/layout.h"
 
 #define WALE_MAX_PARTITION_BYTES 1610612736ull
 #define WALE_MAX_PARTITION_MEMBERS 6144u
@@ -60,20 +61,6 @@ struct backup_writer {
     int failed;                     /* the stream broke: everything was removed */
     char failed_msg[WALFS_ERR_MSG_MAX];
 };
-
-static int valid_backup_name(const char *name)
-{
-    if (strlen(name) != 5 + 24 + 1 + 8 || strncmp(name, "base_", 5) != 0 || name[29] != '_')
-        return 0;
-    for (int i = 5; i < 38; i++) {
-        if (i == 29)
-            continue;
-        char c = name[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'F')))
-            return 0;
-    }
-    return 1;
-}
 
 static int remember_key(backup_writer *bw, const char *key, walfs_err *err)
 {
@@ -221,9 +208,9 @@ static void drop_partition(backup_writer *bw)
 static int open_partition(backup_writer *bw, walfs_err *err)
 {
     walfs_err_clear(&bw->cb_err);
-    if (asprintf(&bw->part_key, BASEBACKUP_DIR "/%s/tar_partitions/part_%08" PRIu32 ".tar.lzo",
-                 bw->name, bw->n_partitions) < 0) {
-        bw->part_key = NULL;
+    char key[WALE_KEY_MAX];
+    wale_partition_key(key, sizeof key, bw->name, bw->n_partitions);
+    if (!(bw->part_key = strdup(key))) {
         return walfs_err_set(err, -ENOMEM, "out of memory");
     }
     bw->n_partitions++;
@@ -357,34 +344,31 @@ int backup_writer_begin(store *st, const char *name, const backup_writer_limits 
                         backup_writer **out, walfs_err *err)
 {
     *out = NULL;
-    if (!valid_backup_name(name))
+    if (!wale_is_backup_name(name, strlen(name)))
         return walfs_err_set(err, -EINVAL,
                              "invalid backup name '%s': expected base_<24 upper-case hex>_<8 "
                              "upper-case hex/decimal chars> as WAL-E names backups",
                              name);
     /* Writing over a complete backup, or next to leftovers of an earlier
      * attempt, would yield a backup mixing two runs. */
-    char *sentinel = NULL;
-    if (asprintf(&sentinel, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX, name) < 0)
-        return walfs_err_set(err, -ENOMEM, "out of memory");
+    char sentinel[WALE_KEY_MAX];
+    wale_sentinel_key(sentinel, sizeof sentinel, name);
     store_stat sb;
     walfs_err e;
     walfs_err_clear(&e);
     int rc = store_stat_key(st, sentinel, &sb, &e);
-    free(sentinel);
     if (rc == 0)
         return walfs_err_set(err, -EEXIST,
                              "backup %s already exists in %s: choose another name or delete it "
                              "first",
-                             name, st->url ? st->url : "the archive");
+                             name, store_url(st)[0] ? store_url(st) : "the archive");
     if (rc != -ENOENT) {
         if (err)
             *err = e;
         return walfs_err_prefix(err, "checking whether backup %s exists: ", name);
     }
-    char *dir = NULL;
-    if (asprintf(&dir, BASEBACKUP_DIR "/%s/tar_partitions/", name) < 0)
-        return walfs_err_set(err, -ENOMEM, "out of memory");
+    char dir[WALE_KEY_MAX];
+    wale_partitions_prefix(dir, sizeof dir, name);
     size_t n_objects = 0;
     walfs_err_clear(&e);
     rc = store_list(st, dir, count_object, &n_objects, &e);
@@ -398,7 +382,6 @@ int backup_writer_begin(store *st, const char *name, const backup_writer_limits 
             *err = e;
         walfs_err_prefix(err, "checking for leftovers of backup %s: ", name);
     }
-    free(dir);
     if (rc)
         return rc;
 
@@ -740,7 +723,7 @@ static int check_stop(const backup_writer_stop *stop, walfs_err *err)
 
 int backup_writer_finish(backup_writer *bw, const backup_writer_stop *stop, walfs_err *err)
 {
-    char *ev_key = NULL, *sentinel_key = NULL, *json = NULL;
+    char ev_key[WALE_KEY_MAX], sentinel_key[WALE_KEY_MAX], *json = NULL;
     size_t json_len = 0;
     int sentinel_tried = 0, ev_stored = 0;
     if (bw->failed) {
@@ -750,10 +733,8 @@ int backup_writer_finish(backup_writer *bw, const backup_writer_stop *stop, walf
         return code;
     }
     int rc = check_stop(stop, err);
-    if (!rc && (asprintf(&ev_key, BASEBACKUP_DIR "/%s/extended_version.txt", bw->name) < 0 ||
-                asprintf(&sentinel_key, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX,
-                         bw->name) < 0))
-        rc = walfs_err_set(err, -ENOMEM, "out of memory");
+    wale_extended_version_key(ev_key, sizeof ev_key, bw->name);
+    wale_sentinel_key(sentinel_key, sizeof sentinel_key, bw->name);
     if (!rc)
         rc = sentinel_json(bw, stop, &json, &json_len, err);
     /* A backup without members still needs partition 0 for readers. */
@@ -790,8 +771,6 @@ int backup_writer_finish(backup_writer *bw, const backup_writer_stop *stop, walf
                          bw->name);
     }
     free(json);
-    free(ev_key);
-    free(sentinel_key);
     free_writer(bw);
     return rc;
 }

@@ -9,16 +9,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backup/backup_index.h"
 #include "common/log.h"
+#include "wale/layout.h"
 
-#define LEASE "walfs_push.json"
 #define LEASE_MAX_AGE (7 * 24 * 3600)
-
-static void lease_key(const char *name, char *out, size_t len)
-{
-    snprintf(out, len, BASEBACKUP_DIR "/%s/" LEASE, name);
-}
 
 int push_lease_write(store *st, const char *backup_name, walfs_err *err)
 {
@@ -29,8 +23,8 @@ int push_lease_write(store *st, const char *backup_name, walfs_err *err)
     json_object_object_add(o, "pid", json_object_new_int64(getpid()));
     json_object_object_add(o, "started", json_object_new_int64(time(NULL)));
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
-    char key[256];
-    lease_key(backup_name, key, sizeof key);
+    char key[WALE_KEY_MAX];
+    wale_lease_key(key, sizeof key, backup_name);
     int rc = store_put(st, key, text, strlen(text), -1, err);
     json_object_put(o);
     return rc;
@@ -38,8 +32,8 @@ int push_lease_write(store *st, const char *backup_name, walfs_err *err)
 
 void push_lease_remove(store *st, const char *backup_name)
 {
-    char key[256];
-    lease_key(backup_name, key, sizeof key);
+    char key[WALE_KEY_MAX];
+    wale_lease_key(key, sizeof key, backup_name);
     walfs_err err = {0};
     if (store_remove(st, key, &err) != 0 && err.code != -ENOENT)
         log_warn("could not remove the push lease %s: %s", key, err.msg);
@@ -73,12 +67,12 @@ typedef struct top_listing {
 static int collect_top(void *ctx, const store_entry *e)
 {
     top_listing *t = ctx;
-    size_t len = strlen(e->name), sl = strlen(BACKUP_SENTINEL_SUFFIX);
     if (e->is_dir)
         return add_name(&t->dirs, e->name);
-    if (len > sl && strcmp(e->name + len - sl, BACKUP_SENTINEL_SUFFIX) == 0) {
+    size_t len = wale_sentinel_backup_len(e->name);
+    if (len) {
         char base[128];
-        snprintf(base, sizeof base, "%.*s", (int)(len - sl), e->name);
+        snprintf(base, sizeof base, "%.*s", (int)len, e->name);
         return add_name(&t->sentinels, base);
     }
     return 0;
@@ -137,15 +131,15 @@ static int lease_is_stale(const char *json)
 
 static void remove_backup_leftovers(store *st, const char *name)
 {
-    char prefix[256];
+    char prefix[WALE_KEY_MAX], partitions[WALE_KEY_MAX];
     walfs_err err = {0};
-    snprintf(prefix, sizeof prefix, BASEBACKUP_DIR "/%s/", name);
+    wale_backup_prefix(prefix, sizeof prefix, name);
+    wale_partitions_prefix(partitions, sizeof partitions, name);
     if (store_abort_uploads(st, prefix, &err) != 0)
         log_warn("could not abort unfinished uploads under %s: %s", prefix, err.msg);
-    const char *subdirs[] = {"tar_partitions/", ""};
+    const char *dirs[] = {partitions, prefix};
     for (size_t d = 0; d < 2; d++) {
-        char dir[300];
-        snprintf(dir, sizeof dir, "%s%s", prefix, subdirs[d]);
+        const char *dir = dirs[d];
         names files = {0};
         walfs_err lerr = {0};
         if (store_list(st, dir, collect_files, &files, &lerr) != 0)
@@ -165,7 +159,7 @@ void push_cleanup_stale(store *st)
 {
     top_listing t = {0};
     walfs_err err = {0};
-    int rc = store_list(st, BASEBACKUP_DIR "/", collect_top, &t, &err);
+    int rc = store_list(st, wale_backups_prefix(), collect_top, &t, &err);
     if (rc == -ECANCELED) {
         goto out; /* unmounted first: the next mount looks again */
     } else if (rc != 0) {
@@ -178,8 +172,8 @@ void push_cleanup_stale(store *st)
         int complete = 0;
         for (size_t j = 0; j < t.sentinels.n && !complete; j++)
             complete = strcmp(t.sentinels.v[j], name) == 0;
-        char key[256];
-        lease_key(name, key, sizeof key);
+        char key[WALE_KEY_MAX];
+        wale_lease_key(key, sizeof key, name);
         small lease = {.len = 0};
         walfs_err gerr = {0};
         if (store_get(st, key, 0, 0, keep_small, &lease, &gerr) != 0)

@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <json-c/json.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -17,7 +16,12 @@
 #include "fuse/backup_view.h"
 #include "push/push_cleanup.h"
 #include "push/spool_file.h"
+#include "pg/backup_label.h"
+#include "pg/backup_manifest.h"
+#include "pg/lsn.h"
+#include "pg/pg_control.h"
 #include "pg/wal_file.h"
+#include "wale/layout.h"
 
 #define MANIFEST_TMP "backup_manifest.tmp"
 #define MANIFEST "backup_manifest"
@@ -329,30 +333,6 @@ static int in_emptied_dir(const char *path, int keep_wal)
 
 /* ---- naming the backup from backup_label ---- */
 
-static int parse_lsn(const char *text, uint64_t *lsn)
-{
-    unsigned hi, lo;
-    if (sscanf(text, "%X/%X", &hi, &lo) != 2)
-        return -1;
-    *lsn = ((uint64_t)hi << 32) | lo;
-    return 0;
-}
-
-/* The segment size is whichever power of two makes PostgreSQL's file name
- * of the LSN equal the one the label gives. */
-static uint64_t segment_size_for(uint64_t lsn, const char *file)
-{
-    for (uint64_t size = 1 << 20; size <= (1ull << 30); size <<= 1) {
-        uint64_t per_log = 0x100000000ull / size, segno = lsn / size;
-        char name[25];
-        snprintf(name, sizeof name, "%.8s%08X%08X", file, (unsigned)(segno / per_log),
-                 (unsigned)(segno % per_log));
-        if (strcmp(name, file) == 0)
-            return size;
-    }
-    return 0;
-}
-
 static int name_from_label(push_registry *reg, push_session *s, push_node *label, walfs_err *err)
 {
     char text[4096];
@@ -360,24 +340,20 @@ static int name_from_label(push_registry *reg, push_session *s, push_node *label
     if (read_spool(s, label, text, sizeof text - 1, 0, &len) != 0)
         return walfs_err_set(err, -EIO, "could not read back backup_label from the spool");
     text[len] = '\0';
-    const char *line = strstr(text, "START WAL LOCATION: ");
-    char lsn_text[32], file[32];
-    uint64_t lsn;
-    if (!line || sscanf(line, "START WAL LOCATION: %31s (file %24[0-9A-F])", lsn_text, file) != 2 ||
-        strlen(file) != 24 || parse_lsn(lsn_text, &lsn) != 0)
+    pg_backup_label start;
+    if (pg_backup_label_parse(text, &start) != 0)
         return walfs_err_set(err, -EINVAL, "backup_label has no readable 'START WAL LOCATION: "
                              "X/Y (file Z)' line; this is not a PostgreSQL base backup");
-    s->segment_size = segment_size_for(lsn, file);
+    s->segment_size = wal_segment_size_of(start.start_lsn, start.start_file);
     if (!s->segment_size)
         return walfs_err_set(err, -EINVAL, "backup_label: start location %s does not belong to "
-                             "file %s", lsn_text, file);
+                             "file %s", start.start_lsn_text, start.start_file);
     char offset[9];
-    wal_offset_lpad(lsn % s->segment_size, offset);
-    snprintf(s->backup_name, sizeof s->backup_name, "base_%s_%s", file, offset);
-    memcpy(s->start_segment, file, 25);
-    char sentinel[256];
-    snprintf(sentinel, sizeof sentinel, BASEBACKUP_DIR "/%s" BACKUP_SENTINEL_SUFFIX,
-             s->backup_name);
+    wal_offset_lpad(start.start_lsn % s->segment_size, offset);
+    wale_backup_name(s->backup_name, sizeof s->backup_name, start.start_file, offset);
+    memcpy(s->start_segment, start.start_file, 25);
+    char sentinel[WALE_KEY_MAX];
+    wale_sentinel_key(sentinel, sizeof sentinel, s->backup_name);
     store_stat st;
     walfs_err probe = {0};
     int rc = store_stat_key(reg->st, sentinel, &st, &probe);
@@ -633,44 +609,28 @@ static int stop_from_manifest(push_session *s, push_node *manifest, backup_write
         return walfs_err_set(err, -EIO, "could not read back backup_manifest from the spool");
     }
     text[len] = '\0';
-    json_object *root = json_tokener_parse(text);
+    uint32_t timeline;
+    uint64_t lsn;
+    int ok = pg_backup_manifest_wal_end(text, &timeline, &lsn) == 0;
     free(text);
-    json_object *ranges = NULL, *last = NULL, *end = NULL, *tli = NULL;
-    if (root && json_object_object_get_ex(root, "WAL-Ranges", &ranges) &&
-        json_object_is_type(ranges, json_type_array) && json_object_array_length(ranges) > 0)
-        last = json_object_array_get_idx(ranges, json_object_array_length(ranges) - 1);
-    uint64_t lsn = 0;
-    int ok = last && json_object_object_get_ex(last, "End-LSN", &end) &&
-             json_object_object_get_ex(last, "Timeline", &tli) &&
-             parse_lsn(json_object_get_string(end), &lsn) == 0;
-    int timeline = ok ? json_object_get_int(tli) : 0;
-    json_object_put(root);
     if (!ok)
         return walfs_err_set(err, -EINVAL, "backup_manifest has no WAL-Ranges End-LSN; cannot "
                              "tell where the backup stops");
-    uint64_t per_log = 0x100000000ull / s->segment_size, segno = lsn / s->segment_size;
-    snprintf(stop->stop_segment, sizeof stop->stop_segment, "%08X%08X%08X", (unsigned)timeline,
-             (unsigned)(segno / per_log), (unsigned)(segno % per_log));
+    pg_segment_name_of_lsn(timeline, lsn, s->segment_size, stop->stop_segment);
     wal_offset_lpad(lsn % s->segment_size, stop->stop_offset);
     return 0;
 }
 
 /* Without a manifest: the copied pg_control's latest checkpoint, which was
- * written during the backup, is where the backup is known to reach.  PG 15
- * layout: checkPoint at offset 32, its timeline at 48. */
+ * written during the backup, is where the backup is known to reach. */
 static int stop_from_control(push_session *s, backup_writer_stop *stop, walfs_err *err)
 {
-    const unsigned char *buf = s->control;
-    if (!s->have_control)
-        return walfs_err_set(err, -EINVAL, "global/pg_control is missing or unreadable; cannot "
-                             "tell where the backup stops");
     uint64_t lsn = 0;
     uint32_t timeline = 0;
-    memcpy(&lsn, buf + 32, 8);
-    memcpy(&timeline, buf + 48, 4);
-    uint64_t per_log = 0x100000000ull / s->segment_size, segno = lsn / s->segment_size;
-    snprintf(stop->stop_segment, sizeof stop->stop_segment, "%08X%08X%08X", timeline,
-             (unsigned)(segno / per_log), (unsigned)(segno % per_log));
+    if (!s->have_control || pg_control_checkpoint(s->control, sizeof s->control, &lsn, &timeline))
+        return walfs_err_set(err, -EINVAL, "global/pg_control is missing or unreadable; cannot "
+                             "tell where the backup stops");
+    pg_segment_name_of_lsn(timeline, lsn, s->segment_size, stop->stop_segment);
     wal_offset_lpad(lsn % s->segment_size, stop->stop_offset);
     if (strcmp(stop->stop_segment + 8, s->start_segment + 8) < 0)
         memcpy(stop->stop_segment, s->start_segment, 25);

@@ -2,7 +2,7 @@
  * bucket, so a directory can be synced to S3 as it is.  A put is atomic
  * (temporary file, fsync, rename, fsync of the directory) so a crash never
  * leaves a partial object under its final name. */
-#include "store/store.h"
+#include "store/store_driver.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -278,7 +278,7 @@ fail:
     return rc;
 }
 
-static int local_upload_part(store_upload *u, const void *data, size_t len, walfs_err *err)
+static int local_upload_part(store *st, store_upload *u, const void *data, size_t len, walfs_err *err)
 {
     local_upload *up = (local_upload *)u;
     const char *p = data;
@@ -295,7 +295,7 @@ static int local_upload_part(store_upload *u, const void *data, size_t len, walf
     return 0;
 }
 
-static void local_upload_abort(store_upload *u)
+static void local_upload_abort(store *st, store_upload *u)
 {
     local_upload *up = (local_upload *)u;
     if (!up)
@@ -306,7 +306,7 @@ static void local_upload_abort(store_upload *u)
     free(up);
 }
 
-static int local_upload_commit(store_upload *u, walfs_err *err)
+static int local_upload_commit(store *st, store_upload *u, walfs_err *err)
 {
     local_upload *up = (local_upload *)u;
     int rc = 0;
@@ -330,7 +330,7 @@ static int local_upload_commit(store_upload *u, walfs_err *err)
     free(up);
     return rc;
 fail:
-    local_upload_abort(u);
+    local_upload_abort(st, u);
     return rc;
 }
 

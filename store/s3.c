@@ -1,7 +1,7 @@
 /* S3 backend: keys live under the archive's key prefix in one bucket.  The
  * uncompressed size travels as user metadata, which WAL-E ignores, so
  * getattr on an object walfs wrote needs no download. */
-#include "store/store.h"
+#include "store/store_driver.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -131,7 +131,7 @@ static int s3s_upload_begin(store *st, const char *key, store_upload **out, walf
     return 0;
 }
 
-static int s3s_upload_part(store_upload *u, const void *data, size_t len, walfs_err *err)
+static int s3s_upload_part(store *st, store_upload *u, const void *data, size_t len, walfs_err *err)
 {
     s3_upload *up = (s3_upload *)u;
     int rc = s3_multipart_upload_part(up->mp, up->next_part, data, len, err);
@@ -140,7 +140,7 @@ static int s3s_upload_part(store_upload *u, const void *data, size_t len, walfs_
     return rc;
 }
 
-static void s3s_upload_abort(store_upload *u)
+static void s3s_upload_abort(store *st, store_upload *u)
 {
     s3_upload *up = (s3_upload *)u;
     if (!up)
@@ -156,17 +156,17 @@ static void s3s_upload_abort(store_upload *u)
     free(up);
 }
 
-static int s3s_upload_commit(store_upload *u, walfs_err *err)
+static int s3s_upload_commit(store *st, store_upload *u, walfs_err *err)
 {
     s3_upload *up = (s3_upload *)u;
     int rc = 0;
     /* S3 wants at least one part, and an empty one is a valid last part. */
     if (up->next_part == 1)
-        rc = s3s_upload_part(u, "", 0, err);
+        rc = s3s_upload_part(st, u, "", 0, err);
     if (rc == 0)
         rc = s3_multipart_complete(up->mp, err);
     if (rc) {
-        s3s_upload_abort(u);
+        s3s_upload_abort(st, u);
         return rc;
     }
     s3_multipart_free(up->mp);

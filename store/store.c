@@ -8,11 +8,96 @@
 #include <string.h>
 
 #include "s3/s3_client.h"
+#include "store/store_driver.h"
 
 void store_close(store *st)
 {
     if (st)
         st->ops->destroy(st);
+}
+
+const char *store_url(const store *st)
+{
+    return st->url ? st->url : "";
+}
+
+int store_stat_key(store *st, const char *key, store_stat *out, walfs_err *err)
+{
+    return st->ops->stat(st, key, out, err);
+}
+
+int store_get(store *st, const char *key, uint64_t off, uint64_t len, store_sink_fn sink,
+              void *ctx, walfs_err *err)
+{
+    return st->ops->get(st, key, off, len, sink, ctx, err);
+}
+
+int store_put(store *st, const char *key, const void *body, size_t len,
+              int64_t uncompressed_size, walfs_err *err)
+{
+    return st->ops->put(st, key, body, len, uncompressed_size, err);
+}
+
+int store_put_hashed(store *st, const char *key, const void *body, size_t len,
+                     const char *sha256_hex, int64_t uncompressed_size, walfs_err *err)
+{
+    if (st->ops->put_hashed && sha256_hex)
+        return st->ops->put_hashed(st, key, body, len, sha256_hex, uncompressed_size, err);
+    return st->ops->put(st, key, body, len, uncompressed_size, err);
+}
+
+int store_remove(store *st, const char *key, walfs_err *err)
+{
+    return st->ops->remove(st, key, err);
+}
+
+int store_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err)
+{
+    return st->ops->list(st, dir_prefix, fn, ctx, err);
+}
+
+/* A driver has all four upload operations or none (store_driver.h). */
+static int no_uploads(store *st, const char *key, walfs_err *err)
+{
+    return walfs_err_set(err, -ENOTSUP, "cannot upload %s to %s in parts: this store does not "
+                         "support streaming uploads", key, store_url(st));
+}
+
+int store_upload_begin(store *st, const char *key, store_upload **out, walfs_err *err)
+{
+    if (!st->ops->upload_begin)
+        return no_uploads(st, key, err);
+    return st->ops->upload_begin(st, key, out, err);
+}
+
+int store_upload_part(store *st, store_upload *up, const void *data, size_t len,
+                      walfs_err *err)
+{
+    if (!st->ops->upload_part)
+        return no_uploads(st, "an object", err);
+    return st->ops->upload_part(st, up, data, len, err);
+}
+
+int store_upload_commit(store *st, store_upload *up, walfs_err *err)
+{
+    if (!st->ops->upload_commit)
+        return no_uploads(st, "an object", err);
+    return st->ops->upload_commit(st, up, err);
+}
+
+void store_upload_abort(store *st, store_upload *up)
+{
+    if (st->ops->upload_abort)
+        st->ops->upload_abort(st, up);
+}
+
+int store_abort_uploads(store *st, const char *dir_prefix, walfs_err *err)
+{
+    if (!st->ops->abort_uploads)
+        return walfs_err_set(err, -ENOTSUP, "cannot look for unfinished uploads under %s in %s: "
+                             "this store does not support streaming uploads", dir_prefix,
+                             store_url(st));
+    return st->ops->abort_uploads(st, dir_prefix, err);
 }
 
 struct store_lister {

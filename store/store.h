@@ -7,7 +7,10 @@
  * -ENOENT means the backend said the object does not exist, and nothing else
  * does; transient failures are retried inside the backend up to its deadline
  * (common/deadline.h cuts it to the caller's file operation), then give
- * -ETIMEDOUT: the object may exist, the backend just did not answer. */
+ * -ETIMEDOUT: the object may exist, the backend just did not answer.  A
+ * backend lacking an optional operation gives -ENOTSUP.
+ *
+ * This is what callers use; backends implement store/store_driver.h. */
 #ifndef WALFS_STORE_STORE_H
 #define WALFS_STORE_STORE_H
 
@@ -40,84 +43,46 @@ typedef int (*store_list_fn)(void *ctx, const store_entry *entry);
 /* Receives object bytes; returns 0 or a negative errno to abort. */
 typedef int (*store_sink_fn)(void *ctx, const void *data, size_t len);
 
-typedef struct store_ops {
-    int (*stat)(store *st, const char *key, store_stat *out, walfs_err *err);
-    /* length 0 = to the end */
-    int (*get)(store *st, const char *key, uint64_t offset, uint64_t length,
-               store_sink_fn sink, void *ctx, walfs_err *err);
-    /* Stores body atomically under key: readers see the old object or the
-     * whole new one, never a part.  uncompressed_size < 0 = not recorded. */
-    int (*put)(store *st, const char *key, const void *body, size_t len,
-               int64_t uncompressed_size, walfs_err *err);
-    int (*remove)(store *st, const char *key, walfs_err *err);
-    /* One level under dir_prefix ("wal_005/"), paging through as needed. */
-    int (*list)(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err);
-    void (*destroy)(store *st);
-    /* Streaming upload of an object too large to hold: parts arrive in
-     * order; nothing is visible under key until commit succeeds, and abort
-     * leaves nothing behind.  (S3: multipart upload; local: temporary file
-     * renamed into place.)  Each part but the last is >= 5 MiB. */
-    int (*upload_begin)(store *st, const char *key, store_upload **out, walfs_err *err);
-    int (*upload_part)(store_upload *up, const void *data, size_t len, walfs_err *err);
-    int (*upload_commit)(store_upload *up, walfs_err *err);   /* frees up */
-    void (*upload_abort)(store_upload *up);                   /* frees up */
-    /* put with the body's SHA-256 already known (hex); may be NULL, then
-     * put is used. */
-    int (*put_hashed)(store *st, const char *key, const void *body, size_t len,
-                      const char *sha256_hex, int64_t uncompressed_size, walfs_err *err);
-    /* Removes what interrupted streaming uploads under dir_prefix left
-     * (S3: unfinished multipart uploads; local: temporary files). */
-    int (*abort_uploads)(store *st, const char *dir_prefix, walfs_err *err);
-    /* list a page at a time (see store_lister_open); may be NULL, then
-     * store.c gives the whole list as one page. */
-    int (*lister_open)(store *st, const char *dir_prefix, void **impl, walfs_err *err);
-    int (*lister_next)(void *impl, store_list_fn fn, void *ctx, int *done, walfs_err *err);
-    void (*lister_close)(void *impl);
-} store_ops;
-
-struct store {
-    const store_ops *ops;
-    char *url;                  /* "s3://bucket/prefix" or "file:///path", for messages */
-};
-
 /* Options for opening a store from a URL; S3 settings are ignored for file://. */
 struct s3_config;
 int store_open(const char *url, const struct s3_config *s3cfg, store **out, walfs_err *err);
-
-static inline int store_stat_key(store *st, const char *key, store_stat *out, walfs_err *err)
-{ return st->ops->stat(st, key, out, err); }
-static inline int store_get(store *st, const char *key, uint64_t off, uint64_t len,
-                            store_sink_fn sink, void *ctx, walfs_err *err)
-{ return st->ops->get(st, key, off, len, sink, ctx, err); }
-static inline int store_put(store *st, const char *key, const void *body, size_t len,
-                            int64_t uncompressed_size, walfs_err *err)
-{ return st->ops->put(st, key, body, len, uncompressed_size, err); }
-static inline int store_put_hashed(store *st, const char *key, const void *body, size_t len,
-                                   const char *sha256_hex, int64_t uncompressed_size,
-                                   walfs_err *err)
-{
-    if (st->ops->put_hashed && sha256_hex)
-        return st->ops->put_hashed(st, key, body, len, sha256_hex, uncompressed_size, err);
-    return st->ops->put(st, key, body, len, uncompressed_size, err);
-}
-static inline int store_remove(store *st, const char *key, walfs_err *err)
-{ return st->ops->remove(st, key, err); }
-static inline int store_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx,
-                             walfs_err *err)
-{ return st->ops->list(st, dir_prefix, fn, ctx, err); }
-static inline int store_upload_begin(store *st, const char *key, store_upload **out,
-                                     walfs_err *err)
-{ return st->ops->upload_begin(st, key, out, err); }
-static inline int store_upload_part(store *st, store_upload *up, const void *data, size_t len,
-                                    walfs_err *err)
-{ return st->ops->upload_part(up, data, len, err); }
-static inline int store_upload_commit(store *st, store_upload *up, walfs_err *err)
-{ return st->ops->upload_commit(up, err); }
-static inline void store_upload_abort(store *st, store_upload *up)
-{ st->ops->upload_abort(up); }
-static inline int store_abort_uploads(store *st, const char *dir_prefix, walfs_err *err)
-{ return st->ops->abort_uploads(st, dir_prefix, err); }
+/* One backend directly (store/local.c, store/s3.c). */
+int store_local_open(const char *root_dir, store **out, walfs_err *err);
+int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,
+                  store **out, walfs_err *err);
 void store_close(store *st);
+
+/* "s3://bucket/prefix" or "file:///path", for messages; "" when unknown. */
+const char *store_url(const store *st);
+
+int store_stat_key(store *st, const char *key, store_stat *out, walfs_err *err);
+/* length 0 = to the end */
+int store_get(store *st, const char *key, uint64_t off, uint64_t len, store_sink_fn sink,
+              void *ctx, walfs_err *err);
+/* Stores body atomically under key: readers see the old object or the
+ * whole new one, never a part.  uncompressed_size < 0 = not recorded. */
+int store_put(store *st, const char *key, const void *body, size_t len,
+              int64_t uncompressed_size, walfs_err *err);
+/* store_put with the body's SHA-256 already known (hex, or NULL), which
+ * spares a backend that signs the body hashing it again. */
+int store_put_hashed(store *st, const char *key, const void *body, size_t len,
+                     const char *sha256_hex, int64_t uncompressed_size, walfs_err *err);
+int store_remove(store *st, const char *key, walfs_err *err);
+/* One level under dir_prefix ("wal_005/"), paging through as needed. */
+int store_list(store *st, const char *dir_prefix, store_list_fn fn, void *ctx, walfs_err *err);
+
+/* Streaming upload of an object too large to hold: parts arrive in order;
+ * nothing is visible under key until commit succeeds, and abort leaves
+ * nothing behind.  Each part but the last is >= 5 MiB.  commit and abort
+ * free up. */
+int store_upload_begin(store *st, const char *key, store_upload **out, walfs_err *err);
+int store_upload_part(store *st, store_upload *up, const void *data, size_t len,
+                      walfs_err *err);
+int store_upload_commit(store *st, store_upload *up, walfs_err *err);
+void store_upload_abort(store *st, store_upload *up);
+/* Removes what interrupted streaming uploads under dir_prefix left (S3:
+ * unfinished multipart uploads; local: temporary files). */
+int store_abort_uploads(store *st, const char *dir_prefix, walfs_err *err);
 
 /* The local backend's temporary files start with this and are neither
  * listed nor kept, so no object name may: it would be stored and never
@@ -133,10 +98,5 @@ typedef struct store_lister store_lister;
 int store_lister_open(store *st, const char *dir_prefix, store_lister **out, walfs_err *err);
 int store_lister_next(store_lister *l, store_list_fn fn, void *ctx, int *done, walfs_err *err);
 void store_lister_close(store_lister *l);
-
-/* Backends (store/local.c, store/s3.c). */
-int store_local_open(const char *root_dir, store **out, walfs_err *err);
-int store_s3_open(const struct s3_config *cfg, const char *bucket, const char *key_prefix,
-                  store **out, walfs_err *err);
 
 #endif

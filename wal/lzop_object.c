@@ -21,8 +21,9 @@ static int feed(void *ctx, const void *data, size_t len)
 int lzop_object_read(store *st, const char *key, lzop_sink_fn sink, void *ctx, walfs_err *err)
 {
     char label[PATH_MAX];
-    snprintf(label, sizeof label, "%s%s%s", st->url ? st->url : "",
-             st->url && st->url[0] && st->url[strlen(st->url) - 1] != '/' ? "/" : "", key);
+    const char *url = store_url(st);
+    snprintf(label, sizeof label, "%s%s%s", url, url[0] && url[strlen(url) - 1] != '/' ? "/" : "",
+             key);
     decode_feed f = {.dec = lzop_decoder_new(label), .sink = sink, .ctx = ctx, .err = err};
     if (!f.dec)
         return walfs_err_set(err, -ENOMEM, "out of memory");

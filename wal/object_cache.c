@@ -17,6 +17,7 @@
 #include "common/private_dir.h"
 #include "wal/lzop_object.h"
 #include "pg/wal_file.h"
+#include "wale/layout.h"
 
 /* Sizes learned by decoding, kept after the copy itself is evicted so that
  * `ls -l` of an archive written by WAL-E downloads each object once. */
@@ -409,13 +410,13 @@ static int initial_limit(const object_cache *oc, const char *key, const store_st
     return 0;
 }
 
-/* "wal_005/<24 hex digits>.lzo" */
+/* "wal_005/<24 hex digits>.lzo": a segment (wale/layout.h) */
 static int key_names_segment(const char *key)
 {
     const char *base = strrchr(key, '/');
     base = base ? base + 1 : key;
     char name[25];
-    if (strlen(base) != 24 + 4 || strcmp(base + 24, ".lzo") != 0)
+    if (wale_wal_file_len(base) != 24)
         return 0;
     memcpy(name, base, 24);
     name[24] = '\0';

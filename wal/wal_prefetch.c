@@ -7,7 +7,8 @@
 #include <string.h>
 
 #include "common/log.h"
-#include "pg/wal_file.h"
+#include "pg/lsn.h"
+#include "wale/layout.h"
 
 #define QUEUE_MAX 32
 #define WORKERS 2
@@ -29,20 +30,11 @@ struct wal_prefetch {
 
 int wal_segment_name_after(const char *name, uint64_t segment_size, int ahead, char out[25])
 {
-    if (strlen(name) != 24 || strspn(name, "0123456789ABCDEF") != 24 || segment_size == 0 ||
-        (segment_size & (segment_size - 1)) != 0 || segment_size > WAL_FILE_MAX_BYTES)
+    uint32_t timeline;
+    uint64_t segno;
+    if (pg_segment_parse(name, segment_size, &timeline, &segno) != 0)
         return -1;
-    unsigned tli, log, seg;
-    if (sscanf(name, "%8X%8X%8X", &tli, &log, &seg) != 3)
-        return -1;
-    /* PostgreSQL's XLogFileName: segments per 4 GiB "log" file depend on
-     * wal_segment_size, which the segment's own size tells. */
-    uint64_t per_log = 0x100000000ull / segment_size;
-    if (seg >= per_log)
-        return -1;
-    uint64_t number = (uint64_t)log * per_log + seg + (uint64_t)ahead;
-    snprintf(out, 25, "%08X%08X%08X", tli, (unsigned)(number / per_log),
-             (unsigned)(number % per_log));
+    pg_segment_name(timeline, segno + (uint64_t)ahead, segment_size, out);
     return 0;
 }
 
@@ -57,8 +49,8 @@ static int recently_seen(wal_prefetch *p, const char *name)
 /* Returns 1 when the segment is now in the cache. */
 static int fetch_one(wal_prefetch *p, const char *name)
 {
-    char key[64];
-    snprintf(key, sizeof key, "wal_005/%s.lzo", name);
+    char key[WALE_KEY_MAX];
+    wale_wal_key(key, sizeof key, name);
     walfs_err err = {0};
     store_stat meta;
     int rc = store_stat_key(p->st, key, &meta, &err);

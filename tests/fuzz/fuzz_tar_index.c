@@ -30,6 +30,7 @@
 #include "tests/fuzz/index_check.h"
 #include "tests/fuzz/mem_store.h"
 #include "tests/unit/test_buf.h"
+#include "wale/layout.h"
 
 #define INPUT_MAX (1u << 20)
 #define PART_SEP "WALFSPART\n"
@@ -123,7 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             s = NULL;
         const uint8_t *stop = s ? s : end;
         size_t i = ms.n++;
-        snprintf(keys[i], sizeof keys[i], BASEBACKUP_DIR "/" BACKUP "/tar_partitions/part_%08zu.tar.lzo", i);
+        wale_partition_key(keys[i], sizeof keys[i], BACKUP, (uint32_t)i);
         ms.keys[i] = keys[i];
         if (raw_lzop) {
             ms.data[i] = p;

@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "store/store.h"
+#include "store/store_driver.h"
 
 #define MEM_STORE_MAX 8
 

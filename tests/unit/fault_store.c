@@ -1,6 +1,8 @@
 /* The unit tests' fault-injecting store (see fault_store.h). */
 #include "tests/unit/fault_store.h"
 
+#include "store/store_driver.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -189,7 +191,7 @@ static void upload_free(fault_upload *up)
     free(up);
 }
 
-static int f_upload_part(store_upload *handle, const void *data, size_t len, walfs_err *err)
+static int f_upload_part(store *st, store_upload *handle, const void *data, size_t len, walfs_err *err)
 {
     fault_upload *up = (fault_upload *)handle;
     int e = enter(up->f, FAULT_UPLOAD_PART, len, NULL);
@@ -197,7 +199,7 @@ static int f_upload_part(store_upload *handle, const void *data, size_t len, wal
              : store_upload_part(up->f->inner, up->inner, data, len, err);
 }
 
-static int f_upload_commit(store_upload *handle, walfs_err *err)
+static int f_upload_commit(store *st, store_upload *handle, walfs_err *err)
 {
     fault_upload *up = (fault_upload *)handle;
     int e = enter(up->f, FAULT_UPLOAD_COMMIT, 0, NULL);
@@ -213,7 +215,7 @@ static int f_upload_commit(store_upload *handle, walfs_err *err)
     return rc;
 }
 
-static void f_upload_abort(store_upload *handle)
+static void f_upload_abort(store *st, store_upload *handle)
 {
     fault_upload *up = (fault_upload *)handle;
     store_upload_abort(up->f->inner, up->inner);

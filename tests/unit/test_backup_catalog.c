@@ -4,7 +4,7 @@
  * (three attempts, one read of the first partition). */
 #include "backup/backup_catalog.h"
 #include "common/log.h"
-#include "store/store.h"
+#include "store/store_driver.h"
 #include "tests/unit/tap.h"
 #include "tests/unit/test_sh.h"
 

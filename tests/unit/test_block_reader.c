@@ -6,6 +6,7 @@
 #include "backup/block_reader.h"
 #include "backup/block_reader_internal.h"
 #include "codec/lzop.h"
+#include "store/store_driver.h"
 #include "tests/unit/tap.h"
 #include "tests/unit/test_buf.h"
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "codec/lzop.h"
+#include "store/store_driver.h"
 #include "wal/object_cache.h"
 #include "tap.h"
 #include "test_buf.h"
