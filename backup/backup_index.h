@@ -16,8 +16,6 @@
 #include "codec/lzop.h"
 #include "common/err.h"
 #include "store/store.h"
-/* Only for fuse/walfs_fs.c's BASEBACKUP_DIR until it includes this itself. */
-#include "wale/layout.h"
 
 
 typedef enum backup_member_type {

@@ -2,7 +2,7 @@
 
 #include <fuse_lowlevel.h>
 
-#include "backup/backup_index.h"
+#include "wale/layout.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,8 +31,6 @@
 #include "wal/wal_upload.h"
 #include "pg/wal_file.h"
 
-#define WAL_DIR "wal_005"
-#define LZO_SUFFIX ".lzo"
 #define WAL_FILE_MODE 0600 /* pg_wal's: a segment may hold any row of any table */
 
 typedef enum node_kind {
@@ -286,18 +284,18 @@ static node_kind classify(const char *path, const char **name)
     *name = NULL;
     if (strcmp(path, "/") == 0)
         return NODE_ROOT;
-    if (strcmp(path, "/" WAL_DIR) == 0)
+    if (strcmp(path, "/" WALE_WAL_DIR) == 0)
         return NODE_WAL_DIR;
-    if (strcmp(path, "/" BASEBACKUP_DIR) == 0) {
+    if (strcmp(path, "/" WALE_BASEBACKUPS_DIR) == 0) {
         *name = "";
         return NODE_BACKUPS;
     }
-    const char *backup_prefix = "/" BASEBACKUP_DIR "/";
+    const char *backup_prefix = "/" WALE_BASEBACKUPS_DIR "/";
     if (strncmp(path, backup_prefix, strlen(backup_prefix)) == 0) {
         *name = path + strlen(backup_prefix);
         return NODE_BACKUPS;
     }
-    const char *wal_prefix = "/" WAL_DIR "/";
+    const char *wal_prefix = "/" WALE_WAL_DIR "/";
     size_t plen = strlen(wal_prefix);
     if (strncmp(path, wal_prefix, plen) == 0) {
         const char *n = path + plen;
@@ -322,9 +320,12 @@ static handle_kind kind_of(const struct fuse_file_info *fi)
 
 static char *wal_key(const char *name)
 {
-    char *k = NULL;
-    if (asprintf(&k, WAL_DIR "/%s" LZO_SUFFIX, name) < 0)
-        return NULL;
+    size_t len = strlen(wale_wal_prefix()) + strlen(name) + strlen(WALE_LZO_SUFFIX) + 1;
+    char *k = malloc(len);
+    if (k && wale_wal_key(k, len, name) != 0) {
+        free(k);
+        k = NULL;
+    }
     return k;
 }
 
@@ -476,10 +477,10 @@ static void wal_dir_free(wal_dir *d)
 static int add_wal_entry(void *ctx, const store_entry *e)
 {
     wal_dir *d = ctx;
-    size_t n = strlen(e->name), sl = strlen(LZO_SUFFIX);
-    if (e->is_dir || n <= sl || strcmp(e->name + n - sl, LZO_SUFFIX) != 0)
+    size_t stem = e->is_dir ? 0 : wale_wal_file_len(e->name);
+    if (!stem)
         return 0; /* not something WAL-E's wal-push writes */
-    if (n - sl > NAME_MAX)
+    if (stem > NAME_MAX)
         return 0;
     if (d->n == d->cap) {
         size_t cap = d->cap ? d->cap * 2 : 256;
@@ -491,7 +492,7 @@ static int add_wal_entry(void *ctx, const store_entry *e)
         d->names = grown;
         d->cap = cap;
     }
-    if (!(d->names[d->n] = strndup(e->name, n - sl))) {
+    if (!(d->names[d->n] = strndup(e->name, stem))) {
         d->oom = 1;
         return -ENOMEM;
     }
@@ -502,12 +503,12 @@ static int add_wal_entry(void *ctx, const store_entry *e)
 static int walfs_opendir(const char *path, struct fuse_file_info *fi)
 {
     fi->fh = 0;
-    if (strcmp(path, "/" WAL_DIR) != 0)
+    if (strcmp(path, "/" WALE_WAL_DIR) != 0)
         return 0;
     walfs_fs *fs = current_fs();
     walfs_err err = {0};
     wal_dir *d = calloc(1, sizeof *d);
-    int rc = d ? store_lister_open(fs->cfg.st, WAL_DIR "/", &d->lister, &err)
+    int rc = d ? store_lister_open(fs->cfg.st, WALE_WAL_DIR "/", &d->lister, &err)
                : walfs_err_set(&err, -ENOMEM, "out of memory");
     if (rc) {
         free(d);
@@ -534,7 +535,7 @@ static int wal_dir_seek(walfs_fs *fs, wal_dir *d, uint64_t i, walfs_err *err)
 {
     if (i < d->base) {
         store_lister *fresh;
-        int rc = store_lister_open(fs->cfg.st, WAL_DIR "/", &fresh, err);
+        int rc = store_lister_open(fs->cfg.st, WALE_WAL_DIR "/", &fresh, err);
         if (rc)
             return rc;
         wal_dir_drop_page(d);
@@ -605,8 +606,8 @@ static int walfs_readdir(const char *path, void *buf, fuse_fill_dir_t filler, of
     filler(buf, "..", NULL, 0, 0);
     if (kind == NODE_ROOT) {
         struct stat st = {.st_mode = S_IFDIR | 0755};
-        filler(buf, WAL_DIR, &st, 0, 0);
-        filler(buf, BASEBACKUP_DIR, &st, 0, 0);
+        filler(buf, WALE_WAL_DIR, &st, 0, 0);
+        filler(buf, WALE_BASEBACKUPS_DIR, &st, 0, 0);
         return 0;
     }
     if (kind == NODE_BACKUPS && in_push(fs, name))
@@ -732,7 +733,7 @@ static int walfs_create(const char *path, mode_t mode, struct fuse_file_info *fi
         return -EROFS;
     }
     if (kind != NODE_WAL_FILE) {
-        log_error("create %s refused: files can only be written into /%s/", path, WAL_DIR);
+        log_error("create %s refused: files can only be written into /%s/", path, WALE_WAL_DIR);
         return -EPERM;
     }
     return start_writer(fs, path, name, mode, fi);
@@ -1060,7 +1061,7 @@ static int walfs_truncate(const char *path, off_t size, struct fuse_file_info *f
 static int refuse(const char *op, const char *path)
 {
     log_error("%s %s refused: the archive is write-once (files can only be added to /%s/)", op,
-              path, WAL_DIR);
+              path, WALE_WAL_DIR);
     return -EPERM;
 }
 
@@ -1152,8 +1153,8 @@ static void *forget_main(void *arg)
         /* Drops basebackups_005 and every name under it from the kernel's
          * cache, so the finished push's names cannot answer for the next
          * push into the same directory (mkdir would fail with EEXIST). */
-        fuse_lowlevel_notify_inval_entry(fs->session, FUSE_ROOT_ID, BASEBACKUP_DIR,
-                                         strlen(BASEBACKUP_DIR));
+        fuse_lowlevel_notify_inval_entry(fs->session, FUSE_ROOT_ID, WALE_BASEBACKUPS_DIR,
+                                         strlen(WALE_BASEBACKUPS_DIR));
         pthread_mutex_lock(&fs->forget_lock);
     }
     pthread_mutex_unlock(&fs->forget_lock);
@@ -1310,7 +1311,7 @@ static int walfs_statfs(const char *path, struct statvfs *sv)
     sv->f_bsize = sv->f_frsize = 4096;
     sv->f_blocks = sv->f_bfree = sv->f_bavail = UINT32_MAX; /* object storage has no fixed size */
     sv->f_files = sv->f_ffree = sv->f_favail = UINT32_MAX;
-    sv->f_namemax = NAME_MAX - strlen(LZO_SUFFIX);
+    sv->f_namemax = NAME_MAX - strlen(WALE_LZO_SUFFIX);
     return 0;
 }
 

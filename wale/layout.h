@@ -29,8 +29,6 @@
 /* Bytes of base_<24 hex>_<8 chars> and its terminator. */
 #define WALE_BACKUP_NAME_SIZE 39
 
-/* Old spelling, kept only until fuse/walfs_fs.c uses WALE_BASEBACKUPS_DIR. */
-#define BASEBACKUP_DIR WALE_BASEBACKUPS_DIR
 
 /* ---- WAL ---- */
 

@@ -13,6 +13,7 @@
 #include "backup/backup_index.h"
 #include "push/backup_writer.h"
 #include "s3/s3_client.h"
+#include "wale/layout.h"
 #include "store/store.h"
 #include "tests/unit/tap.h"
 
@@ -116,7 +117,7 @@ static void test_backup(store *st)
     const char *want[] = {"/\nPG_VERSION\nbase/\n", "base/1\nlnk\n"};
     for (int p = 0; p < 2; p++) {
         char key[256];
-        snprintf(key, sizeof key, BASEBACKUP_DIR "/" NAME "/tar_partitions/part_%08d.tar.lzo", p);
+        snprintf(key, sizeof key, WALE_BASEBACKUPS_DIR "/" NAME "/tar_partitions/part_%08d.tar.lzo", p);
         buf b = {0};
         rc = store_get(st, key, 0, 0, buf_sink, &b, &err);
         char file[] = "/tmp/walfs-bwr-part.XXXXXX";
@@ -137,7 +138,7 @@ static void test_backup(store *st)
               "%s read back with lzop -d | tar -t: %s", key, out);
     }
     buf s = {0};
-    rc = store_get(st, BASEBACKUP_DIR "/" NAME "_backup_stop_sentinel.json", 0, 0, buf_sink, &s,
+    rc = store_get(st, WALE_BASEBACKUPS_DIR "/" NAME "_backup_stop_sentinel.json", 0, 0, buf_sink, &s,
                    &err);
     CHECK(rc == 0 && s.p && strstr(s.p, "\"expanded_size_bytes\": 19,") != NULL,
           "sentinel stored on S3");
@@ -164,7 +165,7 @@ static void test_backup(store *st)
         backup_writer_abort(bw);
     store_stat sb;
     int src = store_stat_key(
-        st, BASEBACKUP_DIR "/base_000000010000000000000006_00000040/tar_partitions/part_00000000.tar.lzo",
+        st, WALE_BASEBACKUPS_DIR "/base_000000010000000000000006_00000040/tar_partitions/part_00000000.tar.lzo",
         &sb, &err);
     CHECK(src == -ENOENT, "abort removed the committed partition from S3 (%d)", src);
 }
