@@ -877,8 +877,13 @@ static int perform(s3_op *op, long deadline_ms, walfs_err *err)
             cap = BACKOFF_CAP_MS;
         uint64_t pause = jitter_rand() % (cap + 1);
         now = now_ms();
-        if (now + pause >= deadline)
+        if (now >= deadline)
             break;
+        /* A long draw must not end the operation before its deadline (a
+         * caller would see an outage as over early): keep half of what is
+         * left for another attempt. */
+        if (pause > (deadline - now) / 2)
+            pause = (deadline - now) / 2;
         /* Debug only: whoever gives up or waits on says so once. */
         log_debug("s3: %s %s: attempt %d failed (%s); retrying in %" PRIu64 " ms", op->name,
                   op->object, op->attempts, last, pause);
