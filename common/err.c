@@ -1,5 +1,7 @@
 #include "common/err.h"
 
+#include <errno.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,4 +98,19 @@ void walfs_err_clear(walfs_err *err)
         return;
     err->code = 0;
     err->msg[0] = '\0';
+}
+
+int walfs_err_user_code(int code)
+{
+    switch (-code) {
+    case 0: case ENOENT:
+    case EACCES: case EEXIST: case ENOSPC: case ENOMEM: case EROFS: case ENODATA:
+    case EPERM: case ENAMETOOLONG: case EINVAL: case EFBIG:
+    /* The catalog's "too many base backups open at once": the user closes
+     * some and retries, which EMFILE ("too many open files") says. */
+    case EMFILE: case ENFILE:
+        return code;
+    default:
+        return -EIO;
+    }
 }

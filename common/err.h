@@ -33,6 +33,13 @@ int walfs_err_prefix(walfs_err *err, const char *fmt, ...)
 
 void walfs_err_clear(walfs_err *err);
 
+/* The one errno policy: code as a user sees it.  Errors a user can act on
+ * (missing, refused, exists, out of space or memory, read-only, no data,
+ * invalid, name too long, too big, too many open) keep their errno; every
+ * other failure (timeouts, corrupt data, server errors) becomes -EIO, so it
+ * is never mistaken for "missing". */
+int walfs_err_user_code(int code);
+
 /* The first position at or after at (at most len) that starts a UTF-8
  * character: where a long message may be cut. */
 size_t walfs_char_start(const char *s, size_t len, size_t at);

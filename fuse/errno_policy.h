@@ -1,9 +1,7 @@
 /* The one errno policy of the FUSE layer.
  *
- * Knows: which negative errno values a user can act on (missing, refused,
- * read-only, out of space, too many open) and must therefore see as such, and
- * how a failed operation is logged.  Everything else (timeouts, corrupt data,
- * server errors) becomes EIO so that it is never mistaken for "missing".
+ * Knows how a failed operation is logged; which errno values a user sees is
+ * common/err.h's walfs_err_user_code, shared with the push's latched errors.
  * Does not know FUSE, the store, or any view. */
 #ifndef WALFS_FUSE_ERRNO_POLICY_H
 #define WALFS_FUSE_ERRNO_POLICY_H

@@ -23,6 +23,20 @@
 #include "pg/wal_file.h"
 #include "wale/layout.h"
 
+/* Locking.  Two mutexes, never one held while waiting for the other's
+ * holder to do I/O:
+ *   reg->lock   the namespace: sessions, nodes, states, counters.  Held only
+ *               for in-memory work; never across the store, the spool or a
+ *               wait (condition waits release it).
+ *   spool_lock  the spool pool, which shares one compressor and is not
+ *               thread-safe (spool_file.h): every spool call runs under it.
+ *               reg->lock may be taken while holding it (to account what the
+ *               call changed), never the other way round.
+ * All store work (naming the backup, adding files, completing, removing a
+ * failed push's uploads) runs on the emitter thread, so no FUSE request
+ * ever waits for the network except a completing rename, which waits on its
+ * session's condition variable. */
+
 #define MANIFEST_TMP "backup_manifest.tmp"
 #define MANIFEST "backup_manifest"
 #define LABEL "backup_label"
@@ -39,39 +53,57 @@ typedef struct push_node {
     spool_file *spool;          /* a file's bytes until it is emitted */
     uint64_t spooled;           /* its share of the session's spooled_bytes */
     uint64_t size;
-    int open_count;
+    int open_count;             /* handles: an open file is never emitted */
+    int busy;                   /* requests and the emitter inside the spool on it */
     int emitted;                /* in the backup (or deliberately left out) */
     int emitting;               /* the emitter thread is reading it right now */
-    int gap_waited_out;         /* a write ahead of the end waited in vain; the gap is open */
+    int detached;               /* out of the namespace; freed when idle */
+    int gap_waited_out;         /* a write ahead of the end waited in vain (spool_lock) */
+    unsigned children;          /* nodes whose parent this is */
     uint64_t seq;               /* creation order: files are emitted in it */
-    struct push_node *next;
+    struct push_node *parent;
+    struct push_node *hash_next;
+    struct push_node *prev, *next;          /* all nodes, in creation order */
 } push_node;
+
+typedef enum session_state {
+    SESSION_RECEIVING,  /* no backup_label yet: files wait in the spool */
+    SESSION_NAMED,      /* the backup has its name; settled files stream out */
+    SESSION_COMPLETING, /* a rename asked for completion; the emitter stores the rest */
+    SESSION_DONE,       /* the sentinel is stored */
+    SESSION_FAILED,     /* an error is latched; the emitter removes the uploads */
+} session_state;
 
 typedef struct push_session {
     char *dir;                  /* name under basebackups_005 */
-    push_node *nodes;
+    session_state state;
+    walfs_err error;            /* latched: returned by every later close/fsync/rename */
+    int label_pending;          /* backup_label settled: the emitter names the backup */
+    int completion_by_manifest; /* how the completing rename said "complete" */
+    pthread_cond_t changed;     /* state left COMPLETING */
+    push_node **table;          /* by path */
+    size_t table_size, node_count;
+    push_node *first, *last;    /* creation order */
+    push_node *detached;        /* removed while busy or open */
     uint64_t next_seq;
     uint64_t spooled_bytes;
+    uint64_t emit_before;       /* closed files created before this seq are final */
+    /* Owned by the emitter thread alone (and the registry's teardown). */
     backup_writer *writer;
+    int leased;                 /* a lease object names this process */
     char backup_name[64];
     char start_segment[25];
     uint64_t segment_size;
-    int failed;
-    walfs_err error;            /* latched: returned by every later close/fsync/rename */
-    int completed;
-    int completing;             /* the completing thread owns the writer */
-    uint64_t emit_before;       /* closed files created before this seq are final */
-    int emitting;               /* the emitter thread is using the writer */
-    int leased;                 /* a lease object names this process */
+    int emitter_busy;           /* the emitter is working on this session */
     char pg_version[16];        /* PG_VERSION, kept when it goes by */
-    unsigned char control[64];  /* the head of global/pg_control, kept likewise */
+    unsigned char control[PG_CONTROL_HEAD_BYTES];
     int have_control;
-    int open_handles;           /* push_handles pointing here */
+    int refs;                   /* handles, waiting renames, pinned nodes, the emitter */
     struct {                    /* how the spool fared, logged at completion */
         uint64_t compressed_files, compressed_bytes, records_bytes, plain_files, plain_bytes;
         unsigned waited_writes, stashed_writes, unpacked_files;
     } spool_stats;
-    int retired;                /* out of the registry; freed with its last handle */
+    int retired;                /* out of the registry's names; freed when unused */
     struct push_session *next;
 } push_session;
 
@@ -88,22 +120,79 @@ struct push_registry {
     char *spool_dir;
     uid_t uid;
     gid_t gid;
-    pthread_mutex_t lock;       /* sessions and nodes; not held while the emitter uploads */
-    pthread_cond_t work;        /* the emitter has files to add */
-    pthread_cond_t progress;    /* the emitter finished one (spool space, idle writer) */
-    pthread_cond_t appended;    /* a file grew: writes waiting for their turn may go */
-    int waiting_writes;
+    pthread_mutex_t lock;       /* the namespace (see Locking above) */
+    pthread_mutex_t spool_lock; /* every spool call */
+    pthread_cond_t work;        /* the emitter has something to do */
+    pthread_cond_t progress;    /* the emitter finished a job (spool space, naming) */
+    pthread_cond_t appended;    /* a file grew: writes waiting for their turn may go (spool_lock) */
+    int waiting_writes;         /* spool_lock */
     pthread_t emitter;
     int emitter_running, stopping;
     pthread_t cleanup;      /* push_cleanup_stale, once per mount */
     int cleanup_running;
     _Atomic int cleanup_stop; /* unmounting: the clean-up's requests stop at once */
     push_session *sessions;
-    push_session *retired;      /* replaced or removed, with handles still open */
+    push_session *retired;      /* replaced or removed, still in use or with uploads to remove */
+    spool_file **doomed;        /* spools to free once reg->lock is released */
+    size_t n_doomed, cap_doomed;
+    size_t spool_count;         /* spools made and not yet freed */
     spool_pool *spools;
 };
 
-/* ---- helpers ---- */
+/* ---- locks ---- */
+
+static void ns_lock(push_registry *reg) { pthread_mutex_lock(&reg->lock); }
+
+/* Frees the spools that namespace changes gave up: that takes the spool
+ * lock, which is never taken under reg->lock. */
+static void free_doomed(push_registry *reg)
+{
+    pthread_mutex_lock(&reg->spool_lock);
+    for (;;) {
+        pthread_mutex_lock(&reg->lock);
+        spool_file *f = reg->n_doomed ? reg->doomed[--reg->n_doomed] : NULL;
+        if (f)
+            reg->spool_count--;
+        pthread_mutex_unlock(&reg->lock);
+        if (!f)
+            break;
+        spool_file_free(f);
+    }
+    pthread_mutex_unlock(&reg->spool_lock);
+}
+
+/* Ends a namespace section that is not nested in a spool section. */
+static void ns_unlock(push_registry *reg)
+{
+    int doomed = reg->n_doomed > 0;
+    pthread_mutex_unlock(&reg->lock);
+    if (doomed)
+        free_doomed(reg);
+}
+
+/* Room for every spool that exists to be doomed, so that giving one up
+ * never fails; called before a spool is made. */
+static int reserve_spool(push_registry *reg)
+{
+    if (reg->cap_doomed <= reg->spool_count) {
+        size_t cap = reg->cap_doomed ? reg->cap_doomed * 2 : 64;
+        spool_file **grown = realloc(reg->doomed, cap * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        reg->doomed = grown;
+        reg->cap_doomed = cap;
+    }
+    reg->spool_count++;
+    return 0;
+}
+
+static void doom_spool(push_registry *reg, spool_file *f)
+{
+    if (f)
+        reg->doomed[reg->n_doomed++] = f;
+}
+
+/* ---- nodes: a hash table by path, a list in creation order ---- */
 
 static void now_ts(int64_t *sec, uint32_t *nsec)
 {
@@ -112,6 +201,229 @@ static void now_ts(int64_t *sec, uint32_t *nsec)
     *sec = ts.tv_sec;
     *nsec = (uint32_t)ts.tv_nsec;
 }
+
+static size_t path_hash(const char *path)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return (size_t)h;
+}
+
+static push_node *find_node(const push_session *s, const char *path)
+{
+    if (!s->table_size)
+        return NULL;
+    for (push_node *n = s->table[path_hash(path) & (s->table_size - 1)]; n; n = n->hash_next)
+        if (strcmp(n->path, path) == 0)
+            return n;
+    return NULL;
+}
+
+static void table_insert(push_session *s, push_node *n)
+{
+    push_node **slot = &s->table[path_hash(n->path) & (s->table_size - 1)];
+    n->hash_next = *slot;
+    *slot = n;
+}
+
+static void table_remove(push_session *s, push_node *n)
+{
+    for (push_node **p = &s->table[path_hash(n->path) & (s->table_size - 1)]; *p;
+         p = &(*p)->hash_next) {
+        if (*p == n) {
+            *p = n->hash_next;
+            n->hash_next = NULL;
+            return;
+        }
+    }
+}
+
+/* Keeps the table at most one node per slot on average. */
+static int table_reserve(push_session *s)
+{
+    if (s->node_count < s->table_size)
+        return 0;
+    size_t size = s->table_size ? s->table_size * 2 : 64;
+    push_node **table = calloc(size, sizeof *table);
+    if (!table)
+        return -ENOMEM;
+    push_node **old = s->table;
+    s->table = table;
+    s->table_size = size;
+    for (push_node *n = s->first; n; n = n->next)
+        table_insert(s, n);
+    free(old);
+    return 0;
+}
+
+static push_node *parent_of(const push_session *s, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!path[0])
+        return NULL;
+    if (!slash)
+        return find_node(s, "");
+    char parent[PATH_MAX];
+    if ((size_t)(slash - path) >= sizeof parent)
+        return NULL;
+    snprintf(parent, sizeof parent, "%.*s", (int)(slash - path), path);
+    return find_node(s, parent);
+}
+
+static int parent_is_dir(const push_session *s, const char *path)
+{
+    push_node *p = parent_of(s, path);
+    return p && p->type == MEMBER_DIR;
+}
+
+/* The backup member a node becomes, under the given path. */
+static backup_writer_member member_of(const push_node *n, const char *path)
+{
+    return (backup_writer_member){.path = path, .type = n->type, .mode = n->mode,
+                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
+                                  .mtime_nsec = n->mtime_nsec, .size = n->size,
+                                  .link_target = n->link_target};
+}
+
+/* What a name shows.  A completed push keeps its directory so that
+ * pg_basebackup's last steps (syncing the renamed backup_manifest and the
+ * directory) still work, but shows nothing else: the same
+ * `pg_basebackup -D .../incoming` must work again the next day, and
+ * pg_basebackup wants an empty or missing directory. */
+static push_node *visible_node(const push_session *s, const char *path)
+{
+    if (s->state == SESSION_DONE && path[0] && strcmp(path, MANIFEST) != 0)
+        return NULL;
+    return find_node(s, path);
+}
+
+/* Nothing in a push is writable by group or others: what they put there
+ * would become part of the backup (with allow_other the kernel enforces the
+ * mode shown, default_permissions being implied).  PostgreSQL never gives
+ * its data directory's files or directories group or other write, so the
+ * backup loses nothing. */
+static uint32_t node_mode(mode_t mode)
+{
+    return mode & 07755;
+}
+
+static push_node *add_node(push_registry *reg, push_session *s, const char *path,
+                           backup_member_type type, uint32_t mode, const push_caller *who)
+{
+    if (table_reserve(s) != 0)
+        return NULL;
+    push_node *n = calloc(1, sizeof *n);
+    if (!n || !(n->path = strdup(path))) {
+        free(n);
+        return NULL;
+    }
+    n->type = type;
+    n->mode = node_mode(mode);
+    n->uid = who ? who->uid : reg->uid;
+    n->gid = who ? who->gid : reg->gid;
+    now_ts(&n->mtime_sec, &n->mtime_nsec);
+    n->seq = s->next_seq++;
+    n->parent = parent_of(s, path);
+    if (n->parent)
+        n->parent->children++;
+    n->prev = s->last;
+    if (s->last)
+        s->last->next = n;
+    else
+        s->first = n;
+    s->last = n;
+    s->node_count++;
+    table_insert(s, n);
+    return n;
+}
+
+static void node_free(push_registry *reg, push_node *n)
+{
+    doom_spool(reg, n->spool);
+    free(n->path);
+    free(n->link_target);
+    free(n);
+}
+
+/* n's bytes leave the spool (packed, left out, removed or rewritten). */
+static void unspool(push_session *s, push_node *n)
+{
+    s->spooled_bytes -= n->spooled < s->spooled_bytes ? n->spooled : s->spooled_bytes;
+    n->spooled = 0;
+}
+
+/* After n's spool changed (under both locks): its size and its share of the
+ * spool. */
+static void account(push_session *s, push_node *n)
+{
+    unspool(s, n);
+    if (!n->spool)
+        return;
+    n->size = spool_file_size(n->spool);
+    n->spooled = spool_file_disk_bytes(n->spool);
+    s->spooled_bytes += n->spooled;
+}
+
+/* The spool goes back to the pool unless a request is inside it; the last
+ * one out gives it up then (unpin). */
+static void drop_spool(push_registry *reg, push_session *s, push_node *n)
+{
+    unspool(s, n);
+    if (n->busy)
+        return;
+    doom_spool(reg, n->spool);
+    n->spool = NULL;
+}
+
+/* Takes n out of the namespace.  Freed now if nothing uses it, else when
+ * its last handle closes or its last request leaves. */
+static void detach_node(push_registry *reg, push_session *s, push_node *n)
+{
+    table_remove(s, n);
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        s->first = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+    else
+        s->last = n->prev;
+    n->prev = n->next = NULL;
+    if (n->parent)
+        n->parent->children--;
+    for (push_node *c = s->first; c && n->children; c = c->next)
+        if (c->parent == n) {
+            c->parent = NULL;
+            n->children--;
+        }
+    n->parent = NULL;
+    s->node_count--;
+    if (!n->emitted)
+        unspool(s, n);
+    if (n->open_count == 0 && n->busy == 0) {
+        node_free(reg, n);
+        return;
+    }
+    n->detached = 1;
+    n->next = s->detached;
+    s->detached = n;
+}
+
+static void free_detached_if_idle(push_registry *reg, push_session *s, push_node *n)
+{
+    if (!n->detached || n->open_count || n->busy)
+        return;
+    for (push_node **p = &s->detached; *p; p = &(*p)->next) {
+        if (*p == n) {
+            *p = n->next;
+            break;
+        }
+    }
+    node_free(reg, n);
+}
+
+/* ---- sessions ---- */
 
 static push_session *find_session(push_registry *reg, const char *dir, size_t len)
 {
@@ -132,169 +444,108 @@ static push_session *locate(push_registry *reg, const char *rel, const char **in
     return s;
 }
 
-static push_node *find_node(push_session *s, const char *path)
+static int receiving(const push_session *s)
 {
-    for (push_node *n = s->nodes; n; n = n->next)
-        if (strcmp(n->path, path) == 0)
-            return n;
-    return NULL;
+    return s->state == SESSION_RECEIVING || s->state == SESSION_NAMED;
 }
 
-/* The backup member a node becomes, under the given path. */
-static backup_writer_member member_of(const push_node *n, const char *path)
-{
-    return (backup_writer_member){.path = path, .type = n->type, .mode = n->mode,
-                                  .uid = n->uid, .gid = n->gid, .mtime_sec = n->mtime_sec,
-                                  .mtime_nsec = n->mtime_nsec, .size = n->size,
-                                  .link_target = n->link_target};
-}
-
-/* What a name shows.  A completed push keeps its directory so that
- * pg_basebackup's last steps (syncing the renamed backup_manifest and the
- * directory) still work, but shows nothing else: the same
- * `pg_basebackup -D .../incoming` must work again the next day, and
- * pg_basebackup wants an empty or missing directory. */
-static push_node *visible_node(push_session *s, const char *path)
-{
-    if (s->completed && path[0] && strcmp(path, MANIFEST) != 0)
-        return NULL;
-    return find_node(s, path);
-}
-
-static int parent_is_dir(push_session *s, const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        return find_node(s, "") != NULL;
-    char parent[PATH_MAX];
-    snprintf(parent, sizeof parent, "%.*s", (int)(slash - path), path);
-    push_node *p = find_node(s, parent);
-    return p && p->type == MEMBER_DIR;
-}
-
-static void node_free(push_node *n)
-{
-    spool_file_free(n->spool);
-    free(n->path);
-    free(n->link_target);
-    free(n);
-}
-
-/* Nothing in a push is writable by group or others: what they put there
- * would become part of the backup (with allow_other the kernel enforces the
- * mode shown, default_permissions being implied).  PostgreSQL never gives
- * its data directory's files or directories group or other write, so the
- * backup loses nothing. */
-static uint32_t node_mode(mode_t mode)
-{
-    return mode & 07755;
-}
-
-static push_node *add_node(push_registry *reg, push_session *s, const char *path,
-                           backup_member_type type, uint32_t mode, const push_caller *who)
-{
-    push_node *n = calloc(1, sizeof *n);
-    if (!n)
-        return NULL;
-    n->path = strdup(path);
-    n->type = type;
-    n->mode = node_mode(mode);
-    n->uid = who ? who->uid : reg->uid;
-    n->gid = who ? who->gid : reg->gid;
-    now_ts(&n->mtime_sec, &n->mtime_nsec);
-    n->seq = s->next_seq++;
-    n->next = s->nodes;
-    s->nodes = n;
-    return n;
-}
-
-/* n's bytes leave the spool (packed, left out, removed or rewritten). */
-static void unspool(push_session *s, push_node *n)
-{
-    s->spooled_bytes -= n->spooled < s->spooled_bytes ? n->spooled : s->spooled_bytes;
-    n->spooled = 0;
-}
-
-/* After n's spool changed: its size and its share of the spool. */
-static void account(push_session *s, push_node *n)
-{
-    unspool(s, n);
-    n->size = spool_file_size(n->spool);
-    n->spooled = spool_file_disk_bytes(n->spool);
-    s->spooled_bytes += n->spooled;
-}
-
-static void drop_spool(push_session *s, push_node *n)
-{
-    unspool(s, n);
-    spool_file_free(n->spool);
-    n->spool = NULL;
-}
-
-static int truncate_spool(push_session *s, push_node *n, uint64_t size)
-{
-    walfs_err err;
-    int rc = spool_file_truncate(n->spool, size, &err);
-    account(s, n);
-    if (rc)
-        log_error("truncating basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
-    return rc ? -EIO : 0;
-}
-
-/* Aborts the open upload, deletes what was uploaded and the lease. */
-static void discard_uploads(push_registry *reg, push_session *s)
-{
-    if (s->writer) {
-        backup_writer_abort(s->writer);
-        s->writer = NULL;
-    }
-    if (s->leased) {
-        push_lease_remove(reg->st, s->backup_name);
-        s->leased = 0;
-    }
-}
-
-static void wait_emitter_off(push_registry *reg, push_session *s)
-{
-    while (s->emitting)
-        pthread_cond_wait(&reg->progress, &reg->lock);
-}
-
-static void fail(push_registry *reg, push_session *s, const walfs_err *err)
-{
-    if (s->failed)
-        return;
-    wait_emitter_off(reg, s);
-    s->failed = 1;
-    s->error = *err;
-    log_error("base backup push into basebackups_005/%s failed: %s; nothing was published, "
-              "and what was uploaded is being removed", s->dir, err->msg);
-    discard_uploads(reg, s);
-    for (push_node *n = s->nodes; n; n = n->next)
-        drop_spool(s, n);
-    s->spooled_bytes = 0;
-}
-
+/* The latched error as the user sees it (common/err.h's one policy). */
 static int latched(const push_session *s)
 {
-    if (!s->failed)
-        return 0;
-    return s->error.code == -EACCES || s->error.code == -ENOSPC || s->error.code == -EEXIST ||
-                   s->error.code == -EFBIG
-               ? s->error.code
-               : -EIO;
+    return s->state == SESSION_FAILED ? walfs_err_user_code(s->error.code) : 0;
 }
 
-static int read_spool(push_session *s, push_node *n, char *buf, size_t cap, uint64_t off,
-                      size_t *len)
+/* Latches err; the emitter removes what was uploaded (store work never
+ * runs under reg->lock). */
+static void fail(push_registry *reg, push_session *s, const walfs_err *err)
 {
-    walfs_err err;
-    int rc = spool_file_read(n->spool, buf, cap, off, len, &err);
-    account(s, n); /* reading may make it plain bytes */
-    if (rc)
-        log_error("read basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
-    return rc;
+    if (s->state == SESSION_FAILED || s->state == SESSION_DONE)
+        return;
+    s->state = SESSION_FAILED;
+    s->error = *err;
+    s->label_pending = 0;
+    log_error("base backup push into basebackups_005/%s failed: %s; nothing was published, "
+              "and what was uploaded is being removed", s->dir, err->msg);
+    for (push_node *n = s->first; n; n = n->next)
+        drop_spool(reg, s, n);
+    s->spooled_bytes = 0;
+    pthread_cond_signal(&reg->work);
+    pthread_cond_broadcast(&reg->progress);
+    pthread_cond_broadcast(&s->changed);
 }
+
+static int has_uploads(const push_session *s) { return s->writer || s->leased; }
+
+static void session_free(push_registry *reg, push_session *s)
+{
+    while (s->first) {
+        push_node *next = s->first->next;
+        node_free(reg, s->first);
+        s->first = next;
+    }
+    while (s->detached) {
+        push_node *next = s->detached->next;
+        node_free(reg, s->detached);
+        s->detached = next;
+    }
+    pthread_cond_destroy(&s->changed);
+    free(s->table);
+    free(s->dir);
+    free(s);
+}
+
+/* Takes s out of a list of sessions. */
+static void unlink_session(push_session **list, push_session *s)
+{
+    for (push_session **p = list; *p; p = &(*p)->next) {
+        if (*p == s) {
+            *p = s->next;
+            return;
+        }
+    }
+}
+
+/* A retired session goes once nothing uses it and the emitter has removed
+ * its uploads. */
+static void free_if_unused(push_registry *reg, push_session *s)
+{
+    if (!s->retired || s->refs > 0 || has_uploads(s))
+        return;
+    unlink_session(&reg->retired, s);
+    session_free(reg, s);
+}
+
+static void retire(push_registry *reg, push_session *s)
+{
+    unlink_session(&reg->sessions, s);
+    s->retired = 1;
+    s->next = reg->retired;
+    reg->retired = s;
+    free_if_unused(reg, s);
+}
+
+/* A request is about to use n's spool without reg->lock. */
+static void pin(push_session *s, push_node *n)
+{
+    n->busy++;
+    s->refs++;
+}
+
+static void unpin(push_registry *reg, push_session *s, push_node *n)
+{
+    n->busy--;
+    s->refs--;
+    if (n->busy == 0) {
+        if (n->emitted || s->state == SESSION_FAILED)
+            drop_spool(reg, s, n);
+        if (n->detached)
+            free_detached_if_idle(reg, s, n);
+        pthread_cond_signal(&reg->work); /* it may be ready to emit now */
+    }
+    free_if_unused(reg, s);
+}
+
+/* ---- what goes into the backup ---- */
 
 /* WAL-E's exclusions (wal-e-format.md 2.1): top-level configuration and pid
  * files are left out; the contents of these directories are not kept. */
@@ -331,93 +582,66 @@ static int in_emptied_dir(const char *path, int keep_wal)
     return 0;
 }
 
-/* ---- naming the backup from backup_label ---- */
-
-static int name_from_label(push_registry *reg, push_session *s, push_node *label, walfs_err *err)
+static int left_out(const push_node *n, int keep_wal)
 {
-    char text[4096];
-    size_t len;
-    if (read_spool(s, label, text, sizeof text - 1, 0, &len) != 0)
-        return walfs_err_set(err, -EIO, "could not read back backup_label from the spool");
-    text[len] = '\0';
-    pg_backup_label start;
-    if (pg_backup_label_parse(text, &start) != 0)
-        return walfs_err_set(err, -EINVAL, "backup_label has no readable 'START WAL LOCATION: "
-                             "X/Y (file Z)' line; this is not a PostgreSQL base backup");
-    s->segment_size = wal_segment_size_of(start.start_lsn, start.start_file);
-    if (!s->segment_size)
-        return walfs_err_set(err, -EINVAL, "backup_label: start location %s does not belong to "
-                             "file %s", start.start_lsn_text, start.start_file);
-    char offset[9];
-    wal_offset_lpad(start.start_lsn % s->segment_size, offset);
-    wale_backup_name(s->backup_name, sizeof s->backup_name, start.start_file, offset);
-    memcpy(s->start_segment, start.start_file, 25);
-    char sentinel[WALE_KEY_MAX];
-    wale_sentinel_key(sentinel, sizeof sentinel, s->backup_name);
-    store_stat st;
-    walfs_err probe = {0};
-    int rc = store_stat_key(reg->st, sentinel, &st, &probe);
-    if (rc == 0)
-        return walfs_err_set(err, -EEXIST, "a backup named %s already exists in the archive",
-                             s->backup_name);
-    if (rc != -ENOENT) {
-        *err = probe;
-        return rc;
-    }
-    rc = backup_writer_begin(reg->st, s->backup_name, &reg->settings.limits, &s->writer, err);
-    if (!rc) {
-        /* Lets the next mount clean up should this process die mid-push. */
-        rc = push_lease_write(reg->st, s->backup_name, err);
-        if (rc) {
-            backup_writer_abort(s->writer);
-            s->writer = NULL;
-            return rc;
-        }
-        s->leased = 1;
-        /* WAL-E's partition 0 starts with the data directory itself. */
-        push_node *root = find_node(s, "");
-        backup_writer_member m = member_of(root, "");
-        rc = backup_writer_add(s->writer, &m, -1, err);
-        if (!rc)
-            root->emitted = 1;
-    }
-    if (!rc)
-        log_info("pushing base backup %s from basebackups_005/%s", s->backup_name, s->dir);
-    return rc;
+    return excluded_file(n->path) || in_emptied_dir(n->path, keep_wal);
 }
 
-/* ---- emitting members into the backup ---- */
+/* Whether the file is decided only at completion, or never goes in. */
+static int deferred(const push_node *n) { return strncmp(n->path, "pg_wal/", 7) == 0; }
 
 /* n is in the backup (or deliberately left out): its spool goes back to
  * the pool. */
-static void mark_emitted(push_session *s, push_node *n)
+static void mark_emitted(push_registry *reg, push_session *s, push_node *n)
 {
     n->emitted = 1;
-    drop_spool(s, n);
+    drop_spool(reg, s, n);
+}
+
+/* ---- spool sections: spool_lock held, reg->lock taken inside ---- */
+
+/* Reads from n's spool (n pinned, spool_lock held, reg->lock not). */
+static int read_spool(push_registry *reg, push_session *s, push_node *n, char *buf, size_t cap,
+                      uint64_t off, size_t *len, walfs_err *err)
+{
+    int rc = n->spool ? spool_file_read(n->spool, buf, cap, off, len, err)
+                      : walfs_err_set(err, -EIO, "already uploaded into the backup");
+    pthread_mutex_lock(&reg->lock);
+    account(s, n); /* reading may make it plain bytes */
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
 }
 
 /* A file's content as the backup writer takes it: whatever is pending goes
- * to disk first. */
-static int spool_data_of(push_session *s, push_node *n, spool_data *data, walfs_err *err)
+ * to disk first (n pinned, spool_lock held). */
+static int spool_data_of(push_registry *reg, push_session *s, push_node *n, spool_data *data,
+                         walfs_err *err)
 {
-    int rc = spool_file_seal(n->spool, err);
-    account(s, n);
+    int rc = n->spool ? spool_file_seal(n->spool, err)
+                      : walfs_err_set(err, -EIO, "its spool is gone");
     if (!rc)
         rc = spool_file_data(n->spool, data, err);
-    if (rc)
-        return walfs_err_prefix(err, "spooling %s: ", n->path);
-    spool_file_stats fs = spool_file_get_stats(n->spool);
-    if (data->records) {
-        s->spool_stats.compressed_files++;
-        s->spool_stats.compressed_bytes += n->size;
-        s->spool_stats.records_bytes += data->len;
+    spool_file_stats fs = {0};
+    if (!rc)
+        fs = spool_file_get_stats(n->spool);
+    pthread_mutex_lock(&reg->lock);
+    account(s, n);
+    if (rc) {
+        walfs_err_prefix(err, "spooling %s: ", n->path);
     } else {
-        s->spool_stats.plain_files++;
-        s->spool_stats.plain_bytes += n->size;
+        if (data->records) {
+            s->spool_stats.compressed_files++;
+            s->spool_stats.compressed_bytes += n->size;
+            s->spool_stats.records_bytes += data->len;
+        } else {
+            s->spool_stats.plain_files++;
+            s->spool_stats.plain_bytes += n->size;
+        }
+        s->spool_stats.stashed_writes += fs.stashed_writes;
+        s->spool_stats.unpacked_files += fs.unpacked != 0;
     }
-    s->spool_stats.stashed_writes += fs.stashed_writes;
-    s->spool_stats.unpacked_files += fs.unpacked != 0;
-    return 0;
+    pthread_mutex_unlock(&reg->lock);
+    return rc;
 }
 
 static int add_file(backup_writer *writer, const backup_writer_member *m, const spool_data *data,
@@ -427,203 +651,212 @@ static int add_file(backup_writer *writer, const backup_writer_member *m, const 
                          : backup_writer_add(writer, m, data->fd, err);
 }
 
-static int emit_file(push_session *s, push_node *n, walfs_err *err)
+/* A member as the emitter adds it without reg->lock: its own copy of the
+ * strings, whatever renames happen meanwhile. */
+typedef struct member_copy {
+    push_node *node;
+    backup_writer_member m;
+    char *path, *link_target;
+    int skip;               /* left out of the backup */
+} member_copy;
+
+static int copy_member(const push_node *n, member_copy *c)
 {
-    backup_writer_member m = member_of(n, n->path);
-    spool_data data;
-    int rc = spool_data_of(s, n, &data, err);
-    if (!rc)
-        rc = add_file(s->writer, &m, &data, err);
-    if (!rc)
-        mark_emitted(s, n);
-    return rc;
+    memset(c, 0, sizeof *c);
+    c->path = strdup(n->path);
+    c->link_target = n->link_target ? strdup(n->link_target) : NULL;
+    if (!c->path || (n->link_target && !c->link_target)) {
+        free(c->path);
+        free(c->link_target);
+        return -ENOMEM;
+    }
+    c->node = (push_node *)n;
+    c->m = member_of(n, c->path);
+    c->m.link_target = c->link_target;
+    return 0;
 }
 
-/* Whether the file is decided only at completion, or never goes in. */
-static int deferred(const push_node *n) { return strncmp(n->path, "pg_wal/", 7) == 0; }
+static void free_member(member_copy *c)
+{
+    free(c->path);
+    free(c->link_target);
+}
+
+/* ---- the emitter's jobs (reg->lock held on entry and exit, released for
+ * the work itself) ---- */
+
+/* Removes a failed or abandoned push's uploads. */
+static void job_discard(push_registry *reg, push_session *s)
+{
+    backup_writer *writer = s->writer;
+    int leased = s->leased;
+    char name[sizeof s->backup_name];
+    memcpy(name, s->backup_name, sizeof name);
+    pthread_mutex_unlock(&reg->lock);
+    if (writer)
+        backup_writer_abort(writer);
+    if (leased)
+        push_lease_remove(reg->st, name);
+    pthread_mutex_lock(&reg->lock);
+    s->writer = NULL;
+    s->leased = 0;
+}
+
+/* The backup's name from backup_label; the writer starts and the lease is
+ * stored.  From here on, partitions stream out. */
+static void job_name(push_registry *reg, push_session *s)
+{
+    push_node *label = find_node(s, LABEL);
+    push_node *root = find_node(s, "");
+    s->label_pending = 0;
+    if (!label || !label->spool || !root || s->writer)
+        return;
+    member_copy root_copy;
+    walfs_err err = {0};
+    if (copy_member(root, &root_copy) != 0) {
+        walfs_err_set(&err, -ENOMEM, "out of memory");
+        fail(reg, s, &err);
+        return;
+    }
+    root_copy.m.path = "";
+    pin(s, label);
+    pthread_mutex_unlock(&reg->lock);
+
+    char text[4096];
+    size_t len = 0;
+    pthread_mutex_lock(&reg->spool_lock);
+    int rc = read_spool(reg, s, label, text, sizeof text - 1, 0, &len, &err);
+    pthread_mutex_unlock(&reg->spool_lock);
+    pg_backup_label start = {0};
+    uint64_t segment_size = 0;
+    char backup_name[sizeof s->backup_name] = "";
+    backup_writer *writer = NULL;
+    int leased = 0;
+    if (rc) {
+        rc = walfs_err_set(&err, -EIO, "could not read back backup_label from the spool");
+    } else {
+        text[len] = '\0';
+        if (pg_backup_label_parse(text, &start) != 0)
+            rc = walfs_err_set(&err, -EINVAL, "backup_label has no readable 'START WAL "
+                               "LOCATION: X/Y (file Z)' line; this is not a PostgreSQL base "
+                               "backup");
+        else if (!(segment_size = wal_segment_size_of(start.start_lsn, start.start_file)))
+            rc = walfs_err_set(&err, -EINVAL, "backup_label: start location %s does not belong "
+                               "to file %s", start.start_lsn_text, start.start_file);
+    }
+    if (!rc) {
+        char offset[9];
+        wal_offset_lpad(start.start_lsn % segment_size, offset);
+        wale_backup_name(backup_name, sizeof backup_name, start.start_file, offset);
+        char sentinel[WALE_KEY_MAX];
+        wale_sentinel_key(sentinel, sizeof sentinel, backup_name);
+        store_stat st;
+        walfs_err probe = {0};
+        rc = store_stat_key(reg->st, sentinel, &st, &probe);
+        if (rc == 0)
+            rc = walfs_err_set(&err, -EEXIST, "a backup named %s already exists in the archive",
+                               backup_name);
+        else if (rc != -ENOENT)
+            err = probe;
+        else
+            rc = backup_writer_begin(reg->st, backup_name, &reg->settings.limits, &writer, &err);
+    }
+    if (!rc) {
+        /* Lets the next mount clean up should this process die mid-push. */
+        rc = push_lease_write(reg->st, backup_name, &err);
+        leased = rc == 0;
+    }
+    /* WAL-E's partition 0 starts with the data directory itself. */
+    if (!rc)
+        rc = backup_writer_add(writer, &root_copy.m, -1, &err);
+    free_member(&root_copy);
+
+    pthread_mutex_lock(&reg->lock);
+    s->writer = writer;
+    s->leased = leased;
+    memcpy(s->backup_name, backup_name, sizeof s->backup_name);
+    if (!rc) {
+        s->segment_size = segment_size;
+        memcpy(s->start_segment, start.start_file, 25);
+        root->emitted = 1;
+        if (s->state == SESSION_RECEIVING)
+            s->state = SESSION_NAMED;
+        log_info("pushing base backup %s from basebackups_005/%s", s->backup_name, s->dir);
+    } else {
+        fail(reg, s, &err);
+    }
+    unpin(reg, s, label);
+}
 
 /* The next file the emitter may add, in creation order. */
-static push_node *next_ready(push_session *s)
+static push_node *next_ready(push_registry *reg, push_session *s)
 {
-    push_node *best = NULL;
-    for (push_node *n = s->nodes; n; n = n->next) {
-        if (n->type != MEMBER_FILE || n->emitted || n->emitting || n->open_count ||
-            n->seq >= s->emit_before || deferred(n))
+    for (push_node *n = s->first; n; n = n->next) {
+        if (n->seq >= s->emit_before)
+            break;
+        if (n->type != MEMBER_FILE || n->emitted || n->emitting || n->open_count || n->busy ||
+            !n->spool || deferred(n))
             continue;
-        if (excluded_file(n->path) || in_emptied_dir(n->path, 0)) {
-            mark_emitted(s, n);
+        if (left_out(n, 0)) {
+            mark_emitted(reg, s, n);
             continue;
         }
-        if (!best || n->seq < best->seq)
-            best = n;
+        return n;
     }
-    return best;
-}
-
-/* Adds settled files to their backups while the writer goes on writing the
- * next ones, so reading, compressing and uploading overlap. */
-static void *emitter_main(void *arg)
-{
-    push_registry *reg = arg;
-    pthread_mutex_lock(&reg->lock);
-    while (!reg->stopping) {
-        push_session *s = NULL;
-        push_node *n = NULL;
-        for (s = reg->sessions; s; s = s->next) {
-            if (!s->writer || s->failed || s->completing || s->completed)
-                continue;
-            if ((n = next_ready(s)) != NULL)
-                break;
-        }
-        if (!n) {
-            pthread_cond_broadcast(&reg->progress);
-            pthread_cond_wait(&reg->work, &reg->lock);
-            continue;
-        }
-        walfs_err err = {0};
-        spool_data data;
-        if (spool_data_of(s, n, &data, &err) != 0) {
-            fail(reg, s, &err);
-            continue;
-        }
-        n->emitting = 1;
-        s->emitting = 1;
-        /* n stays as it is while emitting: renames over it get EBUSY, and
-         * removing it fails the push, which waits for this add to end. */
-        backup_writer_member m = member_of(n, n->path);
-        backup_writer *writer = s->writer;
-        pthread_mutex_unlock(&reg->lock);
-        int rc = add_file(writer, &m, &data, &err);
-        pthread_mutex_lock(&reg->lock);
-        n->emitting = 0;
-        s->emitting = 0;
-        if (rc)
-            fail(reg, s, &err);
-        else
-            mark_emitted(s, n);
-        pthread_cond_broadcast(&reg->progress);
-    }
-    pthread_mutex_unlock(&reg->lock);
     return NULL;
 }
 
-static int by_seq(const void *a, const void *b)
+/* Adds a settled file to its backup while writers go on with the next
+ * ones, so reading, compressing and uploading overlap. */
+static void job_emit(push_registry *reg, push_session *s, push_node *n)
 {
-    const push_node *x = *(push_node *const *)a, *y = *(push_node *const *)b;
-    return (x->seq > y->seq) - (x->seq < y->seq);
-}
-
-typedef int (*node_filter)(const push_node *n);
-
-/* The session's nodes that pass the filter, in creation order (malloc'd). */
-static push_node **nodes_in_order(push_session *s, node_filter want, size_t *count,
-                                  walfs_err *err)
-{
-    size_t total = 0;
-    for (push_node *n = s->nodes; n; n = n->next)
-        total++;
-    push_node **order = malloc((total ? total : 1) * sizeof *order);
-    if (!order) {
-        walfs_err_set(err, -ENOMEM, "out of memory");
-        return NULL;
-    }
-    size_t k = 0;
-    for (push_node *n = s->nodes; n; n = n->next)
-        if (want(n))
-            order[k++] = n;
-    if (k > 1)
-        qsort(order, k, sizeof *order, by_seq);
-    *count = k;
-    return order;
-}
-
-static int pending_file(const push_node *n) { return n->type == MEMBER_FILE && !n->emitted; }
-
-static int pending_other(const push_node *n) { return n->type != MEMBER_FILE && !n->emitted; }
-
-/* At completion (the emitter is off): every file the emitter has not
- * packed, in creation order, including pg_wal's, now that it is known
- * whether they are the backup's own streamed WAL. */
-static int emit_remaining_files(push_registry *reg, push_session *s, int keep_wal,
-                                walfs_err *err)
-{
-    if (!s->writer)
-        return 0;
-    size_t k;
-    push_node **order = nodes_in_order(s, pending_file, &k, err);
-    if (!order)
-        return err->code;
-    int rc = 0;
-    for (size_t i = 0; i < k && !rc; i++) {
-        push_node *n = order[i];
-        if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal))
-            mark_emitted(s, n);
-        else
-            rc = emit_file(s, n, err);
-    }
-    free(order);
-    return rc;
-}
-
-static int check_spool_limit(push_registry *reg, push_session *s, walfs_err *err)
-{
-    if (s->spooled_bytes <= reg->settings.spool_max_bytes)
-        return 0;
-    return walfs_err_set(err, -ENOSPC,
-                         "%" PRIu64 " bytes are waiting in the spool (limit %" PRIu64 ")%s",
-                         s->spooled_bytes, reg->settings.spool_max_bytes,
-                         s->writer ? "" : ": backup_label must be written before the rest of the "
-                                          "data directory (pg_basebackup and rsync do; with cp "
-                                          "-a, copy backup_label first)");
-}
-
-/* A new file is starting: everything closed before it is final now, and
- * goes to the emitter.  When the spool is full the writer waits for the
- * emitter to make room rather than failing. */
-static void advance(push_registry *reg, push_session *s, uint64_t new_seq)
-{
-    if (s->failed || s->completed)
-        return;
-    if (new_seq > s->emit_before)
-        s->emit_before = new_seq;
-    pthread_cond_signal(&reg->work);
-    while (!s->failed && s->writer && s->spooled_bytes > reg->settings.spool_max_bytes &&
-           (s->emitting || next_ready(s)))
-        pthread_cond_wait(&reg->progress, &reg->lock);
+    member_copy c;
     walfs_err err = {0};
-    if (!s->failed && check_spool_limit(reg, s, &err) != 0)
+    if (copy_member(n, &c) != 0) {
+        walfs_err_set(&err, -ENOMEM, "out of memory");
         fail(reg, s, &err);
+        return;
+    }
+    /* n stays as it is while emitting: renames over it get EBUSY, and
+     * removing it fails the push. */
+    n->emitting = 1;
+    pin(s, n);
+    backup_writer *writer = s->writer;
+    pthread_mutex_unlock(&reg->lock);
+    spool_data data;
+    pthread_mutex_lock(&reg->spool_lock);
+    int rc = spool_data_of(reg, s, n, &data, &err);
+    pthread_mutex_unlock(&reg->spool_lock);
+    if (!rc)
+        rc = add_file(writer, &c.m, &data, &err);
+    free_member(&c);
+    pthread_mutex_lock(&reg->lock);
+    n->emitting = 0;
+    if (rc)
+        fail(reg, s, &err);
+    else
+        mark_emitted(reg, s, n);
+    unpin(reg, s, n);
 }
 
-/* ---- completion ---- */
+/* ---- completion (on the emitter) ---- */
 
-static int stop_from_manifest(push_session *s, push_node *manifest, backup_writer_stop *stop,
+static int stop_from_manifest(const char *text, uint64_t segment_size, backup_writer_stop *stop,
                               walfs_err *err)
 {
-    if (manifest->size > SMALL_FILE_MAX * 8ull)
-        return walfs_err_set(err, -EFBIG, "backup_manifest is implausibly large");
-    char *text = malloc(manifest->size + 1);
-    size_t len;
-    if (!text || read_spool(s, manifest, text, manifest->size, 0, &len) != 0) {
-        free(text);
-        return walfs_err_set(err, -EIO, "could not read back backup_manifest from the spool");
-    }
-    text[len] = '\0';
     uint32_t timeline;
     uint64_t lsn;
-    int ok = pg_backup_manifest_wal_end(text, &timeline, &lsn) == 0;
-    free(text);
-    if (!ok)
+    if (pg_backup_manifest_wal_end(text, &timeline, &lsn) != 0)
         return walfs_err_set(err, -EINVAL, "backup_manifest has no WAL-Ranges End-LSN; cannot "
                              "tell where the backup stops");
-    pg_segment_name_of_lsn(timeline, lsn, s->segment_size, stop->stop_segment);
-    wal_offset_lpad(lsn % s->segment_size, stop->stop_offset);
+    pg_segment_name_of_lsn(timeline, lsn, segment_size, stop->stop_segment);
+    wal_offset_lpad(lsn % segment_size, stop->stop_offset);
     return 0;
 }
 
 /* Without a manifest: the copied pg_control's latest checkpoint, which was
  * written during the backup, is where the backup is known to reach. */
-static int stop_from_control(push_session *s, backup_writer_stop *stop, walfs_err *err)
+static int stop_from_control(const push_session *s, backup_writer_stop *stop, walfs_err *err)
 {
     uint64_t lsn = 0;
     uint32_t timeline = 0;
@@ -637,87 +870,88 @@ static int stop_from_control(push_session *s, backup_writer_stop *stop, walfs_er
     return 0;
 }
 
-static int emit_others(push_session *s, int keep_wal, walfs_err *err)
+/* The manifest's text (malloc'd), read without reg->lock. */
+static char *read_manifest(push_registry *reg, push_session *s, push_node *manifest,
+                           walfs_err *err)
 {
-    /* Directories, symlinks and hard links last: their modes and times are
-     * final only once everything inside them has been written. */
-    size_t k;
-    push_node **order = nodes_in_order(s, pending_other, &k, err);
-    if (!order)
-        return err->code;
-    int rc = 0;
-    for (size_t i = 0; i < k && !rc; i++) {
-        push_node *n = order[i];
-        if (excluded_file(n->path) || in_emptied_dir(n->path, keep_wal))
-            continue;
-        backup_writer_member m = member_of(n, n->path);
-        rc = backup_writer_add(s->writer, &m, -1, err);
-        if (!rc)
-            n->emitted = 1;
+    uint64_t size = manifest->size;
+    if (size > SMALL_FILE_MAX * 8ull) {
+        walfs_err_set(err, -EFBIG, "backup_manifest is implausibly large");
+        return NULL;
     }
-    free(order);
-    return rc;
+    char *text = malloc(size + 1);
+    size_t len = 0;
+    walfs_err why;
+    pthread_mutex_lock(&reg->spool_lock);
+    int rc = !text ? -ENOMEM : read_spool(reg, s, manifest, text, size, 0, &len, &why);
+    pthread_mutex_unlock(&reg->spool_lock);
+    if (rc) {
+        free(text);
+        walfs_err_set(err, -EIO, "could not read back backup_manifest from the spool");
+        return NULL;
+    }
+    text[len] = '\0';
+    return text;
 }
 
-static int complete(push_registry *reg, push_session *s, int by_manifest)
+/* What completion adds, in the order it adds them: every file the emitter
+ * has not packed, in creation order, including pg_wal's now that it is
+ * known whether they are the backup's own streamed WAL; then directories,
+ * symlinks and hard links, whose modes and times are final only once
+ * everything inside them has been written.  Taken under reg->lock. */
+static member_copy *completion_plan(push_session *s, int keep_wal, size_t *count)
 {
-    if (s->failed)
-        return latched(s);
-    if (s->completed)
-        return 0;
-    s->completing = 1;
-    log_info("basebackups_005/%s: the copy is complete (%s); storing the last %" PRIu64
-             " bytes and the sentinel", s->dir, by_manifest ? "backup_manifest" : "renamed",
-             s->spooled_bytes);
-    wait_emitter_off(reg, s);
-    if (s->failed)
-        return latched(s);
-    walfs_err err = {0};
-    int rc = 0;
-    if (!s->writer)
-        rc = walfs_err_set(&err, -EINVAL, "no backup_label was written: this is not a base "
-                           "backup (copy the backup_label that pg_backup_stop() returned)");
-    backup_writer_stop stop;
-    memset(&stop, 0, sizeof stop);
-    if (!rc)
-        rc = by_manifest ? stop_from_manifest(s, find_node(s, MANIFEST), &stop, &err)
-                         : stop_from_control(s, &stop, &err);
-    /* pg_basebackup -X fetch/stream puts the backup's own WAL in pg_wal:
-     * kept, so the backup restores alone.  Anything else in pg_wal (a copy
-     * of a live server's) is left out, as WAL-E does. */
-    int keep_wal = 0;
-    for (push_node *n = s->nodes; n && by_manifest; n = n->next)
-        if (n->type == MEMBER_FILE && strncmp(n->path, "pg_wal/", 7) == 0 &&
-            !strchr(n->path + 7, '/'))
-            keep_wal = 1;
-    if (!rc)
-        rc = emit_remaining_files(reg, s, keep_wal, &err);
-    if (!rc)
-        rc = emit_others(s, keep_wal, &err);
-    if (rc) {
-        fail(reg, s, &err);
-        return latched(s);
+    member_copy *plan = calloc(s->node_count ? s->node_count : 1, sizeof *plan);
+    if (!plan)
+        return NULL;
+    size_t k = 0;
+    for (int files = 1; files >= 0; files--) {
+        for (push_node *n = s->first; n; n = n->next) {
+            if (n->emitted || (n->type == MEMBER_FILE) != files)
+                continue;
+            if (copy_member(n, &plan[k]) != 0) {
+                for (size_t i = 0; i < k; i++)
+                    free_member(&plan[i]);
+                free(plan);
+                return NULL;
+            }
+            plan[k].skip = left_out(n, keep_wal);
+            pin(s, n);
+            k++;
+        }
     }
-    char version[128];
-    /* WAL-E stores SELECT version(); through a copy only PG_VERSION is known. */
-    snprintf(version, sizeof version, "PostgreSQL %s",
-             s->pg_version[0] ? s->pg_version : "(unknown version)");
-    stop.pg_version = version;
-    stop.base_prefix = "";
-    rc = backup_writer_finish(s->writer, &stop, &err);
-    s->writer = NULL;
-    if (rc) {
-        fail(reg, s, &err);
-        return latched(s);
+    *count = k;
+    return plan;
+}
+
+static int store_plan(push_registry *reg, push_session *s, backup_writer *writer,
+                      member_copy *plan, size_t count, walfs_err *err)
+{
+    for (size_t i = 0; i < count; i++) {
+        member_copy *c = &plan[i];
+        if (c->skip)
+            continue;
+        if (c->m.type != MEMBER_FILE) {
+            if (backup_writer_add(writer, &c->m, -1, err) != 0)
+                return err->code;
+            continue;
+        }
+        spool_data data;
+        pthread_mutex_lock(&reg->spool_lock);
+        int rc = spool_data_of(reg, s, c->node, &data, err);
+        if (!rc)
+            c->m.size = spool_file_size(c->node->spool);
+        pthread_mutex_unlock(&reg->spool_lock);
+        if (!rc)
+            rc = add_file(writer, &c->m, &data, err);
+        if (rc)
+            return rc;
     }
-    s->completed = 1;
-    if (s->leased) {
-        push_lease_remove(reg->st, s->backup_name);
-        s->leased = 0;
-    }
-    for (push_node *n = s->nodes; n; n = n->next)
-        mark_emitted(s, n);
-    s->spooled_bytes = 0;
+    return 0;
+}
+
+static void log_completed(const push_session *s)
+{
     log_info("base backup %s is complete: its sentinel is stored", s->backup_name);
     log_info("basebackups_005/%s: %" PRIu64 " files (%" PRIu64 " bytes) were compressed as they "
              "arrived, into %" PRIu64 " bytes of spool; %" PRIu64 " (%" PRIu64 " bytes) were "
@@ -727,7 +961,171 @@ static int complete(push_registry *reg, push_session *s, int by_manifest)
              s->spool_stats.records_bytes, s->spool_stats.plain_files, s->spool_stats.plain_bytes,
              s->spool_stats.unpacked_files, s->spool_stats.waited_writes,
              s->spool_stats.stashed_writes);
-    return 0;
+}
+
+/* Stores the rest of the backup, extended_version.txt and the sentinel.
+ * Renames and writes into the session wait or are refused meanwhile
+ * (SESSION_COMPLETING), so the plan stays true. */
+static void job_complete(push_registry *reg, push_session *s)
+{
+    walfs_err err = {0};
+    int by_manifest = s->completion_by_manifest;
+    log_info("basebackups_005/%s: the copy is complete (%s); storing the last %" PRIu64
+             " bytes and the sentinel", s->dir, by_manifest ? "backup_manifest" : "renamed",
+             s->spooled_bytes);
+    if (!s->writer) {
+        walfs_err_set(&err, -EINVAL, "no backup_label was written: this is not a base backup "
+                      "(copy the backup_label that pg_backup_stop() returned)");
+        fail(reg, s, &err);
+        return;
+    }
+    backup_writer_stop stop;
+    memset(&stop, 0, sizeof stop);
+    push_node *manifest = by_manifest ? find_node(s, MANIFEST) : NULL;
+    if (by_manifest && !manifest) {
+        walfs_err_set(&err, -EIO, "backup_manifest vanished before completion");
+        fail(reg, s, &err);
+        return;
+    }
+    if (!by_manifest && stop_from_control(s, &stop, &err) != 0) {
+        fail(reg, s, &err);
+        return;
+    }
+    /* pg_basebackup -X fetch/stream puts the backup's own WAL in pg_wal:
+     * kept, so the backup restores alone.  Anything else in pg_wal (a copy
+     * of a live server's) is left out, as WAL-E does. */
+    int keep_wal = 0;
+    for (push_node *n = s->first; n && by_manifest && !keep_wal; n = n->next)
+        if (n->type == MEMBER_FILE && strncmp(n->path, "pg_wal/", 7) == 0 &&
+            !strchr(n->path + 7, '/'))
+            keep_wal = 1;
+    size_t count = 0;
+    member_copy *plan = completion_plan(s, keep_wal, &count);
+    if (!plan) {
+        walfs_err_set(&err, -ENOMEM, "out of memory");
+        fail(reg, s, &err);
+        return;
+    }
+    if (manifest)
+        pin(s, manifest);
+    backup_writer *writer = s->writer;
+    uint64_t segment_size = s->segment_size;
+    char version[128];
+    /* WAL-E stores SELECT version(); through a copy only PG_VERSION is known. */
+    snprintf(version, sizeof version, "PostgreSQL %s",
+             s->pg_version[0] ? s->pg_version : "(unknown version)");
+    char name[sizeof s->backup_name];
+    memcpy(name, s->backup_name, sizeof name);
+    pthread_mutex_unlock(&reg->lock);
+
+    int rc = 0;
+    if (manifest) {
+        char *text = read_manifest(reg, s, manifest, &err);
+        rc = !text ? err.code : stop_from_manifest(text, segment_size, &stop, &err);
+        free(text);
+    }
+    if (!rc)
+        rc = store_plan(reg, s, writer, plan, count, &err);
+    int finished = 0;
+    if (!rc) {
+        stop.pg_version = version;
+        stop.base_prefix = "";
+        rc = backup_writer_finish(writer, &stop, &err);
+        finished = 1; /* finish frees the writer whatever the result */
+    }
+    if (!rc)
+        push_lease_remove(reg->st, name);
+
+    pthread_mutex_lock(&reg->lock);
+    if (finished)
+        s->writer = NULL;
+    if (!rc) {
+        s->leased = 0;
+        s->state = SESSION_DONE;
+        for (push_node *n = s->first; n; n = n->next)
+            mark_emitted(reg, s, n);
+        s->spooled_bytes = 0;
+        log_completed(s);
+        pthread_cond_broadcast(&s->changed);
+    } else {
+        fail(reg, s, &err);
+    }
+    for (size_t i = 0; i < count; i++) {
+        free_member(&plan[i]);
+        unpin(reg, s, plan[i].node);
+    }
+    free(plan);
+    if (manifest)
+        unpin(reg, s, manifest);
+}
+
+/* The job the emitter does next, most urgent first: removing uploads
+ * (before a new push of the same name may begin), naming, adding a settled
+ * file, completing. */
+typedef enum job_kind { JOB_NONE, JOB_DISCARD, JOB_NAME, JOB_EMIT, JOB_COMPLETE } job_kind;
+
+static job_kind next_job(push_registry *reg, push_session **out, push_node **node)
+{
+    for (int retired = 1; retired >= 0; retired--)
+        for (push_session *s = retired ? reg->retired : reg->sessions; s; s = s->next)
+            if ((s->state == SESSION_FAILED || s->retired) && has_uploads(s)) {
+                *out = s;
+                return JOB_DISCARD;
+            }
+    for (push_session *s = reg->sessions; s; s = s->next) {
+        if (s->label_pending && (receiving(s) || s->state == SESSION_COMPLETING)) {
+            *out = s;
+            return JOB_NAME;
+        }
+    }
+    for (push_session *s = reg->sessions; s; s = s->next) {
+        if (s->state == SESSION_NAMED && (*node = next_ready(reg, s)) != NULL) {
+            *out = s;
+            return JOB_EMIT;
+        }
+    }
+    for (push_session *s = reg->sessions; s; s = s->next) {
+        if (s->state == SESSION_COMPLETING) {
+            *out = s;
+            return JOB_COMPLETE;
+        }
+    }
+    return JOB_NONE;
+}
+
+static void *emitter_main(void *arg)
+{
+    push_registry *reg = arg;
+    ns_lock(reg);
+    while (!reg->stopping) {
+        push_session *s = NULL;
+        push_node *n = NULL;
+        job_kind job = next_job(reg, &s, &n);
+        if (job == JOB_NONE) {
+            pthread_cond_broadcast(&reg->progress);
+            pthread_cond_wait(&reg->work, &reg->lock);
+            continue;
+        }
+        s->refs++;
+        s->emitter_busy = 1;
+        switch (job) {
+        case JOB_DISCARD: job_discard(reg, s); break;
+        case JOB_NAME: job_name(reg, s); break;
+        case JOB_EMIT: job_emit(reg, s, n); break;
+        case JOB_COMPLETE: job_complete(reg, s); break;
+        case JOB_NONE: break;
+        }
+        s->emitter_busy = 0;
+        s->refs--;
+        free_if_unused(reg, s);
+        pthread_cond_broadcast(&reg->progress);
+        if (reg->n_doomed) {
+            ns_unlock(reg);
+            ns_lock(reg);
+        }
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return NULL;
 }
 
 /* ---- registry ---- */
@@ -758,6 +1156,7 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
         return NULL;
     }
     pthread_mutex_init(&reg->lock, NULL);
+    pthread_mutex_init(&reg->spool_lock, NULL);
     pthread_cond_init(&reg->work, NULL);
     pthread_cond_init(&reg->progress, NULL);
     pthread_condattr_t monotonic;
@@ -791,47 +1190,58 @@ int push_registry_start(push_registry *reg, walfs_err *err)
     return 0;
 }
 
-static void session_free(push_registry *reg, push_session *s)
+/* At unmount, with no request and no emitter left: store work runs here. */
+static void session_teardown(push_registry *reg, push_session *s)
 {
-    discard_uploads(reg, s);
-    while (s->nodes) {
-        push_node *next = s->nodes->next;
-        node_free(s->nodes);
-        s->nodes = next;
-    }
-    free(s->dir);
-    free(s);
-}
-
-/* Takes s out of the registry's names; it lives on while handles use it. */
-static void unlink_session(push_session **list, push_session *s)
-{
-    for (push_session **p = list; *p; p = &(*p)->next) {
-        if (*p == s) {
-            *p = s->next;
-            return;
-        }
-    }
-}
-
-static void retire(push_registry *reg, push_session *s)
-{
-    unlink_session(&reg->sessions, s);
-    if (s->open_handles == 0) {
-        session_free(reg, s);
-        return;
-    }
-    s->retired = 1;
-    s->next = reg->retired;
-    reg->retired = s;
-}
-
-static void free_if_unused(push_registry *reg, push_session *s)
-{
-    if (!s->retired || s->open_handles > 0)
-        return;
-    unlink_session(&reg->retired, s);
+    if (s->state != SESSION_DONE && s->state != SESSION_FAILED && !s->retired)
+        log_warn("base backup push into basebackups_005/%s never completed; removing what it "
+                 "uploaded", s->dir);
+    if (s->writer)
+        backup_writer_abort(s->writer);
+    if (s->leased)
+        push_lease_remove(reg->st, s->backup_name);
+    s->writer = NULL;
+    s->leased = 0;
     session_free(reg, s);
+}
+
+void push_registry_free(push_registry *reg)
+{
+    if (!reg)
+        return;
+    /* The clean-up is best effort and starts again at the next mount. */
+    reg->cleanup_stop = 1;
+    if (reg->cleanup_running)
+        pthread_join(reg->cleanup, NULL);
+    ns_lock(reg);
+    reg->stopping = 1;
+    pthread_cond_broadcast(&reg->work);
+    for (push_session *s = reg->sessions; s; s = s->next)
+        pthread_cond_broadcast(&s->changed);
+    pthread_mutex_unlock(&reg->lock);
+    if (reg->emitter_running)
+        pthread_join(reg->emitter, NULL);
+    while (reg->sessions) {
+        push_session *next = reg->sessions->next;
+        session_teardown(reg, reg->sessions);
+        reg->sessions = next;
+    }
+    while (reg->retired) {
+        push_session *next = reg->retired->next;
+        session_teardown(reg, reg->retired);
+        reg->retired = next;
+    }
+    for (size_t i = 0; i < reg->n_doomed; i++)
+        spool_file_free(reg->doomed[i]);
+    free(reg->doomed);
+    spool_pool_free(reg->spools);
+    pthread_cond_destroy(&reg->work);
+    pthread_cond_destroy(&reg->progress);
+    pthread_cond_destroy(&reg->appended);
+    pthread_mutex_destroy(&reg->spool_lock);
+    pthread_mutex_destroy(&reg->lock);
+    free(reg->spool_dir);
+    free(reg);
 }
 
 static push_session *new_session(push_registry *reg, const char *dir, mode_t mode,
@@ -842,9 +1252,9 @@ static push_session *new_session(push_registry *reg, const char *dir, mode_t mod
         free(s);
         return NULL;
     }
+    pthread_cond_init(&s->changed, NULL);
     if (!add_node(reg, s, "", MEMBER_DIR, mode, who)) {
-        free(s->dir);
-        free(s);
+        session_free(reg, s);
         return NULL;
     }
     s->next = reg->sessions;
@@ -855,13 +1265,15 @@ static push_session *new_session(push_registry *reg, const char *dir, mode_t mod
 
 /* The session a write into rel goes to (*out NULL when there is none):
  * writing into the directory of a completed push starts a new push there.
- * 0 or -ENOMEM. */
+ * 0, -EBUSY while the push there is completing, or -ENOMEM. */
 static int locate_for_write(push_registry *reg, const char *rel, const push_caller *who,
                             push_session **out, const char **inner)
 {
     push_session *s = locate(reg, rel, inner);
     *out = s;
-    if (!s || !s->completed || !(*inner)[0])
+    if (s && s->state == SESSION_COMPLETING)
+        return -EBUSY;
+    if (!s || s->state != SESSION_DONE || !(*inner)[0])
         return 0;
     push_node *root = find_node(s, "");
     mode_t mode = root ? root->mode : 0700;
@@ -875,68 +1287,34 @@ static int locate_for_write(push_registry *reg, const char *rel, const push_call
     return *out ? 0 : -ENOMEM;
 }
 
-void push_registry_free(push_registry *reg)
-{
-    if (!reg)
-        return;
-    /* The clean-up is best effort and starts again at the next mount. */
-    reg->cleanup_stop = 1;
-    if (reg->cleanup_running)
-        pthread_join(reg->cleanup, NULL);
-    pthread_mutex_lock(&reg->lock);
-    reg->stopping = 1;
-    pthread_cond_broadcast(&reg->work);
-    pthread_mutex_unlock(&reg->lock);
-    if (reg->emitter_running)
-        pthread_join(reg->emitter, NULL);
-    while (reg->sessions) {
-        push_session *next = reg->sessions->next;
-        if (!reg->sessions->completed && !reg->sessions->failed)
-            log_warn("base backup push into basebackups_005/%s never completed; removing what "
-                     "it uploaded", reg->sessions->dir);
-        session_free(reg, reg->sessions);
-        reg->sessions = next;
-    }
-    while (reg->retired) {
-        push_session *next = reg->retired->next;
-        session_free(reg, reg->retired);
-        reg->retired = next;
-    }
-    spool_pool_free(reg->spools);
-    pthread_cond_destroy(&reg->work);
-    pthread_cond_destroy(&reg->progress);
-    pthread_cond_destroy(&reg->appended);
-    pthread_mutex_destroy(&reg->lock);
-    free(reg->spool_dir);
-    free(reg);
-}
+/* ---- the namespace (reg->lock only) ---- */
 
 int push_is_session(push_registry *reg, const char *rel)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     int found = locate(reg, rel, &inner) != NULL;
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return found;
 }
 
 int push_mkdir(push_registry *reg, const char *rel, mode_t mode, const push_caller *who)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s;
     int rc = locate_for_write(reg, rel, who, &s, &inner);
     if (!rc && !s)
         rc = strchr(rel, '/') ? -ENOENT : new_session(reg, rel, mode, who) ? 0 : -ENOMEM;
     else if (!rc)
-        rc = s->failed ? latched(s) : find_node(s, inner) ? -EEXIST
+        rc = s->state == SESSION_FAILED ? latched(s) : find_node(s, inner) ? -EEXIST
              : !parent_is_dir(s, inner) ? -ENOENT
              : add_node(reg, s, inner, MEMBER_DIR, mode, who) ? 0 : -ENOMEM;
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
-static void fill_stat(const push_registry *reg, const push_node *n, struct stat *st)
+static void fill_stat(const push_node *n, struct stat *st)
 {
     memset(st, 0, sizeof *st);
     mode_t type = n->type == MEMBER_DIR ? S_IFDIR : n->type == MEMBER_SYMLINK ? S_IFLNK : S_IFREG;
@@ -955,58 +1333,52 @@ static void fill_stat(const push_registry *reg, const push_node *n, struct stat 
 
 int push_getattr(push_registry *reg, const char *rel, struct stat *st)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
     push_node *n = s ? visible_node(s, inner) : NULL;
     if (n)
-        fill_stat(reg, n, st);
-    pthread_mutex_unlock(&reg->lock);
+        fill_stat(n, st);
+    ns_unlock(reg);
     return n ? 0 : -ENOENT;
 }
 
 int push_readdir(push_registry *reg, const char *rel, push_dir_filler fill, void *ctx)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
     push_node *dir = s ? visible_node(s, inner) : NULL;
     int rc = !dir ? -ENOENT : dir->type != MEMBER_DIR ? -ENOTDIR : 0;
-    if (!rc && !s->completed) {
-        size_t plen = strlen(inner);
-        for (push_node *n = s->nodes; n; n = n->next) {
-            if (n->path[0] == '\0')
+    if (!rc && s->state != SESSION_DONE) {
+        for (push_node *n = s->first; n && dir->children; n = n->next) {
+            if (n->parent != dir)
                 continue;
-            const char *child = n->path;
-            if (plen) {
-                if (strncmp(n->path, inner, plen) != 0 || n->path[plen] != '/')
-                    continue;
-                child = n->path + plen + 1;
-            }
-            if (strchr(child, '/'))
-                continue;
+            const char *slash = strrchr(n->path, '/');
             struct stat st;
-            fill_stat(reg, n, &st);
-            if (fill(ctx, child, &st))
+            fill_stat(n, &st);
+            if (fill(ctx, slash ? slash + 1 : n->path, &st))
                 break;
         }
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
 void push_list_sessions(push_registry *reg, push_dir_filler fill, void *ctx)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     for (push_session *s = reg->sessions; s; s = s->next) {
-        if (s->completed)
+        if (s->state == SESSION_DONE)
             continue; /* the backup shows under its own name now */
         struct stat st = {.st_mode = S_IFDIR | 0700};
         if (fill(ctx, s->dir, &st))
             break;
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
 }
+
+/* ---- files ---- */
 
 static push_handle *new_handle(push_session *s, push_node *n, int writable)
 {
@@ -1018,64 +1390,149 @@ static push_handle *new_handle(push_session *s, push_node *n, int writable)
     h->node = n;
     h->writable = writable;
     n->open_count++;
-    s->open_handles++;
+    s->refs++;
     return h;
 }
+
+static int check_spool_limit(push_registry *reg, push_session *s, walfs_err *err)
+{
+    if (s->spooled_bytes <= reg->settings.spool_max_bytes)
+        return 0;
+    return walfs_err_set(err, -ENOSPC,
+                         "%" PRIu64 " bytes are waiting in the spool (limit %" PRIu64 ")%s",
+                         s->spooled_bytes, reg->settings.spool_max_bytes,
+                         s->state == SESSION_NAMED
+                             ? ""
+                             : ": backup_label must be written before the rest of the data "
+                               "directory (pg_basebackup and rsync do; with cp -a, copy "
+                               "backup_label first)");
+}
+
+/* A new file is starting: everything closed before it is final now, and
+ * goes to the emitter.  When the spool is full the writer waits for the
+ * emitter to make room (or to name the backup) rather than failing. */
+static void advance(push_registry *reg, push_session *s, uint64_t new_seq)
+{
+    if (!receiving(s))
+        return;
+    if (new_seq > s->emit_before)
+        s->emit_before = new_seq;
+    pthread_cond_signal(&reg->work);
+    while (receiving(s) && s->spooled_bytes > reg->settings.spool_max_bytes &&
+           (s->label_pending || s->emitter_busy ||
+            (s->state == SESSION_NAMED && next_ready(reg, s))) &&
+           !reg->stopping)
+        pthread_cond_wait(&reg->progress, &reg->lock);
+    walfs_err err = {0};
+    if (receiving(s) && check_spool_limit(reg, s, &err) != 0)
+        fail(reg, s, &err);
+}
+
+/* Truncates n (pinned) to size: a spool section. */
+static int truncate_pinned(push_registry *reg, push_session *s, push_node *n, uint64_t size)
+{
+    walfs_err err;
+    pthread_mutex_lock(&reg->spool_lock);
+    int rc = n->spool ? spool_file_truncate(n->spool, size, &err)
+                      : walfs_err_set(&err, -EROFS, "already uploaded into the backup");
+    pthread_mutex_lock(&reg->lock);
+    account(s, n);
+    if (rc)
+        log_error("truncating basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
+    pthread_mutex_unlock(&reg->lock);
+    pthread_mutex_unlock(&reg->spool_lock);
+    return rc ? (rc == -EROFS ? rc : -EIO) : 0;
+}
+
+/* Gives n (pinned, its handle h already counted) a new, empty spool, or
+ * empties the one it has. */
+static int fresh_spool(push_registry *reg, push_session *s, push_node *n, const char *rel)
+{
+    pthread_mutex_lock(&reg->spool_lock);
+    spool_file *made = NULL;
+    walfs_err err;
+    int rc = 0;
+    if (!n->spool) {
+        made = spool_file_new(reg->spools);
+        if (!made) {
+            rc = errno == ENOSPC ? -ENOSPC : -EIO;
+            log_error("basebackups_005/%s: cannot create its spool file (check --cache-dir)",
+                      rel);
+        }
+    } else if (spool_file_truncate(n->spool, 0, &err) != 0) {
+        rc = -EIO;
+        log_error("truncating basebackups_005/%s: %s", rel, err.msg);
+    }
+    pthread_mutex_lock(&reg->lock);
+    if (made)
+        n->spool = made;
+    else
+        reg->spool_count--; /* the slot reserve_spool took goes unused */
+    account(s, n);
+    pthread_mutex_unlock(&reg->lock);
+    pthread_mutex_unlock(&reg->spool_lock);
+    return rc;
+}
+
+static void release_locked(push_registry *reg, push_handle *h);
 
 int push_create(push_registry *reg, const char *rel, mode_t mode, const push_caller *who,
                 void **handle)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s;
     int rc = locate_for_write(reg, rel, who, &s, &inner);
     push_node *n = NULL;
     if (!rc)
-        rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
-             : !parent_is_dir(s, inner) ? -ENOENT : 0;
+        rc = !s || !inner[0] ? -ENOENT : s->state == SESSION_FAILED ? latched(s)
+             : s->state == SESSION_DONE ? -EROFS : !parent_is_dir(s, inner) ? -ENOENT : 0;
     if (!rc) {
         n = find_node(s, inner);
         if (n && (n->type != MEMBER_FILE || n->emitted || n->emitting))
             rc = n->type == MEMBER_DIR ? -EISDIR : n->emitting ? -EBUSY : -EEXIST;
     }
-    if (!rc && !n) {
-        n = add_node(reg, s, inner, MEMBER_FILE, mode, who);
-        if (!n)
-            rc = -ENOMEM;
+    if (!rc && !n && !(n = add_node(reg, s, inner, MEMBER_FILE, mode, who)))
+        rc = -ENOMEM;
+    if (!rc)
+        rc = reserve_spool(reg);
+    push_handle *h = NULL;
+    if (!rc && !(h = new_handle(s, n, 1))) {
+        reg->spool_count--;
+        rc = -ENOMEM;
     }
-    if (!rc && !n->spool) {
-        n->spool = spool_file_new(reg->spools);
-        if (!n->spool) {
-            rc = errno == ENOSPC ? -ENOSPC : -EIO;
-            log_error("basebackups_005/%s: cannot create its spool file (check --cache-dir)",
-                      rel);
-        }
-    } else if (!rc) {
-        rc = truncate_spool(s, n, 0);
+    if (rc) {
+        ns_unlock(reg);
+        return rc;
     }
+    pin(s, n);
+    pthread_mutex_unlock(&reg->lock);
+    rc = fresh_spool(reg, s, n, rel);
+    ns_lock(reg);
     if (!rc) {
         advance(reg, s, n->seq);
         rc = latched(s);
     }
-    if (!rc) {
-        *handle = new_handle(s, n, 1);
-        if (!*handle)
-            rc = -ENOMEM;
-    }
-    pthread_mutex_unlock(&reg->lock);
+    unpin(reg, s, n);
+    if (rc)
+        release_locked(reg, h);
+    else
+        *handle = h;
+    ns_unlock(reg);
     return rc;
 }
 
 int push_open(push_registry *reg, const char *rel, int flags, const push_caller *who,
               void **handle)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
-    if (s && s->completed && inner[0] && (flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY) {
+    int truncating = (flags & O_TRUNC) && (flags & O_ACCMODE) != O_RDONLY;
+    if (s && s->state == SESSION_DONE && inner[0] && truncating) {
         /* Rewriting a name the kernel still remembers from the finished
          * push: a new push into the same directory. */
-        pthread_mutex_unlock(&reg->lock);
+        ns_unlock(reg);
         return push_create(reg, rel, 0600, who, handle);
     }
     push_node *n = s ? visible_node(s, inner) : NULL;
@@ -1084,48 +1541,67 @@ int push_open(push_registry *reg, const char *rel, int flags, const push_caller 
         rc = -ENOENT;
     else if (n->type == MEMBER_DIR)
         rc = -EISDIR;
-    else if (s->failed)
+    else if (s->state == SESSION_FAILED)
         rc = latched(s);
-    if (!rc && (flags & O_TRUNC) && n->emitting)
+    else if ((flags & O_TRUNC) && (n->emitting || s->state == SESSION_COMPLETING))
         rc = -EBUSY;
-    if (!rc && (flags & O_TRUNC) && !n->emitted && n->spool)
-        rc = truncate_spool(s, n, 0);
     /* Opening a finished file read-write is how pg_basebackup fsyncs it:
      * allowed, but writing to it is not. */
-    if (!rc) {
-        *handle = new_handle(s, n, (flags & O_ACCMODE) != O_RDONLY && !n->emitted && !n->emitting);
-        if (!*handle)
-            rc = -ENOMEM;
+    push_handle *h = NULL;
+    if (!rc && !(h = new_handle(s, n, (flags & O_ACCMODE) != O_RDONLY && !n->emitted &&
+                                          !n->emitting && receiving(s))))
+        rc = -ENOMEM;
+    if (!rc && (flags & O_TRUNC) && !n->emitted && n->spool) {
+        pin(s, n);
+        pthread_mutex_unlock(&reg->lock);
+        rc = truncate_pinned(reg, s, n, 0);
+        ns_lock(reg);
+        unpin(reg, s, n);
+        if (rc)
+            release_locked(reg, h);
     }
-    pthread_mutex_unlock(&reg->lock);
+    if (!rc)
+        *handle = h;
+    ns_unlock(reg);
     return rc;
 }
 
 int push_read(push_registry *reg, void *handle, char *buf, size_t size, off_t off)
 {
     push_handle *h = handle;
-    pthread_mutex_lock(&reg->lock);
-    int rc;
-    if (!h->node->spool) {
+    push_session *s = h->session;
+    push_node *n = h->node;
+    ns_lock(reg);
+    if (!n->spool) {
         log_error("read basebackups_005/%s/%s: already uploaded into the backup; read it from "
-                  "the finished backup's directory", h->session->dir, h->node->path);
-        rc = -EIO;
-    } else {
-        size_t got = 0;
-        rc = read_spool(h->session, h->node, buf, size, (uint64_t)off, &got) ? -EIO : (int)got;
+                  "the finished backup's directory", s->dir, n->path);
+        ns_unlock(reg);
+        return -EIO;
     }
+    pin(s, n);
     pthread_mutex_unlock(&reg->lock);
-    return rc;
+    size_t got = 0;
+    walfs_err err;
+    pthread_mutex_lock(&reg->spool_lock);
+    int rc = read_spool(reg, s, n, buf, size, (uint64_t)off, &got, &err);
+    pthread_mutex_unlock(&reg->spool_lock);
+    ns_lock(reg);
+    if (rc)
+        log_error("read basebackups_005/%s/%s: %s", s->dir, n->path, err.msg);
+    unpin(reg, s, n);
+    ns_unlock(reg);
+    return rc ? -EIO : (int)got;
 }
 
 /* The kernel writes a file back in 1 MiB requests that FUSE threads serve
  * in parallel, so a request may get here before the one in front of it.
  * It waits a moment for that one rather than being copied aside: the
- * spool then stays compressed without holding the data twice. */
-static void wait_for_turn(push_registry *reg, push_session *s, push_node *n, uint64_t off)
+ * spool then stays compressed without holding the data twice.  Under
+ * spool_lock; 1 when it waited. */
+static int wait_for_turn(push_registry *reg, push_node *n, uint64_t off)
 {
     if (n->gap_waited_out || !n->spool || off <= spool_file_append_offset(n->spool))
-        return;
+        return 0;
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_nsec += 50 * 1000 * 1000;
@@ -1134,124 +1610,189 @@ static void wait_for_turn(push_registry *reg, push_session *s, push_node *n, uin
         deadline.tv_nsec -= 1000000000L;
     }
     reg->waiting_writes++;
-    s->spool_stats.waited_writes++;
-    while (!s->failed && n->spool && off > spool_file_append_offset(n->spool)) {
-        if (pthread_cond_timedwait(&reg->appended, &reg->lock, &deadline) == ETIMEDOUT) {
+    while (n->spool && off > spool_file_append_offset(n->spool)) {
+        if (pthread_cond_timedwait(&reg->appended, &reg->spool_lock, &deadline) == ETIMEDOUT) {
             /* A writer that seeks ahead on purpose: never wait for it again. */
             n->gap_waited_out = 1;
             break;
         }
     }
     reg->waiting_writes--;
+    return 1;
 }
 
 int push_write(push_registry *reg, void *handle, const char *buf, size_t size, off_t off)
 {
     push_handle *h = handle;
-    pthread_mutex_lock(&reg->lock);
     push_session *s = h->session;
     push_node *n = h->node;
-    if (h->writable)
-        wait_for_turn(reg, s, n, (uint64_t)off);
+    ns_lock(reg);
     int rc = latched(s);
     if (!rc && (!h->writable || !n->spool || n->emitted))
         rc = -EBADF;
+    if (!rc && !receiving(s))
+        rc = -EBUSY; /* completing: the backup is being closed */
+    if (rc) {
+        ns_unlock(reg);
+        return rc;
+    }
+    pin(s, n);
+    pthread_mutex_unlock(&reg->lock);
+
+    pthread_mutex_lock(&reg->spool_lock);
+    int waited = wait_for_turn(reg, n, (uint64_t)off);
+    walfs_err err;
+    rc = n->spool ? spool_file_write(n->spool, buf, size, (uint64_t)off, &err)
+                  : walfs_err_set(&err, -EIO, "the push failed meanwhile");
     if (!rc) {
-        walfs_err err;
-        if (spool_file_write(n->spool, buf, size, (uint64_t)off, &err) != 0) {
-            /* Latched: with the kernel's writeback cache the writer may only
-             * hear of it at close, and a file with a hole must never be
-             * packed, whatever the writer does next. */
-            walfs_err why;
-            walfs_err_set(&why, err.code, "spooling %s failed: %s (check the space in the cache "
-                          "directory, --cache-dir)", n->path, err.msg);
-            fail(reg, s, &why);
-            rc = latched(s);
-        } else {
-            account(s, n);
-            now_ts(&n->mtime_sec, &n->mtime_nsec);
-            /* The gap filled after all: a slow writer, not one that seeks
-             * ahead, so later writes may wait for their turn again. */
-            if (n->gap_waited_out && spool_file_append_offset(n->spool) == n->size)
-                n->gap_waited_out = 0;
-            if (reg->waiting_writes)
-                pthread_cond_broadcast(&reg->appended);
-        }
+        /* The gap filled after all: a slow writer, not one that seeks
+         * ahead, so later writes may wait for their turn again. */
+        if (n->gap_waited_out && spool_file_append_offset(n->spool) == spool_file_size(n->spool))
+            n->gap_waited_out = 0;
+        if (reg->waiting_writes)
+            pthread_cond_broadcast(&reg->appended);
+    }
+    pthread_mutex_lock(&reg->lock);
+    account(s, n);
+    s->spool_stats.waited_writes += (unsigned)waited;
+    if (rc) {
+        /* Latched: with the kernel's writeback cache the writer may only
+         * hear of it at close, and a file with a hole must never be
+         * packed, whatever the writer does next. */
+        walfs_err why;
+        walfs_err_set(&why, err.code, "spooling %s failed: %s (check the space in the cache "
+                      "directory, --cache-dir)", n->path, err.msg);
+        fail(reg, s, &why);
+        rc = latched(s) ? latched(s) : -EIO;
+    } else {
+        now_ts(&n->mtime_sec, &n->mtime_nsec);
     }
     pthread_mutex_unlock(&reg->lock);
+    pthread_mutex_unlock(&reg->spool_lock);
+
+    ns_lock(reg);
+    unpin(reg, s, n);
+    ns_unlock(reg);
     return rc ? rc : (int)size;
 }
 
 int push_flush(push_registry *reg, void *handle)
 {
     push_handle *h = handle;
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     int rc = latched(h->session);
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
 /* A file is closed under its final name (rsync closes a temporary name
- * and renames it after): pick up what completion will need from it. */
-static void file_settled(push_registry *reg, push_session *s, push_node *n)
+ * and renames it after): pick up what completion will need from it.  n is
+ * pinned; called without reg->lock. */
+static void settle_pinned(push_registry *reg, push_session *s, push_node *n)
 {
-    if (!n->spool || n->type != MEMBER_FILE || s->failed)
-        return;
-    /* The pending block goes to disk now: its memory is for the next file. */
+    char head[PG_CONTROL_HEAD_BYTES > 16 ? PG_CONTROL_HEAD_BYTES : 16];
+    size_t len = 0;
     walfs_err err = {0};
-    int rc = spool_file_seal(n->spool, &err);
+    pthread_mutex_lock(&reg->spool_lock);
+    /* The pending block goes to disk now: its memory is for the next file. */
+    int rc = n->spool ? spool_file_seal(n->spool, &err) : 0;
+    pthread_mutex_lock(&reg->lock);
     account(s, n);
+    int is_version = strcmp(n->path, "PG_VERSION") == 0;
+    int is_control = strcmp(n->path, CONTROL) == 0;
+    int is_label = strcmp(n->path, LABEL) == 0;
+    pthread_mutex_unlock(&reg->lock);
+    int read_rc = -1;
+    if (!rc && n->spool && (is_version || is_control))
+        read_rc = spool_file_read(n->spool, head, is_version ? 15 : PG_CONTROL_HEAD_BYTES, 0,
+                                  &len, &err);
+    pthread_mutex_lock(&reg->lock);
+    if (read_rc == 0)
+        account(s, n);
     if (rc) {
         walfs_err_prefix(&err, "spooling %s failed: ", n->path);
         fail(reg, s, &err);
-        return;
+    } else if (is_version && read_rc == 0) {
+        memcpy(s->pg_version, head, len);
+        s->pg_version[len] = '\0';
+        s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
+    } else if (is_control) {
+        s->have_control = read_rc == 0 && len >= PG_CONTROL_HEAD_BYTES;
+        if (s->have_control)
+            memcpy(s->control, head, PG_CONTROL_HEAD_BYTES);
+    } else if (is_label && s->state == SESSION_RECEIVING && !s->label_pending && !s->writer) {
+        /* The label names the backup: the emitter does (it asks the store). */
+        s->label_pending = 1;
+        pthread_cond_signal(&reg->work);
     }
-    if (strcmp(n->path, "PG_VERSION") == 0) {
-        size_t len = 0;
-        if (read_spool(s, n, s->pg_version, sizeof s->pg_version - 1, 0, &len) == 0) {
-            s->pg_version[len] = '\0';
-            s->pg_version[strcspn(s->pg_version, "\n")] = '\0';
-        }
-    } else if (strcmp(n->path, CONTROL) == 0) {
-        size_t len = 0;
-        s->have_control = read_spool(s, n, (char *)s->control, sizeof s->control, 0, &len) == 0 &&
-                          len >= 52;
-    } else if (strcmp(n->path, LABEL) == 0 && !s->writer) {
-        /* The label names the backup: from here on, partitions stream out. */
-        if (name_from_label(reg, s, n, &err) != 0)
-            fail(reg, s, &err);
-    }
+    pthread_mutex_unlock(&reg->lock);
+    pthread_mutex_unlock(&reg->spool_lock);
+}
+
+/* Whether closing or renaming n makes it settle now. */
+static int settles(const push_session *s, const push_node *n)
+{
+    return n->open_count == 0 && !n->detached && !s->retired && n->spool &&
+           n->type == MEMBER_FILE && receiving(s);
+}
+
+/* Drops h (reg->lock held, nothing to settle). */
+static void release_locked(push_registry *reg, push_handle *h)
+{
+    push_session *s = h->session;
+    push_node *n = h->node;
+    if (n->open_count > 0)
+        n->open_count--;
+    if (n->detached)
+        free_detached_if_idle(reg, s, n);
+    s->refs--;
+    free_if_unused(reg, s);
+    pthread_cond_signal(&reg->work);
+    free(h);
 }
 
 void push_release(push_registry *reg, void *handle)
 {
     push_handle *h = handle;
-    pthread_mutex_lock(&reg->lock);
     push_session *s = h->session;
     push_node *n = h->node;
+    ns_lock(reg);
     if (n->open_count > 0)
         n->open_count--;
-    if (n->open_count == 0 && !s->retired)
-        file_settled(reg, s, n);
-    s->open_handles--;
-    free_if_unused(reg, s);
-    pthread_mutex_unlock(&reg->lock);
-    free(h);
+    if (settles(s, n)) {
+        pin(s, n);
+        pthread_mutex_unlock(&reg->lock);
+        settle_pinned(reg, s, n);
+        ns_lock(reg);
+        unpin(reg, s, n);
+    }
+    n->open_count++; /* release_locked takes it */
+    release_locked(reg, h);
+    ns_unlock(reg);
 }
 
 int push_truncate(push_registry *reg, const char *rel, void *handle, off_t size)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
-    push_session *s = locate(reg, rel, &inner);
-    push_node *n = handle ? ((push_handle *)handle)->node : s ? visible_node(s, inner) : NULL;
+    push_handle *h = handle;
+    push_session *s = h ? h->session : locate(reg, rel, &inner);
+    push_node *n = h ? h->node : s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type != MEMBER_FILE ? -EISDIR
-             : (n->emitted || n->emitting || !n->spool) ? -EROFS : 0;
-    if (!rc)
-        rc = truncate_spool(handle ? ((push_handle *)handle)->session : s, n, (uint64_t)size);
-    pthread_mutex_unlock(&reg->lock);
+             : (n->emitted || n->emitting || !n->spool) ? -EROFS
+             : !receiving(s) ? -EBUSY : 0;
+    if (!rc) {
+        pin(s, n);
+        pthread_mutex_unlock(&reg->lock);
+        rc = truncate_pinned(reg, s, n, (uint64_t)size);
+        ns_lock(reg);
+        unpin(reg, s, n);
+    }
+    ns_unlock(reg);
     return rc;
 }
+
+/* ---- attributes, links, renames, removals (reg->lock only) ---- */
 
 static int change_node(push_registry *reg, const char *rel, push_node **out)
 {
@@ -1266,18 +1807,18 @@ static int change_node(push_registry *reg, const char *rel, push_node **out)
 
 int push_chmod(push_registry *reg, const char *rel, mode_t mode)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     push_node *n;
     int rc = change_node(reg, rel, &n);
     if (!rc && !n->emitted)
         n->mode = node_mode(mode);
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
 int push_chown(push_registry *reg, const char *rel, uid_t uid, gid_t gid)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     push_node *n;
     int rc = change_node(reg, rel, &n);
     if (!rc && !n->emitted) {
@@ -1286,13 +1827,13 @@ int push_chown(push_registry *reg, const char *rel, uid_t uid, gid_t gid)
         if (gid != (gid_t)-1)
             n->gid = gid;
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
 int push_utimens(push_registry *reg, const char *rel, const struct timespec tv[2])
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     push_node *n;
     int rc = change_node(reg, rel, &n);
     if (!rc && !n->emitted) {
@@ -1303,39 +1844,41 @@ int push_utimens(push_registry *reg, const char *rel, const struct timespec tv[2
             n->mtime_nsec = (uint32_t)tv[1].tv_nsec;
         }
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
 int push_symlink(push_registry *reg, const char *target, const char *rel,
                  const push_caller *who)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s;
     int rc = locate_for_write(reg, rel, who, &s, &inner);
     if (!rc)
-        rc = !s || !inner[0] ? -ENOENT : s->failed ? latched(s) : s->completed ? -EROFS
-             : find_node(s, inner) ? -EEXIST : !parent_is_dir(s, inner) ? -ENOENT : 0;
+        rc = !s || !inner[0] ? -ENOENT : s->state == SESSION_FAILED ? latched(s)
+             : s->state == SESSION_DONE ? -EROFS : find_node(s, inner) ? -EEXIST
+             : !parent_is_dir(s, inner) ? -ENOENT : 0;
     if (!rc) {
         push_node *n = add_node(reg, s, inner, MEMBER_SYMLINK, 0777, who);
         if (!n || !(n->link_target = strdup(target)))
             rc = -ENOMEM;
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
 int push_link(push_registry *reg, const char *from_rel, const char *to_rel,
               const push_caller *who)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *from_inner, *to_inner;
     push_session *s = locate(reg, from_rel, &from_inner);
     push_session *t = locate(reg, to_rel, &to_inner);
     push_node *target = s ? find_node(s, from_inner) : NULL;
     int rc = !target || s != t ? -ENOENT : target->type != MEMBER_FILE ? -EPERM
-             : s->failed ? latched(s) : find_node(s, to_inner) ? -EEXIST : 0;
+             : s->state == SESSION_FAILED ? latched(s) : !receiving(s) ? -EBUSY
+             : find_node(s, to_inner) ? -EEXIST : 0;
     if (!rc) {
         push_node *n = add_node(reg, s, to_inner, MEMBER_HARDLINK, target->mode, who);
         if (!n || !(n->link_target = strdup(from_inner)))
@@ -1348,35 +1891,101 @@ int push_link(push_registry *reg, const char *from_rel, const char *to_rel,
             n->size = 0;
         }
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
+int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size)
+{
+    ns_lock(reg);
+    const char *inner;
+    push_session *s = locate(reg, rel, &inner);
+    push_node *n = s ? visible_node(s, inner) : NULL;
+    int rc = !n ? -ENOENT : n->type != MEMBER_SYMLINK ? -EINVAL : 0;
+    if (!rc)
+        snprintf(buf, size, "%s", n->link_target);
+    ns_unlock(reg);
+    return rc;
+}
+
+static int under(const char *path, const char *top, size_t tlen)
+{
+    return strcmp(path, top) == 0 || (strncmp(path, top, tlen) == 0 && path[tlen] == '/');
+}
+
+/* Moves the node at from, and everything under it, to to. */
 static int rename_nodes(push_session *s, const char *from, const char *to)
 {
     size_t flen = strlen(from);
-    for (push_node *n = s->nodes; n; n = n->next) {
-        if (strcmp(n->path, from) != 0 && !(strncmp(n->path, from, flen) == 0 && n->path[flen] == '/'))
+    size_t moving = 0;
+    for (push_node *n = s->first; n; n = n->next) {
+        if (!under(n->path, from, flen))
             continue;
         if ((n->emitted || n->emitting) && n->type == MEMBER_FILE)
             return -EBUSY;
+        moving++;
     }
-    for (push_node *n = s->nodes; n; n = n->next) {
-        if (strcmp(n->path, from) != 0 && !(strncmp(n->path, from, flen) == 0 && n->path[flen] == '/'))
-            continue;
-        char *p = NULL;
-        if (asprintf(&p, "%s%s", to, n->path + flen) < 0)
+    char **paths = calloc(moving ? moving : 1, sizeof *paths);
+    if (!paths)
+        return -ENOMEM;
+    size_t k = 0;
+    for (push_node *n = s->first; n; n = n->next) {
+        if (under(n->path, from, flen) && asprintf(&paths[k++], "%s%s", to, n->path + flen) < 0) {
+            paths[k - 1] = NULL;
+            for (size_t i = 0; i < k; i++)
+                free(paths[i]);
+            free(paths);
             return -ENOMEM;
+        }
+    }
+    push_node *top = find_node(s, from);
+    k = 0;
+    for (push_node *n = s->first; n; n = n->next) {
+        if (!under(n->path, from, flen))
+            continue;
+        table_remove(s, n);
         free(n->path);
-        n->path = p;
+        n->path = paths[k++];
+        table_insert(s, n);
+    }
+    free(paths);
+    if (top) {
+        if (top->parent)
+            top->parent->children--;
+        top->parent = parent_of(s, top->path);
+        if (top->parent)
+            top->parent->children++;
     }
     return 0;
+}
+
+/* Asks the emitter to complete s and waits for the outcome (reg->lock
+ * held; released while waiting).  *completed when this call did it. */
+static int complete(push_registry *reg, push_session *s, int by_manifest, int *completed)
+{
+    if (s->state == SESSION_FAILED)
+        return latched(s);
+    if (s->state == SESSION_DONE)
+        return 0;
+    int mine = s->state != SESSION_COMPLETING;
+    if (mine) {
+        s->state = SESSION_COMPLETING;
+        s->completion_by_manifest = by_manifest;
+        pthread_cond_signal(&reg->work);
+    }
+    s->refs++;
+    while (s->state == SESSION_COMPLETING && !reg->stopping)
+        pthread_cond_wait(&s->changed, &reg->lock);
+    s->refs--;
+    int rc = s->state == SESSION_DONE ? 0 : s->state == SESSION_FAILED ? latched(s) : -EIO;
+    *completed = mine && rc == 0;
+    return rc;
 }
 
 int push_rename(push_registry *reg, const char *from_rel, const char *to_rel, int *completed)
 {
     *completed = 0;
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *from_inner, *to_inner;
     push_session *s = locate(reg, from_rel, &from_inner);
     int rc = 0;
@@ -1384,88 +1993,88 @@ int push_rename(push_registry *reg, const char *from_rel, const char *to_rel, in
         rc = -ENOENT;
     } else if (!from_inner[0]) {
         /* mv incoming done: the cp -a / rsync -a way to say "complete". */
-        int was_completed = s->completed;
-        rc = complete(reg, s, 0);
-        *completed = !rc && !was_completed;
-        const char *to_slash = strchr(to_rel, '/');
-        if (!rc && !to_slash) {
+        rc = complete(reg, s, 0, completed);
+        if (!rc && !strchr(to_rel, '/') && !s->retired) {
             char *renamed = strdup(to_rel);
             if (renamed) {
                 free(s->dir);
                 s->dir = renamed;
             }
         }
+        free_if_unused(reg, s);
     } else {
+        s->refs++; /* s outlives the settle below */
         push_session *t = locate(reg, to_rel, &to_inner);
-        if (!visible_node(s, from_inner)) {
+        push_node *from = visible_node(s, from_inner);
+        push_node *existing = t == s ? find_node(s, to_inner) : NULL;
+        if (!from)
             rc = -ENOENT;
-        } else if (t != s) {
+        else if (t != s)
             rc = -EXDEV;
-        } else if (s->failed) {
+        else if (s->state == SESSION_FAILED)
             rc = latched(s);
-        } else {
-            push_node *existing = find_node(s, to_inner);
-            if (existing && existing->emitting)
-                rc = -EBUSY;
-            else if (existing && existing->type != MEMBER_DIR && !existing->emitted) {
-                /* rename over a file replaces it */
-                for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
-                    if (*p == existing) {
-                        *p = existing->next;
-                        unspool(s, existing);
-                        node_free(existing);
-                        break;
-                    }
-                }
-            }
-            if (!rc)
-                rc = rename_nodes(s, from_inner, to_inner);
-            push_node *moved = rc ? NULL : find_node(s, to_inner);
-            if (moved && moved->open_count == 0)
-                file_settled(reg, s, moved);
-            if (!rc && strcmp(from_inner, MANIFEST_TMP) == 0 && strcmp(to_inner, MANIFEST) == 0) {
-                rc = complete(reg, s, 1);
-                *completed = !rc;
-            }
-            if (!rc)
-                rc = latched(s);
+        else if (!receiving(s))
+            rc = -EBUSY;
+        else if (existing == from)
+            rc = 0;
+        else if (existing && (existing->emitting || existing->emitted))
+            rc = -EBUSY; /* already packed into an uploaded partition */
+        else if (existing && existing->type == MEMBER_DIR)
+            rc = from->type != MEMBER_DIR ? -EISDIR : existing->children ? -ENOTEMPTY : 0;
+        else if (existing && from->type == MEMBER_DIR)
+            rc = -ENOTDIR;
+        if (!rc && existing && existing != from)
+            detach_node(reg, s, existing); /* rename over a name replaces it */
+        if (!rc && existing != from)
+            rc = rename_nodes(s, from_inner, to_inner);
+        push_node *moved = rc ? NULL : find_node(s, to_inner);
+        if (moved && settles(s, moved)) {
+            pin(s, moved);
+            pthread_mutex_unlock(&reg->lock);
+            settle_pinned(reg, s, moved);
+            ns_lock(reg);
+            unpin(reg, s, moved);
         }
+        if (!rc && strcmp(from_inner, MANIFEST_TMP) == 0 && strcmp(to_inner, MANIFEST) == 0)
+            rc = complete(reg, s, 1, completed);
+        if (!rc)
+            rc = latched(s);
+        s->refs--;
+        free_if_unused(reg, s);
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
 
-int push_readlink(push_registry *reg, const char *rel, char *buf, size_t size)
-{
-    pthread_mutex_lock(&reg->lock);
-    const char *inner;
-    push_session *s = locate(reg, rel, &inner);
-    push_node *n = s ? visible_node(s, inner) : NULL;
-    int rc = !n ? -ENOENT : n->type != MEMBER_SYMLINK ? -EINVAL : 0;
-    if (!rc)
-        snprintf(buf, size, "%s", n->link_target);
-    pthread_mutex_unlock(&reg->lock);
-    return rc;
-}
-
+/* rmdir of the push itself: given up; the emitter removes its uploads. */
 static void drop_session(push_registry *reg, push_session *s)
 {
-    wait_emitter_off(reg, s);
-    if (!s->completed && !s->failed)
+    if (receiving(s)) {
+        walfs_err err;
+        walfs_err_set(&err, -ECANCELED, "the push directory was removed");
         log_warn("base backup push into basebackups_005/%s abandoned; removing what it uploaded",
                  s->dir);
-    discard_uploads(reg, s); /* now, not when the last open handle goes */
+        s->state = SESSION_FAILED;
+        s->error = err;
+        s->label_pending = 0;
+        for (push_node *n = s->first; n; n = n->next)
+            drop_spool(reg, s, n);
+        s->spooled_bytes = 0;
+        pthread_cond_broadcast(&reg->progress);
+    }
+    pthread_cond_signal(&reg->work);
     retire(reg, s);
 }
 
 int push_unlink(push_registry *reg, const char *rel)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
     push_node *n = s ? visible_node(s, inner) : NULL;
-    int rc = !n ? -ENOENT : n->type == MEMBER_DIR ? -EISDIR : n->open_count ? -EBUSY : 0;
-    if (!rc && (n->emitted || n->emitting) && !s->completed && !s->failed) {
+    int rc = !n ? -ENOENT : n->type == MEMBER_DIR ? -EISDIR : n->open_count ? -EBUSY
+             : s->state == SESSION_COMPLETING ? -EBUSY : 0;
+    if (!rc && (n->emitted || n->emitting) && receiving(s)) {
         /* Already packed into an uploaded partition: removing it can only
          * mean the push is being abandoned (pg_basebackup cleans up with
          * rm -rf when it fails), so abandon it now and remove the uploads. */
@@ -1474,47 +2083,29 @@ int push_unlink(push_registry *reg, const char *rel)
                       "the push is abandoned", n->path);
         fail(reg, s, &err);
     }
-    if (!rc) {
-        for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
-            if (*p == n) {
-                *p = n->next;
-                break;
-            }
-        }
-        if (!n->emitted)
-            unspool(s, n);
-        node_free(n);
-    }
-    pthread_mutex_unlock(&reg->lock);
+    if (!rc)
+        detach_node(reg, s, n);
+    ns_unlock(reg);
     return rc;
 }
 
 int push_rmdir(push_registry *reg, const char *rel)
 {
-    pthread_mutex_lock(&reg->lock);
+    ns_lock(reg);
     const char *inner;
     push_session *s = locate(reg, rel, &inner);
     push_node *n = s ? visible_node(s, inner) : NULL;
     int rc = !n ? -ENOENT : n->type != MEMBER_DIR ? -ENOTDIR : 0;
-    if (!rc && !s->completed) { /* a completed push shows empty */
-        size_t plen = strlen(inner);
-        for (push_node *c = s->nodes; c && !rc; c = c->next)
-            if (c != n && (plen == 0 || (strncmp(c->path, inner, plen) == 0 && c->path[plen] == '/')))
-                rc = -ENOTEMPTY;
-    }
+    if (!rc && s->state == SESSION_COMPLETING)
+        rc = -EBUSY;
+    if (!rc && s->state != SESSION_DONE && n->children) /* a completed push shows empty */
+        rc = -ENOTEMPTY;
     if (!rc) {
-        if (!inner[0]) {
+        if (!inner[0])
             drop_session(reg, s);
-        } else {
-            for (push_node **p = &s->nodes; *p; p = &(*p)->next) {
-                if (*p == n) {
-                    *p = n->next;
-                    break;
-                }
-            }
-            node_free(n);
-        }
+        else
+            detach_node(reg, s, n);
     }
-    pthread_mutex_unlock(&reg->lock);
+    ns_unlock(reg);
     return rc;
 }
