@@ -129,30 +129,48 @@ static int lease_is_stale(const char *json)
     return stale;
 }
 
-static void remove_backup_leftovers(store *st, const char *name)
+int push_remove_leftovers(store *st, const char *name)
 {
-    char prefix[WALE_KEY_MAX], partitions[WALE_KEY_MAX];
+    char prefix[WALE_KEY_MAX], partitions[WALE_KEY_MAX], lease[WALE_KEY_MAX];
     walfs_err err = {0};
     wale_backup_prefix(prefix, sizeof prefix, name);
     wale_partitions_prefix(partitions, sizeof partitions, name);
-    if (store_abort_uploads(st, prefix, &err) != 0)
+    wale_lease_key(lease, sizeof lease, name);
+    int left = 0;
+    int rc = store_abort_uploads(st, prefix, &err);
+    if (rc != 0 && rc != -ENOTSUP) { /* a store without streaming uploads has none left */
         log_warn("could not abort unfinished uploads under %s: %s", prefix, err.msg);
+        left = 1;
+    }
     const char *dirs[] = {partitions, prefix};
     for (size_t d = 0; d < 2; d++) {
         const char *dir = dirs[d];
         names files = {0};
         walfs_err lerr = {0};
-        if (store_list(st, dir, collect_files, &files, &lerr) != 0)
+        if (store_list(st, dir, collect_files, &files, &lerr) != 0) {
             log_warn("could not list %s: %s", dir, lerr.msg);
+            left = 1;
+        }
         for (size_t i = 0; i < files.n; i++) {
             char key[512];
             snprintf(key, sizeof key, "%s%s", dir, files.v[i]);
+            if (strcmp(key, lease) == 0)
+                continue; /* last, once nothing else is left */
             walfs_err rerr = {0};
-            if (store_remove(st, key, &rerr) != 0 && rerr.code != -ENOENT)
+            if (store_remove(st, key, &rerr) != 0 && rerr.code != -ENOENT) {
                 log_warn("could not remove %s: %s", key, rerr.msg);
+                left = 1;
+            }
         }
         free(files.v);
     }
+    if (left) {
+        log_warn("leftovers of the unfinished base backup push %s remain; its lease %s stays, so "
+                 "the next mount of walfs removes them", name, lease);
+        return -EIO;
+    }
+    push_lease_remove(st, name);
+    return 0;
 }
 
 void push_cleanup_stale(store *st)
@@ -187,7 +205,7 @@ void push_cleanup_stale(store *st)
             continue;
         log_warn("removing the leftovers of an unfinished base backup push %s (its walfs "
                  "process is gone)", name);
-        remove_backup_leftovers(st, name);
+        push_remove_leftovers(st, name);
     }
 out:
     free(t.dirs.v);

@@ -15,6 +15,11 @@
 
 int push_lease_write(store *st, const char *backup_name, walfs_err *err);
 void push_lease_remove(store *st, const char *backup_name);
+/* Removes what an unfinished push left under basebackups_005/<backup>/
+ * (unfinished uploads, partitions, extended_version.txt) and then, only
+ * when all of that is gone, its lease: a lease stays as long as leftovers
+ * may, so a later mount finds them.  0 when nothing is left. */
+int push_remove_leftovers(store *st, const char *backup_name);
 /* Best effort; logs what it removed and what it could not. */
 void push_cleanup_stale(store *st);
 

@@ -474,6 +474,15 @@ static void fail(push_registry *reg, push_session *s, const walfs_err *err)
     pthread_cond_broadcast(&s->changed);
 }
 
+/* A request's failure latches only while the push is receiving: once a
+ * rename has asked for completion, the emitter alone decides the outcome
+ * (the sentinel may be stored already). */
+static void fail_receiving(push_registry *reg, push_session *s, const walfs_err *err)
+{
+    if (receiving(s))
+        fail(reg, s, err);
+}
+
 static int has_uploads(const push_session *s) { return s->writer || s->leased; }
 
 static void session_free(push_registry *reg, push_session *s)
@@ -695,8 +704,11 @@ static void job_discard(push_registry *reg, push_session *s)
     pthread_mutex_unlock(&reg->lock);
     if (writer)
         backup_writer_abort(writer);
+    /* What the writer could not remove (an abort that failed while the
+     * store was down, a commit whose answer was lost) is looked for again;
+     * the lease goes only once nothing is left. */
     if (leased)
-        push_lease_remove(reg->st, name);
+        push_remove_leftovers(reg->st, name);
     pthread_mutex_lock(&reg->lock);
     s->writer = NULL;
     s->leased = 0;
@@ -826,6 +838,8 @@ static void job_emit(push_registry *reg, push_session *s, push_node *n)
     spool_data data;
     pthread_mutex_lock(&reg->spool_lock);
     int rc = spool_data_of(reg, s, n, &data, &err);
+    if (!rc)
+        c.m.size = spool_file_size(n->spool);
     pthread_mutex_unlock(&reg->spool_lock);
     if (!rc)
         rc = add_file(writer, &c.m, &data, &err);
@@ -1103,6 +1117,11 @@ static void *emitter_main(void *arg)
         job_kind job = next_job(reg, &s, &n);
         if (job == JOB_NONE) {
             pthread_cond_broadcast(&reg->progress);
+            if (reg->n_doomed) {
+                ns_unlock(reg);
+                ns_lock(reg);
+                continue;
+            }
             pthread_cond_wait(&reg->work, &reg->lock);
             continue;
         }
@@ -1199,7 +1218,7 @@ static void session_teardown(push_registry *reg, push_session *s)
     if (s->writer)
         backup_writer_abort(s->writer);
     if (s->leased)
-        push_lease_remove(reg->st, s->backup_name);
+        push_remove_leftovers(reg->st, s->backup_name);
     s->writer = NULL;
     s->leased = 0;
     session_free(reg, s);
@@ -1662,7 +1681,7 @@ int push_write(push_registry *reg, void *handle, const char *buf, size_t size, o
         walfs_err why;
         walfs_err_set(&why, err.code, "spooling %s failed: %s (check the space in the cache "
                       "directory, --cache-dir)", n->path, err.msg);
-        fail(reg, s, &why);
+        fail_receiving(reg, s, &why);
         rc = latched(s) ? latched(s) : -EIO;
     } else {
         now_ts(&n->mtime_sec, &n->mtime_nsec);
@@ -1711,7 +1730,7 @@ static void settle_pinned(push_registry *reg, push_session *s, push_node *n)
         account(s, n);
     if (rc) {
         walfs_err_prefix(&err, "spooling %s failed: ", n->path);
-        fail(reg, s, &err);
+        fail_receiving(reg, s, &err);
     } else if (is_version && read_rc == 0) {
         memcpy(s->pg_version, head, len);
         s->pg_version[len] = '\0';
@@ -1757,16 +1776,17 @@ void push_release(push_registry *reg, void *handle)
     push_session *s = h->session;
     push_node *n = h->node;
     ns_lock(reg);
-    if (n->open_count > 0)
-        n->open_count--;
+    n->open_count--; /* settles() asks whether this was the last close */
     if (settles(s, n)) {
         pin(s, n);
         pthread_mutex_unlock(&reg->lock);
         settle_pinned(reg, s, n);
         ns_lock(reg);
+        n->open_count++; /* before unpin: n stays while h counts */
         unpin(reg, s, n);
+    } else {
+        n->open_count++;
     }
-    n->open_count++; /* release_locked takes it */
     release_locked(reg, h);
     ns_unlock(reg);
 }
