@@ -2,6 +2,7 @@
 #include "tests/unit/fault_store.h"
 
 #include "store/store_driver.h"
+#include "tests/unit/test_clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -18,13 +19,23 @@ typedef struct fault_rule {
     int error;
 } fault_rule;
 
+/* fault_store_block's rule: the first matching call waits in enter(). */
+typedef struct fault_hold {
+    char *key_part;         /* NULL: no rule */
+    unsigned generation;    /* bumped when a rule is set or removed: the held call goes on */
+    int taken;              /* a call matched: later ones pass */
+    int holding;            /* that call is waiting right now */
+} fault_hold;
+
 typedef struct fault_store {
     store base;
     store_ops ops;      /* per instance: the optional ops follow the inner store's */
     store *inner;
     int owns_inner;
     pthread_mutex_t mu; /* the fields below; never held across a call of inner */
+    pthread_cond_t held_cv; /* a call was held or let go */
     fault_rule rules[FAULT_N_OPS];
+    fault_hold holds[FAULT_N_OPS];
     unsigned delay_us[FAULT_N_OPS];
     unsigned calls[FAULT_N_OPS], failures[FAULT_N_OPS];
     uint64_t get_cut;
@@ -54,8 +65,25 @@ static fault_store *fault_of(const store *st)
     return (fault_store *)st;
 }
 
-/* Counts the call and sleeps its delay; 0 or the injected error. */
-static int enter(fault_store *f, fault_op op, size_t part_len, uint64_t *cut)
+/* The first call of op matching the hold rule waits here, f->mu held,
+ * until the rule is removed or replaced (the wait lets go of the lock, so
+ * the test can look and release meanwhile). */
+static void hold_if_asked(fault_store *f, fault_op op, const char *key)
+{
+    fault_hold *h = &f->holds[op];
+    if (!h->key_part || h->taken || !strstr(key ? key : "", h->key_part))
+        return;
+    h->taken = 1;
+    h->holding = 1;
+    unsigned gen = h->generation;
+    pthread_cond_broadcast(&f->held_cv);
+    while (h->generation == gen)
+        pthread_cond_wait(&f->held_cv, &f->mu);
+}
+
+/* Counts the call, holds it when asked and sleeps its delay; 0 or the
+ * injected error. */
+static int enter(fault_store *f, fault_op op, const char *key, size_t part_len, uint64_t *cut)
 {
     pthread_mutex_lock(&f->mu);
     unsigned call = ++f->calls[op];
@@ -68,6 +96,7 @@ static int enter(fault_store *f, fault_op op, size_t part_len, uint64_t *cut)
     unsigned delay = f->delay_us[op];
     if (cut)
         *cut = f->get_cut;
+    hold_if_asked(f, op, key);
     pthread_mutex_unlock(&f->mu);
     if (delay)
         usleep(delay);
@@ -83,7 +112,7 @@ static int injected(walfs_err *err, int error, fault_op op, const char *key)
 static int f_stat(store *st, const char *key, store_stat *out, walfs_err *err)
 {
     fault_store *f = fault_of(st);
-    int e = enter(f, FAULT_STAT, 0, NULL);
+    int e = enter(f, FAULT_STAT, key, 0, NULL);
     return e ? injected(err, e, FAULT_STAT, key) : store_stat_key(f->inner, key, out, err);
 }
 
@@ -120,7 +149,7 @@ static int f_get(store *st, const char *key, uint64_t off, uint64_t len, store_s
 {
     fault_store *f = fault_of(st);
     uint64_t cut;
-    int e = enter(f, FAULT_GET, 0, &cut);
+    int e = enter(f, FAULT_GET, key, 0, &cut);
     if (e && cut == UINT64_MAX)
         return injected(err, e, FAULT_GET, key);
     cut_sink c = {f, sink, ctx, e ? cut : UINT64_MAX, 0};
@@ -135,7 +164,7 @@ static int f_put(store *st, const char *key, const void *body, size_t len, int64
                  walfs_err *err)
 {
     fault_store *f = fault_of(st);
-    int e = enter(f, FAULT_PUT, 0, NULL);
+    int e = enter(f, FAULT_PUT, key, 0, NULL);
     return e ? injected(err, e, FAULT_PUT, key) : store_put(f->inner, key, body, len, usize, err);
 }
 
@@ -143,7 +172,7 @@ static int f_put_hashed(store *st, const char *key, const void *body, size_t len
                         const char *sha256_hex, int64_t usize, walfs_err *err)
 {
     fault_store *f = fault_of(st);
-    int e = enter(f, FAULT_PUT, 0, NULL);
+    int e = enter(f, FAULT_PUT, key, 0, NULL);
     return e ? injected(err, e, FAULT_PUT, key)
              : store_put_hashed(f->inner, key, body, len, sha256_hex, usize, err);
 }
@@ -151,14 +180,14 @@ static int f_put_hashed(store *st, const char *key, const void *body, size_t len
 static int f_remove(store *st, const char *key, walfs_err *err)
 {
     fault_store *f = fault_of(st);
-    int e = enter(f, FAULT_REMOVE, 0, NULL);
+    int e = enter(f, FAULT_REMOVE, key, 0, NULL);
     return e ? injected(err, e, FAULT_REMOVE, key) : store_remove(f->inner, key, err);
 }
 
 static int f_list(store *st, const char *dir, store_list_fn fn, void *ctx, walfs_err *err)
 {
     fault_store *f = fault_of(st);
-    int e = enter(f, FAULT_LIST, 0, NULL);
+    int e = enter(f, FAULT_LIST, dir, 0, NULL);
     return e ? injected(err, e, FAULT_LIST, dir) : store_list(f->inner, dir, fn, ctx, err);
 }
 
@@ -166,7 +195,7 @@ static int f_upload_begin(store *st, const char *key, store_upload **out, walfs_
 {
     fault_store *f = fault_of(st);
     *out = NULL;
-    int e = enter(f, FAULT_UPLOAD_BEGIN, 0, NULL);
+    int e = enter(f, FAULT_UPLOAD_BEGIN, key, 0, NULL);
     if (e)
         return injected(err, e, FAULT_UPLOAD_BEGIN, key);
     fault_upload *up = calloc(1, sizeof *up);
@@ -194,7 +223,7 @@ static void upload_free(fault_upload *up)
 static int f_upload_part(store *st, store_upload *handle, const void *data, size_t len, walfs_err *err)
 {
     fault_upload *up = (fault_upload *)handle;
-    int e = enter(up->f, FAULT_UPLOAD_PART, len, NULL);
+    int e = enter(up->f, FAULT_UPLOAD_PART, up->key, len, NULL);
     return e ? injected(err, e, FAULT_UPLOAD_PART, up->key)
              : store_upload_part(up->f->inner, up->inner, data, len, err);
 }
@@ -202,7 +231,7 @@ static int f_upload_part(store *st, store_upload *handle, const void *data, size
 static int f_upload_commit(store *st, store_upload *handle, walfs_err *err)
 {
     fault_upload *up = (fault_upload *)handle;
-    int e = enter(up->f, FAULT_UPLOAD_COMMIT, 0, NULL);
+    int e = enter(up->f, FAULT_UPLOAD_COMMIT, up->key, 0, NULL);
     int rc;
     if (e) {
         /* commit frees the upload whatever its outcome */
@@ -250,7 +279,7 @@ static int f_lister_open(store *st, const char *dir, void **impl, walfs_err *err
 static int f_lister_next(void *impl, store_list_fn fn, void *ctx, int *done, walfs_err *err)
 {
     fault_lister *l = impl;
-    int e = enter(l->f, FAULT_LIST, 0, NULL);
+    int e = enter(l->f, FAULT_LIST, l->dir, 0, NULL);
     return e ? injected(err, e, FAULT_LIST, l->dir)
              : l->f->inner->ops->lister_next(l->inner, fn, ctx, done, err);
 }
@@ -268,6 +297,9 @@ static void f_destroy(store *st)
     fault_store *f = fault_of(st);
     if (f->owns_inner)
         store_close(f->inner);
+    for (int op = 0; op < FAULT_N_OPS; op++)
+        free(f->holds[op].key_part);
+    pthread_cond_destroy(&f->held_cv);
     pthread_mutex_destroy(&f->mu);
     free(f);
 }
@@ -307,6 +339,7 @@ store *fault_store_wrap(store *inner, int owns_inner)
     f->owns_inner = owns_inner;
     f->get_cut = UINT64_MAX;
     pthread_mutex_init(&f->mu, NULL);
+    test_cond_init_monotonic(&f->held_cv);
     return &f->base;
 }
 
@@ -351,10 +384,52 @@ void fault_store_delay(store *fs, fault_op op, unsigned delay_us)
     pthread_mutex_unlock(&f->mu);
 }
 
+/* With f->mu held: the rule goes, and a call it holds goes on. */
+static void set_hold(fault_store *f, fault_op op, const char *key_part)
+{
+    fault_hold *h = &f->holds[op];
+    free(h->key_part);
+    h->key_part = key_part ? strdup(key_part) : NULL;
+    h->generation++;
+    h->taken = h->holding = 0;
+    pthread_cond_broadcast(&f->held_cv);
+}
+
+void fault_store_block(store *fs, fault_op op, const char *key_part)
+{
+    fault_store *f = fault_of(fs);
+    pthread_mutex_lock(&f->mu);
+    set_hold(f, op, key_part ? key_part : "");
+    pthread_mutex_unlock(&f->mu);
+}
+
+int fault_store_wait_blocked(store *fs, fault_op op, unsigned timeout_ms)
+{
+    fault_store *f = fault_of(fs);
+    struct timespec until = test_deadline_ms(timeout_ms);
+    pthread_mutex_lock(&f->mu);
+    while (!f->holds[op].holding &&
+           pthread_cond_timedwait(&f->held_cv, &f->mu, &until) != ETIMEDOUT)
+        ;
+    int holding = f->holds[op].holding;
+    pthread_mutex_unlock(&f->mu);
+    return holding;
+}
+
+void fault_store_unblock(store *fs, fault_op op)
+{
+    fault_store *f = fault_of(fs);
+    pthread_mutex_lock(&f->mu);
+    set_hold(f, op, NULL);
+    pthread_mutex_unlock(&f->mu);
+}
+
 void fault_store_reset(store *fs)
 {
     fault_store *f = fault_of(fs);
     pthread_mutex_lock(&f->mu);
+    for (int op = 0; op < FAULT_N_OPS; op++)
+        set_hold(f, op, NULL);
     memset(f->rules, 0, sizeof f->rules);
     memset(f->delay_us, 0, sizeof f->delay_us);
     memset(f->calls, 0, sizeof f->calls);

@@ -2,9 +2,9 @@
  * store) and injects faults: the Nth call of an operation, and optionally
  * the ones after it, fails with a chosen errno (a transient -ETIMEDOUT, a
  * hard -EIO, -EACCES, ...); a failing GET may first deliver some bytes (a
- * connection reset mid-stream); any operation can be slowed down; every
- * call is counted.  Thread-safe: the wrapped store is never called with
- * the fault store's lock held.
+ * connection reset mid-stream); any operation can be slowed down, or held
+ * until the test lets it go; every call is counted.  Thread-safe: the
+ * wrapped store is never called with the fault store's lock held.
  *
  * Knows the store driver table (store/store.h) and nothing of what the
  * tests store.  Injected errors say "injected" and name the key. */
@@ -43,9 +43,21 @@ void fault_store_fail(store *fs, fault_op op, unsigned nth, int count, int error
  * error, as a connection reset would); UINT64_MAX (the default) fails it
  * before it starts.  A GET that ends before the cut succeeds. */
 void fault_store_fail_get_after(store *fs, uint64_t bytes);
+/* The first call of op from now on whose key (a listing's: its prefix)
+ * contains key_part ("" or NULL: any key) waits, before it reaches the
+ * inner store, until fault_store_unblock or fault_store_reset: a test holds
+ * an operation in flight to see what its caller blocks meanwhile.  It is
+ * counted before it waits; later calls pass.  A new rule for op replaces
+ * the old one and lets a call that one holds go on. */
+void fault_store_block(store *fs, fault_op op, const char *key_part);
+/* 1 once a call is held by op's rule (waits up to timeout_ms for it), 0 if
+ * none is. */
+int fault_store_wait_blocked(store *fs, fault_op op, unsigned timeout_ms);
+/* Removes op's rule; the call it holds goes on. */
+void fault_store_unblock(store *fs, fault_op op);
 /* Each call of op sleeps this long first (0: none). */
 void fault_store_delay(store *fs, fault_op op, unsigned delay_us);
-/* Forgets the rules, delays and counts. */
+/* Forgets the rules, delays and counts; a held call goes on. */
 void fault_store_reset(store *fs);
 
 unsigned fault_store_calls(const store *fs, fault_op op);

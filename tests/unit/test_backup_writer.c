@@ -22,6 +22,7 @@
 #include "store/store.h"
 #include "tests/unit/fault_store.h"
 #include "tests/unit/tap.h"
+#include "tests/unit/test_files.h"
 
 #define NAME "base_000000010000000000000002_00000040"
 #define BIG_SIZE (300u * 1024u)
@@ -148,34 +149,6 @@ static int add_spec(backup_writer *bw, const spec *s, walfs_err *err)
     if (fd >= 0)
         close(fd);
     return rc;
-}
-
-/* Regular files under dir, recursively (the store's objects, temp files too). */
-static int count_files(const char *dir, char *first, size_t first_len)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) != 0)
-            continue;
-        if (S_ISDIR(sb.st_mode)) {
-            n += count_files(p, first, first_len);
-        } else {
-            if (first && !*first)
-                snprintf(first, first_len, "%s", p);
-            n++;
-        }
-    }
-    closedir(d);
-    return n;
 }
 
 static char *new_root(void)
