@@ -62,8 +62,8 @@ if [[ ${WALFS_TEST_ONLY:-} != unit ]]; then
         # PostgreSQL scenarios use the sanitizer build only where stated.
         # README's mode is the daemon (WALFS_MODE=daemon, tests/lib/walfs.sh):
         # the WAL, push and standby end-to-end suites run in it as well as
-        # in the foreground; the outage, daemon, hostile-listing, bomb and
-        # forged-index suites only in it.
+        # in the foreground; the outage, daemon, hostile-listing, bomb,
+        # forged-index and push-lock suites only in it.
         case $name in
             t_wal_fuse)
                 run_one "$name[release]" env WALFS_BIN=build/release/walfs bash "$script"
@@ -72,7 +72,7 @@ if [[ ${WALFS_TEST_ONLY:-} != unit ]]; then
             t_pg_e2e|t_standby_e2e|t_backup_push)
                 run_one "$name" env WALFS_BIN=${WALFS_BIN:-build/asan/walfs} bash "$script"
                 run_one "$name[daemon]" env WALFS_MODE=daemon WALFS_BIN=${WALFS_BIN:-build/release/walfs} bash "$script" ;;
-            t_restore_outage|t_daemon|t_faults|t_listing|t_bomb|t_backup_index_trust)
+            t_restore_outage|t_daemon|t_faults|t_listing|t_bomb|t_backup_index_trust|t_push_lock)
                 run_one "$name[daemon]" env WALFS_MODE=daemon WALFS_BIN=${WALFS_BIN:-build/asan/walfs} bash "$script" ;;
             *)
                 run_one "$name" env WALFS_BIN=${WALFS_BIN:-build/asan/walfs} bash "$script" ;;
