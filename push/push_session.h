@@ -18,7 +18,11 @@
  *     cp -a/rsync -a), the stop position taken from global/pg_control.
  * That rename returns only once the sentinel is stored, or the error.  Any
  * failure is latched: every later close/fsync/rename of the push returns it,
- * and what was uploaded is removed. */
+ * and what was uploaded is removed.
+ *
+ * Thread-safe.  Only a completing rename waits for the store: every other
+ * call is served from memory while the emitter thread (push_emitter.c)
+ * uploads (locking in push/push_tree.h). */
 #ifndef WALFS_PUSH_PUSH_SESSION_H
 #define WALFS_PUSH_PUSH_SESSION_H
 
