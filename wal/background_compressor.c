@@ -9,8 +9,9 @@
 #include <unistd.h>
 
 #include "codec/lzop.h"
+#include "common/buf.h"
 
-enum { READ_CHUNK = 1024 * 1024 };
+enum { READ_CHUNK = 1024 * 1024, OUT_FIRST = 4 * 1024 * 1024 };
 
 struct background_compressor {
     int fd;
@@ -23,8 +24,7 @@ struct background_compressor {
     int gave_up;
     int exited;
     lzop_encoder *enc;
-    char *out;
-    size_t out_len, out_cap;
+    walfs_buf out;
     char *chunk;
     EVP_MD_CTX *digest;     /* SHA-256 of the output, for the upload's signature */
 };
@@ -32,18 +32,11 @@ struct background_compressor {
 static int append_out(void *ctx, const void *data, size_t len)
 {
     background_compressor *bc = ctx;
-    if (bc->out_len + len > bc->out_cap) {
-        size_t cap = bc->out_cap ? bc->out_cap * 2 : 4 * 1024 * 1024;
-        while (cap < bc->out_len + len)
-            cap *= 2;
-        char *grown = realloc(bc->out, cap);
-        if (!grown)
-            return -ENOMEM;
-        bc->out = grown;
-        bc->out_cap = cap;
-    }
-    memcpy(bc->out + bc->out_len, data, len);
-    bc->out_len += len;
+    /* Starts big: a 16 MiB segment compresses to MiBs, each doubling a copy. */
+    if (!bc->out.cap && buf_reserve(&bc->out, OUT_FIRST) != 0)
+        return -ENOMEM;
+    if (buf_append(&bc->out, data, len) != 0)
+        return -ENOMEM;
     if (bc->digest && EVP_DigestUpdate(bc->digest, data, len) != 1) {
         EVP_MD_CTX_free(bc->digest);
         bc->digest = NULL; /* the uploader hashes it itself then */
@@ -183,10 +176,7 @@ int background_compressor_finish(background_compressor *bc, uint64_t size, char 
     if (bc->digest && EVP_DigestFinal_ex(bc->digest, md, &md_len) == 1 && md_len == 32)
         for (unsigned i = 0; i < 32; i++)
             snprintf(sha256_hex + 2 * i, 3, "%02x", md[i]);
-    *data = bc->out;
-    *len = bc->out_len;
-    bc->out = NULL;
-    bc->out_len = bc->out_cap = 0;
+    *data = buf_take(&bc->out, len);
     return 1;
 }
 
@@ -201,6 +191,6 @@ void background_compressor_free(background_compressor *bc)
     pthread_mutex_destroy(&bc->lock);
     pthread_cond_destroy(&bc->wake);
     free(bc->chunk);
-    free(bc->out);
+    buf_free(&bc->out);
     free(bc);
 }
