@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/private_dir.h"
 #include "wale/layout.h"
@@ -296,8 +297,9 @@ static void local_index_path(const backup_catalog *cat, const char *name, char *
     unsigned int dlen = 0;
     const char *url = store_url(cat->st);
     EVP_Digest(url, strlen(url), digest, &dlen, EVP_sha256(), NULL);
-    snprintf(out, len, "%s/%s-%02x%02x%02x%02x%02x%02x.json", cat->index_dir, name, digest[0],
-             digest[1], digest[2], digest[3], digest[4], digest[5]);
+    char tag[13];
+    hex_encode(digest, 6, tag);
+    snprintf(out, len, "%s/%s-%s.json", cat->index_dir, name, tag);
 }
 
 static int read_local_file(const char *path, size_t max, walfs_buf *out)

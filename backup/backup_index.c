@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "wale/layout.h"
 
@@ -1710,11 +1711,10 @@ static void sha256_hex(const void *a, size_t alen, const void *b, size_t blen, c
         EVP_DigestUpdate(ctx, b, blen) != 1 || EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) {
         /* A digest that cannot be computed must never match anything. */
         memset(hex, 'x', 64);
+        hex[64] = '\0';
     } else {
-        for (int i = 0; i < 32; i++)
-            snprintf(hex + 2 * i, 3, "%02x", md[i]);
+        hex_encode(md, 32, hex);
     }
-    hex[64] = '\0';
     EVP_MD_CTX_free(ctx);
 }
 

@@ -11,23 +11,13 @@
 #include <openssl/sha.h>
 
 #include "common/buf.h"
-
-static const char hexdig[] = "0123456789abcdef";
-
-static void to_hex(const unsigned char *in, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdig[in[i] >> 4];
-        out[2 * i + 1] = hexdig[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
+#include "common/hex.h"
 
 void sigv4_sha256_hex(const void *data, size_t len, char *hex)
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, len, md);
-    to_hex(md, sizeof md, hex);
+    hex_encode(md, sizeof md, hex);
 }
 
 void sigv4_amz_date(time_t t, char *buf)
@@ -321,7 +311,7 @@ int sigv4_authorization(const sigv4_request *req, const sigv4_credentials *cred,
     hmac_sha256(k3, 32, "aws4_request", k4);
     hmac_sha256(k4, 32, sts.data, sig);
     char sighex[65];
-    to_hex(sig, 32, sighex);
+    hex_encode(sig, 32, sighex);
     OPENSSL_cleanse(k1, sizeof k1);
     OPENSSL_cleanse(k2, sizeof k2);
     OPENSSL_cleanse(k3, sizeof k3);

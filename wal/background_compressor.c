@@ -10,6 +10,7 @@
 
 #include "codec/lzop.h"
 #include "common/buf.h"
+#include "common/hex.h"
 
 enum { READ_CHUNK = 1024 * 1024, OUT_FIRST = 4 * 1024 * 1024 };
 
@@ -174,8 +175,7 @@ int background_compressor_finish(background_compressor *bc, uint64_t size, char 
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     if (bc->digest && EVP_DigestFinal_ex(bc->digest, md, &md_len) == 1 && md_len == 32)
-        for (unsigned i = 0; i < 32; i++)
-            snprintf(sha256_hex + 2 * i, 3, "%02x", md[i]);
+        hex_encode(md, 32, sha256_hex);
     *data = buf_take(&bc->out, len);
     return 1;
 }

@@ -16,6 +16,7 @@
 #include <json-c/json.h>
 #include <openssl/evp.h>
 
+#include "common/hex.h"
 #include "backup/backup_index.h"
 #include "push/backup_writer.h"
 #include "codec/lzop.h"
@@ -208,8 +209,7 @@ static void sha256_hex(const void *data, size_t len, char out[65])
     unsigned char md[32];
     unsigned int n = 32;
     EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
+    hex_encode(md, 32, out);
 }
 
 static const char *PY_LIST =

@@ -1,11 +1,13 @@
 /* common/'s shared pieces: the growable buffer keeps its cap exactly and
- * its first failure, and stays NUL-terminated for text. */
+ * its first failure, and stays NUL-terminated for text; hex is lower-case
+ * and terminated. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/buf.h"
+#include "common/hex.h"
 #include "tap.h"
 
 static void test_buf_append(void)
@@ -75,8 +77,27 @@ static void test_buf_cap(void)
     buf_free(&d);
 }
 
+static void test_hex(void)
+{
+    char out[9];
+    memset(out, '#', sizeof out);
+    hex_encode("\x00\x9f\xa0\xff", 4, out);
+    CHECK(strcmp(out, "009fa0ff") == 0, "bytes as lower-case hex, NUL-terminated: %s", out);
+    hex_encode("", 0, out);
+    CHECK(out[0] == '\0', "no bytes: an empty string");
+    unsigned char all[256];
+    char hex[513], want[513];
+    for (int i = 0; i < 256; i++) {
+        all[i] = (unsigned char)i;
+        snprintf(want + 2 * i, 3, "%02x", i);
+    }
+    hex_encode(all, sizeof all, hex);
+    CHECK(strcmp(hex, want) == 0, "every byte value as printf's %%02x writes it");
+}
+
 int main(void)
 {
+    test_hex();
     test_buf_append();
     test_buf_cap();
     return test_summary();

@@ -1,6 +1,7 @@
 /* Unit tests for codec/lzop.c: byte-exactness against lzop 1.04, round trips
  * through the real lzop binary, corruption handling, the block scanner, and
  * the WAL-E fixture objects.  Run from the repository root. */
+#include "common/hex.h"
 #include "codec/lzop.h"
 #include "tests/unit/tap.h"
 #include "common/buf.h"
@@ -188,9 +189,7 @@ static void sha256_hex(const void *d, size_t n, char hex[65])
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_Digest(d, n, md, &mdlen, EVP_sha256(), NULL);
-    for (unsigned i = 0; i < mdlen && i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
-    hex[64] = '\0';
+    hex_encode(md, mdlen < 32 ? mdlen : 32, hex);
 }
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -872,8 +871,7 @@ static void test_fixtures_manifest(void)
         unsigned mdlen = 0;
         EVP_DigestFinal_ex(h.md, md, &mdlen);
         char hex[65];
-        for (unsigned i = 0; i < 32; i++)
-            sprintf(hex + 2 * i, "%02x", md[i]);
+        hex_encode(md, 32, hex);
         CHECK(rc == 0 && h.n == dsize && strcmp(hex, dsha) == 0, "fixture %s: %llu bytes, sha256 matches",
               key, dsize);
         lzop_decoder_free(dec);

@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include "common/hex.h"
 #include "s3/s3_client.h"
 #include "s3/sigv4.h"
 #include "tests/unit/tap.h"
@@ -132,8 +133,7 @@ static void md5_hex(const void *d, size_t n, char out[33])
     unsigned char md[16];
     unsigned int l = 16;
     EVP_Digest(d, n, md, &l, EVP_md5(), NULL);
-    for (int i = 0; i < 16; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
+    hex_encode(md, 16, out);
 }
 
 /* ---- fault-injecting proxy ---- */
