@@ -11,19 +11,18 @@
 #include "codec/lzop.h"
 #include "common/buf.h"
 #include "common/hex.h"
+#include "common/worker.h"
 
 enum { READ_CHUNK = 1024 * 1024, OUT_FIRST = 4 * 1024 * 1024 };
 
 struct background_compressor {
     int fd;
-    pthread_t thread;
     pthread_mutex_t lock;
-    pthread_cond_t wake;
+    worker_pool pool;       /* one thread; wake: bytes appended, finish or abandon */
     uint64_t appended;      /* bytes [0, appended) are in the spool */
     uint64_t consumed;      /* bytes handed to the encoder */
     int closing;            /* finish() called: drain and stop */
     int gave_up;
-    int exited;
     lzop_encoder *enc;
     walfs_buf out;
     char *chunk;
@@ -68,9 +67,10 @@ static void *run(void *arg)
     pthread_mutex_lock(&bc->lock);
     for (;;) {
         /* Whole blocks while writing goes on; everything once closing. */
-        while (!bc->gave_up && !bc->closing && bc->appended - bc->consumed < LZOP_BLOCK_SIZE)
-            pthread_cond_wait(&bc->wake, &bc->lock);
-        if (bc->gave_up)
+        while (!bc->gave_up && !worker_stopping(&bc->pool) && !bc->closing &&
+               bc->appended - bc->consumed < LZOP_BLOCK_SIZE)
+            worker_wait(&bc->pool);
+        if (bc->gave_up || worker_stopping(&bc->pool))
             break;
         uint64_t from = bc->consumed, to = bc->appended;
         if (!bc->closing)
@@ -87,8 +87,6 @@ static void *run(void *arg)
         if (closing && bc->consumed == bc->appended)
             break;
     }
-    bc->exited = 1;
-    pthread_cond_broadcast(&bc->wake);
     pthread_mutex_unlock(&bc->lock);
     return NULL;
 }
@@ -107,13 +105,13 @@ background_compressor *background_compressor_start(int spool_fd, mode_t mode, ti
         bc->digest = NULL;
     }
     pthread_mutex_init(&bc->lock, NULL);
-    pthread_cond_init(&bc->wake, NULL);
-    if (!bc->enc || !bc->chunk || pthread_create(&bc->thread, NULL, run, bc) != 0) {
+    worker_init(&bc->pool, &bc->lock);
+    if (!bc->enc || !bc->chunk || worker_start(&bc->pool, 1, run, bc) != 0) {
         EVP_MD_CTX_free(bc->digest);
         lzop_encoder_free(bc->enc);
         free(bc->chunk);
+        worker_destroy(&bc->pool);
         pthread_mutex_destroy(&bc->lock);
-        pthread_cond_destroy(&bc->wake);
         free(bc);
         return NULL;
     }
@@ -129,7 +127,7 @@ void background_compressor_wrote(background_compressor *bc, uint64_t offset, siz
         bc->appended += len;
     else
         bc->gave_up = 1;
-    pthread_cond_signal(&bc->wake);
+    worker_wake_one(&bc->pool);
     pthread_mutex_unlock(&bc->lock);
 }
 
@@ -139,18 +137,7 @@ void background_compressor_abandon(background_compressor *bc)
         return;
     pthread_mutex_lock(&bc->lock);
     bc->gave_up = 1;
-    pthread_cond_signal(&bc->wake);
-    pthread_mutex_unlock(&bc->lock);
-}
-
-static void stop(background_compressor *bc)
-{
-    pthread_mutex_lock(&bc->lock);
-    if (!bc->closing)
-        bc->gave_up = 1;
-    pthread_cond_signal(&bc->wake);
-    while (!bc->exited)
-        pthread_cond_wait(&bc->wake, &bc->lock);
+    worker_wake_one(&bc->pool);
     pthread_mutex_unlock(&bc->lock);
 }
 
@@ -162,9 +149,10 @@ int background_compressor_finish(background_compressor *bc, uint64_t size, char 
         return 0;
     pthread_mutex_lock(&bc->lock);
     bc->closing = 1;
-    pthread_cond_signal(&bc->wake);
-    while (!bc->exited)
-        pthread_cond_wait(&bc->wake, &bc->lock);
+    worker_wake_one(&bc->pool);
+    pthread_mutex_unlock(&bc->lock);
+    worker_join(&bc->pool); /* it drains what was appended, then ends */
+    pthread_mutex_lock(&bc->lock);
     int usable = !bc->gave_up && bc->consumed == size && bc->appended == size;
     pthread_mutex_unlock(&bc->lock);
     if (!usable)
@@ -184,12 +172,10 @@ void background_compressor_free(background_compressor *bc)
 {
     if (!bc)
         return;
-    stop(bc);
-    pthread_join(bc->thread, NULL);
+    worker_destroy(&bc->pool); /* after finish, nothing left to join */
     lzop_encoder_free(bc->enc);
     EVP_MD_CTX_free(bc->digest);
     pthread_mutex_destroy(&bc->lock);
-    pthread_cond_destroy(&bc->wake);
     free(bc->chunk);
     buf_free(&bc->out);
     free(bc);

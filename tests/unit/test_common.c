@@ -1,6 +1,6 @@
 /* common/'s shared pieces: the growable buffer keeps its cap exactly and
  * its first failure, and stays NUL-terminated for text; hex is lower-case
- * and terminated. */
+ * and terminated; a worker pool wakes, stops and joins once. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +8,7 @@
 
 #include "common/buf.h"
 #include "common/hex.h"
+#include "common/worker.h"
 #include "tap.h"
 
 static void test_buf_append(void)
@@ -95,8 +96,70 @@ static void test_hex(void)
     CHECK(strcmp(hex, want) == 0, "every byte value as printf's %%02x writes it");
 }
 
+typedef struct jobs {
+    pthread_mutex_t lock;
+    worker_pool pool;
+    int queued, done, finishing;
+} jobs;
+
+/* Takes jobs until stopped, or (finishing) until none are left. */
+static void *take_jobs(void *arg)
+{
+    jobs *j = arg;
+    pthread_mutex_lock(&j->lock);
+    for (;;) {
+        while (!worker_stopping(&j->pool) && !j->queued && !j->finishing)
+            worker_wait(&j->pool);
+        if (worker_stopping(&j->pool) || (!j->queued && j->finishing))
+            break;
+        j->queued--;
+        j->done++;
+    }
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+static void test_worker(void)
+{
+    jobs j = {0};
+    pthread_mutex_init(&j.lock, NULL);
+    worker_init(&j.pool, &j.lock);
+    worker_stop(&j.pool);
+    worker_stop(&j.pool);
+    CHECK(j.pool.n_threads == 0, "a pool never started stops (twice) harmlessly");
+    CHECK(worker_start(&j.pool, 2, take_jobs, &j) == 0 && j.pool.n_threads == 0,
+          "no thread starts once stopped");
+    worker_destroy(&j.pool);
+
+    worker_init(&j.pool, &j.lock);
+    CHECK(worker_start(&j.pool, 3, take_jobs, &j) == 0 && j.pool.n_threads == 3 &&
+              worker_start(&j.pool, 3, take_jobs, &j) == 0 && j.pool.n_threads == 3,
+          "start runs n threads, a second start none more");
+    pthread_mutex_lock(&j.lock);
+    j.queued = 1000;
+    worker_wake_all(&j.pool);
+    j.finishing = 1;
+    pthread_mutex_unlock(&j.lock);
+    worker_join(&j.pool);
+    CHECK(j.done == 1000 && j.queued == 0 && j.pool.n_threads == 0,
+          "join waits for the threads to drain the work: %d done", j.done);
+    worker_stop(&j.pool);
+    worker_destroy(&j.pool);
+
+    jobs k = {0};
+    pthread_mutex_init(&k.lock, NULL);
+    worker_init(&k.pool, &k.lock);
+    CHECK(worker_start(&k.pool, WORKER_MAX + 5, take_jobs, &k) == 0 && k.pool.n_threads == WORKER_MAX,
+          "at most WORKER_MAX threads");
+    worker_destroy(&k.pool);
+    CHECK(k.pool.n_threads == 0 && worker_stopping(&k.pool), "stop wakes the idle threads and joins them");
+    pthread_mutex_destroy(&k.lock);
+    pthread_mutex_destroy(&j.lock);
+}
+
 int main(void)
 {
+    test_worker();
     test_hex();
     test_buf_append();
     test_buf_cap();
