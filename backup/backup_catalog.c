@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/buf.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/private_dir.h"
 #include "wale/layout.h"
@@ -224,47 +226,19 @@ int backup_catalog_find(backup_catalog *cat, const char *name, backup_entry *out
     return hit ? 0 : -ENOENT;
 }
 
-typedef struct small_buffer {
-    char *data;
-    size_t len, cap;
-    size_t max;         /* refuse the object beyond this */
-} small_buffer;
-
-static int append_small(void *ctx, const void *data, size_t len)
-{
-    small_buffer *b = ctx;
-    if (len > b->max - b->len)
-        return -EFBIG;
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = (b->len + len + 1) * 2;
-        char *grown = realloc(b->data, cap);
-        if (!grown)
-            return -ENOMEM;
-        b->data = grown;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
 /* Fetches a small object whole (sentinels, version text, indexes are
  * bounded by max, so a hostile object cannot exhaust memory). */
-static int fetch_object(store *st, const char *key, size_t max, small_buffer *out, walfs_err *err)
+static int fetch_object(store *st, const char *key, size_t max, walfs_buf *out, walfs_err *err)
 {
-    memset(out, 0, sizeof *out);
-    out->max = max;
-    int rc = store_get(st, key, 0, 0, append_small, out, err);
+    *out = (walfs_buf){.max = max};
+    int rc = store_get(st, key, 0, 0, buf_sink, out, err);
     if (rc == -EFBIG)
         rc = walfs_err_set(err, -EIO, "%s is larger than %zu bytes; it is not what walfs wrote",
                            key, max);
     else if (rc == -ENOMEM)
         rc = walfs_err_set(err, -ENOMEM, "out of memory reading %s", key);
-    if (rc) {
-        free(out->data);
-        out->data = NULL;
-    }
+    if (rc)
+        buf_free(out);
     return rc;
 }
 
@@ -282,7 +256,7 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
     out->sentinel_mtime = entry.sentinel_mtime;
     char key[WALE_KEY_MAX];
     wale_sentinel_key(key, sizeof key, name);
-    small_buffer buf;
+    walfs_buf buf;
     rc = fetch_object(cat->st, key, 64 * 1024, &buf, err);
     if (rc)
         return rc;
@@ -291,7 +265,7 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
                    "backup_details holds what the sentinel gives");
     wale_sentinel sentinel = {.expanded_size_bytes = -1};
     rc = wale_sentinel_parse(buf.data, buf.len, &sentinel);
-    free(buf.data);
+    buf_free(&buf);
     memcpy(out->stop_segment, sentinel.stop_segment, sizeof out->stop_segment);
     memcpy(out->stop_offset, sentinel.stop_offset, sizeof out->stop_offset);
     out->expanded_size_bytes = sentinel.expanded_size_bytes;
@@ -309,7 +283,7 @@ int backup_catalog_details(backup_catalog *cat, const char *name, backup_details
             n--;
         memcpy(out->pg_version, buf.data, n);
         out->pg_version[n] = '\0';
-        free(buf.data);
+        buf_free(&buf);
     }
     return 0;
 }
@@ -323,13 +297,14 @@ static void local_index_path(const backup_catalog *cat, const char *name, char *
     unsigned int dlen = 0;
     const char *url = store_url(cat->st);
     EVP_Digest(url, strlen(url), digest, &dlen, EVP_sha256(), NULL);
-    snprintf(out, len, "%s/%s-%02x%02x%02x%02x%02x%02x.json", cat->index_dir, name, digest[0],
-             digest[1], digest[2], digest[3], digest[4], digest[5]);
+    char tag[13];
+    hex_encode(digest, 6, tag);
+    snprintf(out, len, "%s/%s-%s.json", cat->index_dir, name, tag);
 }
 
-static int read_local_file(const char *path, size_t max, small_buffer *out)
+static int read_local_file(const char *path, size_t max, walfs_buf *out)
 {
-    memset(out, 0, sizeof *out);
+    *out = (walfs_buf){0};
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
@@ -342,8 +317,7 @@ static int read_local_file(const char *path, size_t max, small_buffer *out)
         close(fd);
         return -EFBIG;
     }
-    out->data = malloc((size_t)sb.st_size + 1);
-    if (!out->data) {
+    if (buf_reserve(out, (size_t)sb.st_size) != 0) {
         close(fd);
         return -ENOMEM;
     }
@@ -386,7 +360,7 @@ static void write_local_file(const char *path, const char *data, size_t len)
 
 /* An index is trusted only if it parses, passes its own checksum, and
  * describes exactly the partitions the store has now. */
-static backup_index *load_candidate(const char *what, const char *name, const small_buffer *buf,
+static backup_index *load_candidate(const char *what, const char *name, const walfs_buf *buf,
                                     const backup_partition_listing *parts, size_t n_parts)
 {
     backup_index *idx = NULL;
@@ -530,7 +504,7 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
     wale_index_key(stored_key, sizeof stored_key, name);
 
     backup_index *idx = NULL;
-    small_buffer buf;
+    walfs_buf buf;
     /* Refused unparsed beyond what such partitions can need: json-c takes
      * many times an index's size to parse it. */
     uint64_t part_bytes = 0;
@@ -543,7 +517,7 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
                  "rebuilding it", local_path, name, max);
     if (lrc == 0) {
         idx = load_candidate("cached", name, &buf, parts, n_parts);
-        free(buf.data);
+        buf_free(&buf);
         if (idx)
             log_info("using cached index for %s", name);
     }
@@ -556,7 +530,7 @@ static int obtain_index(backup_catalog *cat, const char *name, backup_index **ou
                 log_info("using stored index for %s", name);
                 write_local_file(local_path, buf.data, buf.len);
             }
-            free(buf.data);
+            buf_free(&buf);
         } else if (grc != -ENOENT) {
             log_warn("could not read the stored index of %s (%s); rebuilding it", name, gerr.msg);
         }

@@ -12,12 +12,13 @@
 #include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
+#include "common/hex.h"
 #include "common/log.h"
 #include "wale/layout.h"
 
@@ -1677,70 +1678,26 @@ fail:
 
 /* ------------------------------------------------------------------ JSON */
 
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 65536;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(sbuf *b, const char *s)
-{
-    sb_put(b, s, strlen(s));
-}
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
 /* Bytes >= 0x80 go through raw: tar names are bytes, and json-c hands
  * them back unchanged, whereas \u escapes would re-encode them. */
-static void sb_json_str(sbuf *b, const char *s)
+static void json_str(walfs_buf *b, const char *s)
 {
-    sb_put(b, "\"", 1);
+    buf_append(b, "\"", 1);
     const char *run = s;
     for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
         if (*c >= 0x20 && *c != '"' && *c != '\\')
             continue;
-        sb_put(b, run, (size_t)((const char *)c - run));
+        buf_append(b, run, (size_t)((const char *)c - run));
         char esc[8];
         if (*c == '"' || *c == '\\')
             snprintf(esc, sizeof esc, "\\%c", *c);
         else
             snprintf(esc, sizeof esc, "\\u%04x", *c);
-        sb_puts(b, esc);
+        buf_puts(b, esc);
         run = (const char *)c + 1;
     }
-    sb_puts(b, run);
-    sb_put(b, "\"", 1);
+    buf_puts(b, run);
+    buf_append(b, "\"", 1);
 }
 
 static const char type_codes[] = "fdlhpcb"; /* indexed by backup_member_type */
@@ -1754,11 +1711,10 @@ static void sha256_hex(const void *a, size_t alen, const void *b, size_t blen, c
         EVP_DigestUpdate(ctx, b, blen) != 1 || EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) {
         /* A digest that cannot be computed must never match anything. */
         memset(hex, 'x', 64);
+        hex[64] = '\0';
     } else {
-        for (int i = 0; i < 32; i++)
-            snprintf(hex + 2 * i, 3, "%02x", md[i]);
+        hex_encode(md, 32, hex);
     }
-    hex[64] = '\0';
     EVP_MD_CTX_free(ctx);
 }
 
@@ -1794,74 +1750,75 @@ int backup_index_to_json(const backup_index *idx, char **json, size_t *len, walf
 {
     *json = NULL;
     *len = 0;
-    sbuf b = {0};
-    sb_printf(&b, "{\"format\":\"" INDEX_FORMAT "\",\"version\":%d,\"backup\":", INDEX_VERSION);
-    sb_json_str(&b, idx->backup_name);
-    sb_puts(&b, ",\"partitions\":[");
+    walfs_buf b = {0};
+    /* One allocation holds a small backup's index. */
+    buf_reserve(&b, 65536);
+    buf_printf(&b, "{\"format\":\"" INDEX_FORMAT "\",\"version\":%d,\"backup\":", INDEX_VERSION);
+    json_str(&b, idx->backup_name);
+    buf_puts(&b, ",\"partitions\":[");
     for (size_t i = 0; i < idx->n_partitions; i++) {
         const backup_partition *p = &idx->partitions[i];
         const lzop_index *bi = &p->blocks;
-        sb_puts(&b, i ? ",{\"key\":" : "{\"key\":");
-        sb_json_str(&b, p->key);
-        sb_printf(&b, ",\"size\":%" PRIu64 ",\"etag\":", p->object_size);
-        sb_json_str(&b, p->etag);
-        sb_printf(&b, ",\"header_len\":%" PRIu32 ",\"flags\":%" PRIu32 ",\"method\":%u,\"uncomp_size\":%" PRIu64
+        buf_puts(&b, i ? ",{\"key\":" : "{\"key\":");
+        json_str(&b, p->key);
+        buf_printf(&b, ",\"size\":%" PRIu64 ",\"etag\":", p->object_size);
+        json_str(&b, p->etag);
+        buf_printf(&b, ",\"header_len\":%" PRIu32 ",\"flags\":%" PRIu32 ",\"method\":%u,\"uncomp_size\":%" PRIu64
                   ",\"comp_size\":%" PRIu64 ",\"blocks\":[", bi->info.header_len, bi->info.flags,
                   (unsigned)bi->info.method, bi->uncomp_size, bi->comp_size);
         for (size_t k = 0; k < bi->n_blocks; k++) {
             const lzop_block *bl = &bi->blocks[k];
-            sb_printf(&b, "%s[%" PRIu64 ",%" PRIu64 ",%" PRIu32 ",%" PRIu32 ",%" PRIu64 "]", k ? "," : "",
+            buf_printf(&b, "%s[%" PRIu64 ",%" PRIu64 ",%" PRIu32 ",%" PRIu32 ",%" PRIu64 "]", k ? "," : "",
                       bl->comp_offset, bl->data_offset, bl->comp_len, bl->uncomp_len, bl->uncomp_offset);
         }
-        sb_puts(&b, "]}");
+        buf_puts(&b, "]}");
     }
-    sb_puts(&b, "],\"members\":[");
+    buf_puts(&b, "],\"members\":[");
     for (size_t i = 0; i < idx->n_members; i++) {
         const backup_member *m = &idx->members[i];
-        sb_printf(&b, "%s[%" PRIu32 ",", i ? ",\n" : "\n", m->parent);
-        sb_json_str(&b, m->name);
+        buf_printf(&b, "%s[%" PRIu32 ",", i ? ",\n" : "\n", m->parent);
+        json_str(&b, m->name);
         if (i > 0 && like_synthesized(idx, m)) {
-            sb_put(&b, "]", 1);
+            buf_append(&b, "]", 1);
             continue;
         }
-        sb_printf(&b, ",\"%c\",%" PRIu32 ",%" PRIu32 ",%" PRIu32 ",%" PRId64 ",%" PRIu32, type_codes[m->type],
+        buf_printf(&b, ",\"%c\",%" PRIu32 ",%" PRIu32 ",%" PRIu32 ",%" PRId64 ",%" PRIu32, type_codes[m->type],
                   m->mode, m->uid, m->gid, m->mtime_sec, m->mtime_nsec);
         switch (m->type) {
         case MEMBER_FILE:
-            sb_printf(&b, ",%" PRIu64 ",%" PRIu32 ",%" PRIu64, m->size, m->partition, m->data_offset);
+            buf_printf(&b, ",%" PRIu64 ",%" PRIu32 ",%" PRIu64, m->size, m->partition, m->data_offset);
             break;
         case MEMBER_SYMLINK:
-            sb_put(&b, ",", 1);
-            sb_json_str(&b, m->link_target ? m->link_target : "");
+            buf_append(&b, ",", 1);
+            json_str(&b, m->link_target ? m->link_target : "");
             break;
         case MEMBER_HARDLINK:
-            sb_printf(&b, ",%" PRIu32, m->link_member);
+            buf_printf(&b, ",%" PRIu32, m->link_member);
             break;
         case MEMBER_CHARDEV:
         case MEMBER_BLOCKDEV:
-            sb_printf(&b, ",%" PRIu32 ",%" PRIu32, m->rdev_major, m->rdev_minor);
+            buf_printf(&b, ",%" PRIu32 ",%" PRIu32, m->rdev_major, m->rdev_minor);
             break;
         default:
             break;
         }
-        sb_put(&b, "]", 1);
+        buf_append(&b, "]", 1);
     }
-    sb_puts(&b, "]");
-    if (b.oom) {
-        free(b.p);
+    buf_puts(&b, "]");
+    if (b.err) {
+        buf_free(&b);
         return walfs_err_set(err, -ENOMEM, "out of memory serializing the index of %s", idx->backup_name);
     }
     char hex[65];
-    sha256_hex(b.p, b.len, "}", 1, hex);
-    sb_puts(&b, SHA_TAIL_PREFIX);
-    sb_puts(&b, hex);
-    sb_puts(&b, "\"}\n");
-    if (b.oom) {
-        free(b.p);
+    sha256_hex(b.data, b.len, "}", 1, hex);
+    buf_puts(&b, SHA_TAIL_PREFIX);
+    buf_puts(&b, hex);
+    buf_puts(&b, "\"}\n");
+    if (b.err) {
+        buf_free(&b);
         return walfs_err_set(err, -ENOMEM, "out of memory serializing the index of %s", idx->backup_name);
     }
-    *json = b.p;
-    *len = b.len;
+    *json = buf_take(&b, len);
     return 0;
 }
 

@@ -24,12 +24,12 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "codec/lzop.h"
 #include "common/log.h"
+#include "common/worker.h"
 
 /* A foreground read's GET stops at this much compressed data, so one huge
  * read() cannot make a single request (and its waiters) arbitrarily long. */
@@ -86,16 +86,13 @@ struct block_reader {
     size_t cache_bytes, readahead_bytes, chunk_bytes;
     pthread_mutex_t mu;
     pthread_cond_t cv_done; /* an entry left ENT_INFLIGHT, or a job finished */
-    pthread_cond_t cv_work;
+    worker_pool pool;       /* the read-ahead threads; wake: a job was queued */
     entry **buckets;
     size_t n_buckets, n_entries;
     entry *lru_head, *lru_tail; /* head = most recently used; ready entries only */
     job *q_head, *q_tail;
     size_t q_len;
     int running;
-    atomic_int stop;
-    pthread_t *threads;
-    int n_threads;
     block_reader_stats stats;
 };
 
@@ -353,7 +350,7 @@ static int fetch_sink(void *vctx, const void *data, size_t len)
     fetch_ctx *fc = vctx;
     const run *r = fc->r;
     const unsigned char *p = data;
-    if (atomic_load(&fc->br->stop))
+    if (worker_stopping(&fc->br->pool))
         return -ECANCELED; /* shutting down: don't finish a long read-ahead */
     fc->received += len;
     while (len > 0 && fc->cur < r->n) {
@@ -484,9 +481,9 @@ static void *worker_main(void *arg)
     block_reader *br = arg;
     pthread_mutex_lock(&br->mu);
     for (;;) {
-        while (!atomic_load(&br->stop) && !br->q_head)
-            pthread_cond_wait(&br->cv_work, &br->mu);
-        if (atomic_load(&br->stop))
+        while (!worker_stopping(&br->pool) && !br->q_head)
+            worker_wait(&br->pool);
+        if (worker_stopping(&br->pool))
             break;
         job *j = br->q_head;
         dequeue_locked(br, j);
@@ -530,26 +527,20 @@ block_reader *block_reader_new(store *st, size_t cache_bytes, int workers,
     br->chunk_bytes = chunk < br->readahead_bytes ? chunk : br->readahead_bytes;
     br->n_buckets = 256;
     br->buckets = calloc(br->n_buckets, sizeof *br->buckets);
-    br->threads = workers ? calloc((size_t)workers, sizeof *br->threads) : NULL;
-    if (!br->buckets || (workers && !br->threads)) {
-        free(br->buckets);
-        free(br->threads);
+    if (!br->buckets) {
         free(br);
         walfs_err_set(err, -ENOMEM, "out of memory for the block reader");
         return NULL;
     }
     pthread_mutex_init(&br->mu, NULL);
     pthread_cond_init(&br->cv_done, NULL);
-    pthread_cond_init(&br->cv_work, NULL);
-    atomic_init(&br->stop, 0);
-    for (int i = 0; i < workers; i++) {
-        int rc = pthread_create(&br->threads[i], NULL, worker_main, br);
-        if (rc) {
-            block_reader_free(br);
-            walfs_err_set(err, -rc, "cannot start read-ahead thread %d: %s", i, strerror(rc));
-            return NULL;
-        }
-        br->n_threads++;
+    worker_init(&br->pool, &br->mu);
+    int rc = worker_start(&br->pool, workers, worker_main, br);
+    if (rc) {
+        int started = br->pool.n_threads;
+        block_reader_free(br);
+        walfs_err_set(err, rc, "cannot start read-ahead thread %d: %s", started, strerror(-rc));
+        return NULL;
     }
     return br;
 }
@@ -558,12 +549,7 @@ void block_reader_free(block_reader *br)
 {
     if (!br)
         return;
-    atomic_store(&br->stop, 1);
-    pthread_mutex_lock(&br->mu);
-    pthread_cond_broadcast(&br->cv_work);
-    pthread_mutex_unlock(&br->mu);
-    for (int i = 0; i < br->n_threads; i++)
-        pthread_join(br->threads[i], NULL);
+    worker_stop(&br->pool);
     /* No caller may be inside the reader now, so whatever is left is only
      * referenced by the queue and the table. */
     while (br->q_head) {
@@ -582,10 +568,9 @@ void block_reader_free(block_reader *br)
         }
     }
     free(br->buckets);
-    free(br->threads);
+    worker_destroy(&br->pool);
     pthread_mutex_destroy(&br->mu);
     pthread_cond_destroy(&br->cv_done);
-    pthread_cond_destroy(&br->cv_work);
     free(br);
 }
 
@@ -734,7 +719,7 @@ void block_reader_readahead(block_reader *br, const backup_partition *part, uint
 {
     const lzop_index *ix = &part->blocks;
     uint64_t size = part_size(ix);
-    if (br->n_threads == 0 || br->readahead_bytes == 0 || offset >= size)
+    if (br->pool.n_threads == 0 || br->readahead_bytes == 0 || offset >= size)
         return;
     if (end > size)
         end = size;
@@ -804,7 +789,7 @@ void block_reader_readahead(block_reader *br, const backup_partition *part, uint
         br->q_tail = j;
         br->q_len++;
         br->stats.jobs_queued++;
-        pthread_cond_signal(&br->cv_work);
+        worker_wake_one(&br->pool);
         bi += j->n;
     }
     pthread_mutex_unlock(&br->mu);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "codec/lzop.h"
+#include "common/buf.h"
 #include "common/log.h"
 #include "wale/layout.h"
 
@@ -598,17 +599,12 @@ int backup_writer_add_records(backup_writer *bw, const backup_writer_member *m, 
 
 /* Appends s as a JSON string the way Python's json.dumps writes it
  * (ensure_ascii: every non-ASCII code point as \uXXXX). */
-static int json_str(char **buf, size_t *len, size_t *cap, const char *s, walfs_err *err)
+static int json_str(walfs_buf *b, const char *s, walfs_err *err)
 {
-    size_t need = *len + 2 + strlen(s) * 12 + 1;
-    if (need > *cap) {
-        char *nb = realloc(*buf, need);
-        if (!nb)
-            return walfs_err_set(err, -ENOMEM, "out of memory");
-        *buf = nb;
-        *cap = need;
-    }
-    char *o = *buf + *len;
+    /* Room for the worst case of every escape below: they are written in place. */
+    if (buf_reserve(b, 2 + strlen(s) * 12) != 0)
+        return walfs_err_set(err, -ENOMEM, "out of memory");
+    char *o = b->data + b->len;
     *o++ = '"';
     const unsigned char *p = (const unsigned char *)s;
     while (*p) {
@@ -655,23 +651,7 @@ static int json_str(char **buf, size_t *len, size_t *cap, const char *s, walfs_e
     }
     *o++ = '"';
     *o = '\0';
-    *len = (size_t)(o - *buf);
-    return 0;
-}
-
-static int json_raw(char **buf, size_t *len, size_t *cap, const char *s, walfs_err *err)
-{
-    size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t ncap = (*len + n + 1) * 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb)
-            return walfs_err_set(err, -ENOMEM, "out of memory");
-        *buf = nb;
-        *cap = ncap;
-    }
-    memcpy(*buf + *len, s, n + 1);
-    *len += n;
+    b->len = (size_t)(o - b->data);
     return 0;
 }
 
@@ -680,26 +660,23 @@ static int json_raw(char **buf, size_t *len, size_t *cap, const char *s, walfs_e
 static int sentinel_json(const backup_writer *bw, const backup_writer_stop *stop, char **out,
                          size_t *out_len, walfs_err *err)
 {
-    char *b = NULL;
-    size_t len = 0, cap = 0;
-    char num[32];
-    snprintf(num, sizeof num, "%" PRIu64, bw->expanded_size);
+    walfs_buf b = {0};
     const char *prefix = stop->base_prefix ? stop->base_prefix : "";
-    int rc = json_raw(&b, &len, &cap, "{\"wal_segment_backup_stop\": ", err);
-    if (!rc) rc = json_str(&b, &len, &cap, stop->stop_segment, err);
-    if (!rc) rc = json_raw(&b, &len, &cap, ", \"wal_segment_offset_backup_stop\": ", err);
-    if (!rc) rc = json_str(&b, &len, &cap, stop->stop_offset, err);
-    if (!rc) rc = json_raw(&b, &len, &cap, ", \"expanded_size_bytes\": ", err);
-    if (!rc) rc = json_raw(&b, &len, &cap, num, err);
-    if (!rc) rc = json_raw(&b, &len, &cap, ", \"spec\": {\"base_prefix\": ", err);
-    if (!rc) rc = json_str(&b, &len, &cap, prefix, err);
-    if (!rc) rc = json_raw(&b, &len, &cap, ", \"tablespaces\": []}}", err);
+    buf_puts(&b, "{\"wal_segment_backup_stop\": ");
+    int rc = json_str(&b, stop->stop_segment, err);
+    buf_puts(&b, ", \"wal_segment_offset_backup_stop\": ");
+    if (!rc) rc = json_str(&b, stop->stop_offset, err);
+    buf_printf(&b, ", \"expanded_size_bytes\": %" PRIu64 ", \"spec\": {\"base_prefix\": ",
+               bw->expanded_size);
+    if (!rc) rc = json_str(&b, prefix, err);
+    buf_puts(&b, ", \"tablespaces\": []}}");
+    if (!rc && b.err)
+        rc = walfs_err_set(err, -ENOMEM, "out of memory");
     if (rc) {
-        free(b);
+        buf_free(&b);
         return rc;
     }
-    *out = b;
-    *out_len = len;
+    *out = buf_take(&b, out_len);
     return 0;
 }
 

@@ -14,6 +14,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include "common/buf.h"
 #include "common/deadline.h"
 #include "common/log.h"
 #include "s3/s3_xml.h"
@@ -180,8 +181,7 @@ typedef struct s3_op {
 
     /* the current attempt's response */
     long status;
-    char *resp;
-    size_t resp_len, resp_cap;
+    walfs_buf resp;
     int resp_truncated;
     char etag[128], request_id[96], last_modified[64], content_range[96];
     uint64_t content_length;
@@ -229,9 +229,8 @@ static int op_init(s3_op *op, s3_client *c, const char *name, const char *method
 static void op_free(s3_op *op)
 {
     free(op->path);
-    free(op->resp);
+    buf_free(&op->resp);
     op->path = NULL;
-    op->resp = NULL;
 }
 
 static void op_header(s3_op *op, const char *name, const char *value)
@@ -358,26 +357,15 @@ static int keep_body(s3_op *op, const char *data, size_t n)
     size_t limit = op->status >= 200 && op->status < 300 ? op->body_limit : ERROR_BODY_LIMIT;
     if (limit > op->body_limit)
         limit = op->body_limit;
-    int over = op->resp_len + n > limit;
+    int over = op->resp.len + n > limit;
     if (over) {
         op->resp_truncated = 1;
-        n = limit > op->resp_len ? limit - op->resp_len : 0;
+        n = limit > op->resp.len ? limit - op->resp.len : 0;
     }
     if (n == 0)
         return over;
-    if (op->resp_len + n + 1 > op->resp_cap) {
-        size_t ncap = op->resp_cap ? op->resp_cap : 4096;
-        while (ncap < op->resp_len + n + 1)
-            ncap *= 2;
-        char *p = realloc(op->resp, ncap);
-        if (!p)
-            return -1;
-        op->resp = p;
-        op->resp_cap = ncap;
-    }
-    memcpy(op->resp + op->resp_len, data, n);
-    op->resp_len += n;
-    op->resp[op->resp_len] = '\0';
+    if (buf_append(&op->resp, data, n) != 0)
+        return -1;
     return over;
 }
 
@@ -635,7 +623,7 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
 {
     s3_client *c = op->c;
     op->status = 0;
-    op->resp_len = 0;
+    buf_reset(&op->resp);
     op->resp_truncated = 0;
     op->body_started = op->done = op->bad_range = 0;
     op->sink_rc = 0;
@@ -802,7 +790,7 @@ static int attempt(s3_op *op, uint64_t remaining_ms, int *rc_out, char *last, si
     char code[64] = "", message[256] = "";
     int have_error = 0;
     if (op->status < 200 || op->status >= 300 || op->error_in_200) {
-        int x = s3_xml_error(op->resp, op->resp_len, code, sizeof code, message, sizeof message);
+        int x = s3_xml_error(op->resp.data, op->resp.len, code, sizeof code, message, sizeof message);
         have_error = x == 1;
         if (x < 0 && op->status >= 200 && op->status < 300) {
             /* For a body we must parse anyway, the caller reports malformed XML. */
@@ -1427,7 +1415,7 @@ int s3_lister_next(s3_lister *l, s3_list_fn fn, void *ctx, int *done, walfs_err 
         int fn_rc = 0;
         int x = op.resp_truncated
                     ? -1
-                    : s3_xml_list(op.resp, op.resp_len, page_entry, page_bad, &p, &token, &fn_rc);
+                    : s3_xml_list(op.resp.data, op.resp.len, page_entry, page_bad, &p, &token, &fn_rc);
         if (p.oom)
             rc = walfs_err_set(err, -ENOMEM, "list %s: out of memory", op.object);
         else if (x == -1)
@@ -1543,7 +1531,7 @@ int s3_multipart_begin(s3_client *c, const char *key, const s3_meta *meta, int n
         rc = perform(&op, c->deadline_ms, err);
     }
     char *id = NULL;
-    if (rc == 0 && s3_xml_upload_id(op.resp, op.resp_len, &id) != 0)
+    if (rc == 0 && s3_xml_upload_id(op.resp.data, op.resp.len, &id) != 0)
         rc = walfs_err_set(err, -EIO,
                            "multipart create %s: the server's answer has no UploadId "
                            "(malformed response)",
@@ -1723,7 +1711,7 @@ int s3_multipart_complete(s3_multipart *mp, walfs_err *err)
         rc = perform(&op, c->deadline_ms, err);
         if (rc == 0) {
             char code[64], msg[256];
-            if (s3_xml_error(op.resp, op.resp_len, code, sizeof code, msg, sizeof msg) < 0)
+            if (s3_xml_error(op.resp.data, op.resp.len, code, sizeof code, msg, sizeof msg) < 0)
                 rc = walfs_err_set(err, -EIO,
                                    "multipart complete %s: the server's answer is not valid XML; "
                                    "the upload may not be complete",
@@ -1835,7 +1823,7 @@ int s3_abort_multipart_uploads(s3_client *c, const char *prefix, walfs_err *err)
         }
         int found = 0;
         if (rc == 0) {
-            found = op.resp_truncated ? -1 : s3_xml_uploads(op.resp, op.resp_len, collect_upload, &l);
+            found = op.resp_truncated ? -1 : s3_xml_uploads(op.resp.data, op.resp.len, collect_upload, &l);
             if (found < 0 || l.oom)
                 rc = walfs_err_set(err, -EIO, "list uploads %s: malformed ListMultipartUploads "
                                    "response", op.object);

@@ -10,61 +10,14 @@
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
 
-/* A growable string; on allocation failure it latches `failed` so callers
- * check once at the end instead of after every append. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int failed;
-} sbuf;
-
-static void sb_grow(sbuf *b, size_t extra)
-{
-    if (b->failed || b->len + extra + 1 <= b->cap)
-        return;
-    size_t ncap = b->cap ? b->cap : 256;
-    while (ncap < b->len + extra + 1)
-        ncap *= 2;
-    char *np = realloc(b->p, ncap);
-    if (!np) {
-        b->failed = 1;
-        return;
-    }
-    if (!b->p)
-        np[0] = '\0';
-    b->p = np;
-    b->cap = ncap;
-}
-
-static void sb_addn(sbuf *b, const char *s, size_t n)
-{
-    sb_grow(b, n);
-    if (b->failed)
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_add(sbuf *b, const char *s) { sb_addn(b, s, strlen(s)); }
-static void sb_addc(sbuf *b, char c) { sb_addn(b, &c, 1); }
-
-static const char hexdig[] = "0123456789abcdef";
-
-static void to_hex(const unsigned char *in, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdig[in[i] >> 4];
-        out[2 * i + 1] = hexdig[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
+#include "common/buf.h"
+#include "common/hex.h"
 
 void sigv4_sha256_hex(const void *data, size_t len, char *hex)
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, len, md);
-    to_hex(md, sizeof md, hex);
+    hex_encode(md, sizeof md, hex);
 }
 
 void sigv4_amz_date(time_t t, char *buf)
@@ -79,32 +32,32 @@ static int unreserved(unsigned char c)
     return isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~';
 }
 
-static void uri_encode_into(sbuf *b, const char *s, size_t n, int keep_slash)
+static void uri_encode_into(walfs_buf *b, const char *s, size_t n, int keep_slash)
 {
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (unreserved(c) || (keep_slash && c == '/')) {
-            sb_addc(b, (char)c);
+            buf_append(b, &c, 1);
         } else {
             /* SigV4 requires upper-case hex in percent-encodings. */
             char enc[4] = {'%', "0123456789ABCDEF"[c >> 4], "0123456789ABCDEF"[c & 15], 0};
-            sb_add(b, enc);
+            buf_puts(b, enc);
         }
     }
 }
 
 char *sigv4_uri_encode(const char *s, int keep_slash)
 {
-    sbuf b = {0};
-    sb_grow(&b, strlen(s) * 3);
+    walfs_buf b = {0};
+    buf_reserve(&b, strlen(s) * 3);
     uri_encode_into(&b, s, strlen(s), keep_slash);
-    if (b.failed) {
-        free(b.p);
+    if (b.err) {
+        buf_free(&b);
         return NULL;
     }
-    if (!b.p)
+    if (!b.data)
         return strdup("");
-    return b.p;
+    return b.data;
 }
 
 static int hexval(int c)
@@ -165,7 +118,7 @@ static char *encode_component(const char *s, size_t n)
 }
 
 /* Returns 0 and appends the canonical query string, or -1 on OOM. */
-static int canonical_query(sbuf *b, const char *query)
+static int canonical_query(walfs_buf *b, const char *query)
 {
     if (!query || !*query)
         return 0;
@@ -200,10 +153,10 @@ static int canonical_query(sbuf *b, const char *query)
         qsort(params, count, sizeof *params, qparam_cmp);
         for (size_t i = 0; i < count; i++) {
             if (i)
-                sb_addc(b, '&');
-            sb_add(b, params[i].name);
-            sb_addc(b, '=');
-            sb_add(b, params[i].value);
+                buf_puts(b, "&");
+            buf_puts(b, params[i].name);
+            buf_puts(b, "=");
+            buf_puts(b, params[i].value);
         }
     }
     for (size_t i = 0; i < count; i++) {
@@ -276,7 +229,7 @@ int sigv4_authorization(const sigv4_request *req, const sigv4_credentials *cred,
         *string_to_sign = NULL;
 
     int rc = -1;
-    sbuf creq = {0}, sts = {0}, signed_names = {0};
+    walfs_buf creq = {0}, sts = {0}, signed_names = {0};
     canon_header *hdrs = calloc(req->n_headers ? req->n_headers : 1, sizeof *hdrs);
     size_t nh = 0;
     if (!hdrs)
@@ -293,55 +246,55 @@ int sigv4_authorization(const sigv4_request *req, const sigv4_credentials *cred,
     }
     qsort(hdrs, nh, sizeof *hdrs, canon_header_cmp);
 
-    sb_add(&creq, req->method);
-    sb_addc(&creq, '\n');
-    sb_add(&creq, req->path && *req->path ? req->path : "/");
-    sb_addc(&creq, '\n');
+    buf_puts(&creq, req->method);
+    buf_puts(&creq, "\n");
+    buf_puts(&creq, req->path && *req->path ? req->path : "/");
+    buf_puts(&creq, "\n");
     if (canonical_query(&creq, req->query) != 0)
         goto out;
-    sb_addc(&creq, '\n');
+    buf_puts(&creq, "\n");
     /* The spec joins repeated names with commas; qsort is not stable, so
      * their order is unspecified and callers should not repeat names. */
     for (size_t i = 0; i < nh; i++) {
         if (i > 0 && strcmp(hdrs[i].name, hdrs[i - 1].name) == 0) {
             creq.len--; /* drop the previous newline */
-            sb_addc(&creq, ',');
-            sb_add(&creq, hdrs[i].value);
-            sb_addc(&creq, '\n');
+            buf_puts(&creq, ",");
+            buf_puts(&creq, hdrs[i].value);
+            buf_puts(&creq, "\n");
             continue;
         }
-        sb_add(&creq, hdrs[i].name);
-        sb_addc(&creq, ':');
-        sb_add(&creq, hdrs[i].value);
-        sb_addc(&creq, '\n');
+        buf_puts(&creq, hdrs[i].name);
+        buf_puts(&creq, ":");
+        buf_puts(&creq, hdrs[i].value);
+        buf_puts(&creq, "\n");
         if (signed_names.len)
-            sb_addc(&signed_names, ';');
-        sb_add(&signed_names, hdrs[i].name);
+            buf_puts(&signed_names, ";");
+        buf_puts(&signed_names, hdrs[i].name);
     }
-    sb_addc(&creq, '\n');
-    sb_add(&creq, signed_names.p ? signed_names.p : "");
-    sb_addc(&creq, '\n');
-    sb_add(&creq, req->payload_sha256_hex ? req->payload_sha256_hex : "UNSIGNED-PAYLOAD");
-    if (creq.failed || signed_names.failed)
+    buf_puts(&creq, "\n");
+    buf_puts(&creq, signed_names.data ? signed_names.data : "");
+    buf_puts(&creq, "\n");
+    buf_puts(&creq, req->payload_sha256_hex ? req->payload_sha256_hex : "UNSIGNED-PAYLOAD");
+    if (creq.err || signed_names.err)
         goto out;
 
     char creq_hash[65];
-    sigv4_sha256_hex(creq.p, creq.len, creq_hash);
+    sigv4_sha256_hex(creq.data, creq.len, creq_hash);
     char day[9];
     memcpy(day, amz_date, 8);
     day[8] = '\0';
 
-    sb_add(&sts, "AWS4-HMAC-SHA256\n");
-    sb_add(&sts, amz_date);
-    sb_addc(&sts, '\n');
-    sb_add(&sts, day);
-    sb_addc(&sts, '/');
-    sb_add(&sts, region);
-    sb_addc(&sts, '/');
-    sb_add(&sts, service);
-    sb_add(&sts, "/aws4_request\n");
-    sb_add(&sts, creq_hash);
-    if (sts.failed)
+    buf_puts(&sts, "AWS4-HMAC-SHA256\n");
+    buf_puts(&sts, amz_date);
+    buf_puts(&sts, "\n");
+    buf_puts(&sts, day);
+    buf_puts(&sts, "/");
+    buf_puts(&sts, region);
+    buf_puts(&sts, "/");
+    buf_puts(&sts, service);
+    buf_puts(&sts, "/aws4_request\n");
+    buf_puts(&sts, creq_hash);
+    if (sts.err)
         goto out;
 
     size_t klen = strlen(cred->secret_key) + 5;
@@ -356,9 +309,9 @@ int sigv4_authorization(const sigv4_request *req, const sigv4_credentials *cred,
     hmac_sha256(k1, 32, region, k2);
     hmac_sha256(k2, 32, service, k3);
     hmac_sha256(k3, 32, "aws4_request", k4);
-    hmac_sha256(k4, 32, sts.p, sig);
+    hmac_sha256(k4, 32, sts.data, sig);
     char sighex[65];
-    to_hex(sig, 32, sighex);
+    hex_encode(sig, 32, sighex);
     OPENSSL_cleanse(k1, sizeof k1);
     OPENSSL_cleanse(k2, sizeof k2);
     OPENSSL_cleanse(k3, sizeof k3);
@@ -367,19 +320,15 @@ int sigv4_authorization(const sigv4_request *req, const sigv4_credentials *cred,
     int n = snprintf(out, outlen,
                      "AWS4-HMAC-SHA256 Credential=%s/%s/%s/%s/aws4_request,"
                      "SignedHeaders=%s,Signature=%s",
-                     cred->access_key, day, region, service, signed_names.p ? signed_names.p : "",
+                     cred->access_key, day, region, service, signed_names.data ? signed_names.data : "",
                      sighex);
     if (n < 0 || (size_t)n >= outlen)
         goto out;
 
-    if (canonical_request) {
-        *canonical_request = creq.p;
-        creq.p = NULL;
-    }
-    if (string_to_sign) {
-        *string_to_sign = sts.p;
-        sts.p = NULL;
-    }
+    if (canonical_request)
+        *canonical_request = buf_take(&creq, NULL);
+    if (string_to_sign)
+        *string_to_sign = buf_take(&sts, NULL);
     rc = 0;
 out:
     for (size_t i = 0; i < nh; i++) {
@@ -387,8 +336,8 @@ out:
         free(hdrs[i].value);
     }
     free(hdrs);
-    free(creq.p);
-    free(sts.p);
-    free(signed_names.p);
+    buf_free(&creq);
+    buf_free(&sts);
+    buf_free(&signed_names);
     return rc;
 }

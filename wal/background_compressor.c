@@ -9,22 +9,22 @@
 #include <unistd.h>
 
 #include "codec/lzop.h"
+#include "common/buf.h"
+#include "common/hex.h"
+#include "common/worker.h"
 
-enum { READ_CHUNK = 1024 * 1024 };
+enum { READ_CHUNK = 1024 * 1024, OUT_FIRST = 4 * 1024 * 1024 };
 
 struct background_compressor {
     int fd;
-    pthread_t thread;
     pthread_mutex_t lock;
-    pthread_cond_t wake;
+    worker_pool pool;       /* one thread; wake: bytes appended, finish or abandon */
     uint64_t appended;      /* bytes [0, appended) are in the spool */
     uint64_t consumed;      /* bytes handed to the encoder */
     int closing;            /* finish() called: drain and stop */
     int gave_up;
-    int exited;
     lzop_encoder *enc;
-    char *out;
-    size_t out_len, out_cap;
+    walfs_buf out;
     char *chunk;
     EVP_MD_CTX *digest;     /* SHA-256 of the output, for the upload's signature */
 };
@@ -32,18 +32,11 @@ struct background_compressor {
 static int append_out(void *ctx, const void *data, size_t len)
 {
     background_compressor *bc = ctx;
-    if (bc->out_len + len > bc->out_cap) {
-        size_t cap = bc->out_cap ? bc->out_cap * 2 : 4 * 1024 * 1024;
-        while (cap < bc->out_len + len)
-            cap *= 2;
-        char *grown = realloc(bc->out, cap);
-        if (!grown)
-            return -ENOMEM;
-        bc->out = grown;
-        bc->out_cap = cap;
-    }
-    memcpy(bc->out + bc->out_len, data, len);
-    bc->out_len += len;
+    /* Starts big: a 16 MiB segment compresses to MiBs, each doubling a copy. */
+    if (!bc->out.cap && buf_reserve(&bc->out, OUT_FIRST) != 0)
+        return -ENOMEM;
+    if (buf_append(&bc->out, data, len) != 0)
+        return -ENOMEM;
     if (bc->digest && EVP_DigestUpdate(bc->digest, data, len) != 1) {
         EVP_MD_CTX_free(bc->digest);
         bc->digest = NULL; /* the uploader hashes it itself then */
@@ -74,9 +67,10 @@ static void *run(void *arg)
     pthread_mutex_lock(&bc->lock);
     for (;;) {
         /* Whole blocks while writing goes on; everything once closing. */
-        while (!bc->gave_up && !bc->closing && bc->appended - bc->consumed < LZOP_BLOCK_SIZE)
-            pthread_cond_wait(&bc->wake, &bc->lock);
-        if (bc->gave_up)
+        while (!bc->gave_up && !worker_stopping(&bc->pool) && !bc->closing &&
+               bc->appended - bc->consumed < LZOP_BLOCK_SIZE)
+            worker_wait(&bc->pool);
+        if (bc->gave_up || worker_stopping(&bc->pool))
             break;
         uint64_t from = bc->consumed, to = bc->appended;
         if (!bc->closing)
@@ -93,8 +87,6 @@ static void *run(void *arg)
         if (closing && bc->consumed == bc->appended)
             break;
     }
-    bc->exited = 1;
-    pthread_cond_broadcast(&bc->wake);
     pthread_mutex_unlock(&bc->lock);
     return NULL;
 }
@@ -113,13 +105,13 @@ background_compressor *background_compressor_start(int spool_fd, mode_t mode, ti
         bc->digest = NULL;
     }
     pthread_mutex_init(&bc->lock, NULL);
-    pthread_cond_init(&bc->wake, NULL);
-    if (!bc->enc || !bc->chunk || pthread_create(&bc->thread, NULL, run, bc) != 0) {
+    worker_init(&bc->pool, &bc->lock);
+    if (!bc->enc || !bc->chunk || worker_start(&bc->pool, 1, run, bc) != 0) {
         EVP_MD_CTX_free(bc->digest);
         lzop_encoder_free(bc->enc);
         free(bc->chunk);
+        worker_destroy(&bc->pool);
         pthread_mutex_destroy(&bc->lock);
-        pthread_cond_destroy(&bc->wake);
         free(bc);
         return NULL;
     }
@@ -135,7 +127,7 @@ void background_compressor_wrote(background_compressor *bc, uint64_t offset, siz
         bc->appended += len;
     else
         bc->gave_up = 1;
-    pthread_cond_signal(&bc->wake);
+    worker_wake_one(&bc->pool);
     pthread_mutex_unlock(&bc->lock);
 }
 
@@ -145,18 +137,7 @@ void background_compressor_abandon(background_compressor *bc)
         return;
     pthread_mutex_lock(&bc->lock);
     bc->gave_up = 1;
-    pthread_cond_signal(&bc->wake);
-    pthread_mutex_unlock(&bc->lock);
-}
-
-static void stop(background_compressor *bc)
-{
-    pthread_mutex_lock(&bc->lock);
-    if (!bc->closing)
-        bc->gave_up = 1;
-    pthread_cond_signal(&bc->wake);
-    while (!bc->exited)
-        pthread_cond_wait(&bc->wake, &bc->lock);
+    worker_wake_one(&bc->pool);
     pthread_mutex_unlock(&bc->lock);
 }
 
@@ -168,9 +149,10 @@ int background_compressor_finish(background_compressor *bc, uint64_t size, char 
         return 0;
     pthread_mutex_lock(&bc->lock);
     bc->closing = 1;
-    pthread_cond_signal(&bc->wake);
-    while (!bc->exited)
-        pthread_cond_wait(&bc->wake, &bc->lock);
+    worker_wake_one(&bc->pool);
+    pthread_mutex_unlock(&bc->lock);
+    worker_join(&bc->pool); /* it drains what was appended, then ends */
+    pthread_mutex_lock(&bc->lock);
     int usable = !bc->gave_up && bc->consumed == size && bc->appended == size;
     pthread_mutex_unlock(&bc->lock);
     if (!usable)
@@ -181,12 +163,8 @@ int background_compressor_finish(background_compressor *bc, uint64_t size, char 
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     if (bc->digest && EVP_DigestFinal_ex(bc->digest, md, &md_len) == 1 && md_len == 32)
-        for (unsigned i = 0; i < 32; i++)
-            snprintf(sha256_hex + 2 * i, 3, "%02x", md[i]);
-    *data = bc->out;
-    *len = bc->out_len;
-    bc->out = NULL;
-    bc->out_len = bc->out_cap = 0;
+        hex_encode(md, 32, sha256_hex);
+    *data = buf_take(&bc->out, len);
     return 1;
 }
 
@@ -194,13 +172,11 @@ void background_compressor_free(background_compressor *bc)
 {
     if (!bc)
         return;
-    stop(bc);
-    pthread_join(bc->thread, NULL);
+    worker_destroy(&bc->pool); /* after finish, nothing left to join */
     lzop_encoder_free(bc->enc);
     EVP_MD_CTX_free(bc->digest);
     pthread_mutex_destroy(&bc->lock);
-    pthread_cond_destroy(&bc->wake);
     free(bc->chunk);
-    free(bc->out);
+    buf_free(&bc->out);
     free(bc);
 }

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/hex.h"
 #include "common/log.h"
 #include "common/private_dir.h"
 #include "wal/lzop_object.h"
@@ -82,8 +83,8 @@ static void cache_name(const char *key, const char *etag, char out[65])
     free(material);
     memset(out, '0', 64);
     out[64] = '\0';
-    for (unsigned i = 0; i < dlen && i < 32; i++)
-        sprintf(out + 2 * i, "%02x", digest[i]);
+    if (dlen >= 32)
+        hex_encode(digest, 32, out);
 }
 
 typedef struct entry_age {

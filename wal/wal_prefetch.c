@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/worker.h"
 #include "pg/lsn.h"
 #include "wale/layout.h"
 
@@ -18,14 +19,11 @@ struct wal_prefetch {
     object_cache *cache;
     int depth;
     pthread_mutex_t lock;
-    pthread_cond_t wake;
     char queue[QUEUE_MAX][25];
     int head, count;
     char recent[QUEUE_MAX][25];     /* queued or fetched lately: not queued again */
     int recent_next;
-    int stopping;
-    pthread_t workers[WORKERS];
-    int n_workers;
+    worker_pool pool;
 };
 
 int wal_segment_name_after(const char *name, uint64_t segment_size, int ahead, char out[25])
@@ -74,9 +72,9 @@ static void *worker(void *arg)
     wal_prefetch *p = arg;
     pthread_mutex_lock(&p->lock);
     for (;;) {
-        while (!p->stopping && p->count == 0)
-            pthread_cond_wait(&p->wake, &p->lock);
-        if (p->stopping)
+        while (!worker_stopping(&p->pool) && p->count == 0)
+            worker_wait(&p->pool);
+        if (worker_stopping(&p->pool))
             break;
         char name[25];
         memcpy(name, p->queue[p->head], sizeof name);
@@ -104,35 +102,29 @@ wal_prefetch *wal_prefetch_new(store *st, object_cache *cache, int depth)
     p->cache = cache;
     p->depth = depth > QUEUE_MAX ? QUEUE_MAX : depth;
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->wake, NULL);
+    worker_init(&p->pool, &p->lock);
     return p;
 }
 
 void wal_prefetch_start(wal_prefetch *p)
 {
-    for (int i = p->n_workers; i < WORKERS && p->depth > 0; i++)
-        if (pthread_create(&p->workers[i], NULL, worker, p) == 0)
-            p->n_workers++;
+    /* Without threads, hints are ignored: readers fetch for themselves. */
+    if (p->depth > 0)
+        worker_start(&p->pool, WORKERS, worker, p);
 }
 
 void wal_prefetch_free(wal_prefetch *p)
 {
     if (!p)
         return;
-    pthread_mutex_lock(&p->lock);
-    p->stopping = 1;
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->lock);
-    for (int i = 0; i < p->n_workers; i++)
-        pthread_join(p->workers[i], NULL);
+    worker_destroy(&p->pool);
     pthread_mutex_destroy(&p->lock);
-    pthread_cond_destroy(&p->wake);
     free(p);
 }
 
 void wal_prefetch_after(wal_prefetch *p, const char *name, uint64_t segment_size)
 {
-    if (!p || p->n_workers == 0)
+    if (!p || p->pool.n_threads == 0)
         return;
     pthread_mutex_lock(&p->lock);
     /* The reader is past what is still queued behind name: nobody needs it
@@ -155,6 +147,6 @@ void wal_prefetch_after(wal_prefetch *p, const char *name, uint64_t segment_size
         memcpy(p->recent[p->recent_next], next, sizeof next);
         p->recent_next = (p->recent_next + 1) % QUEUE_MAX;
     }
-    pthread_cond_broadcast(&p->wake);
+    worker_wake_all(&p->pool);
     pthread_mutex_unlock(&p->lock);
 }

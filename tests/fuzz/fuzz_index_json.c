@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "backup/backup_index.h"
+#include "common/hex.h"
 #include "tests/fuzz/index_check.h"
 
 #define INPUT_MAX (1u << 20)
@@ -50,8 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     memcpy(sealed, data, size);
     memcpy(sealed + size, SHA_PREFIX, sizeof SHA_PREFIX - 1);
-    for (int i = 0; i < 32; i++)
-        snprintf(sealed + size + sizeof SHA_PREFIX - 1 + 2 * i, 3, "%02x", md[i]);
+    hex_encode(md, 32, sealed + size + sizeof SHA_PREFIX - 1); /* its NUL: where "} goes */
     memcpy(sealed + len - 2, "\"}", 2);
     try_load(sealed, len);
     free(sealed);

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "codec/lzop.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 
 /* Far above a WAL segment's worth of blocks from a 1 MiB input would be
  * pointless; the cap keeps one execution's memory bounded. */
@@ -20,7 +20,7 @@
 #define MAX_OUTPUT (8u << 20)
 
 typedef struct out_buf {
-    buf b;
+    walfs_buf b;
     const unsigned char *expect;    /* compare against this instead of storing */
     size_t expect_len;
     int mismatch;
@@ -90,7 +90,7 @@ static void check_blocks(const uint8_t *data, size_t size, const out_buf *whole)
             abort();
         size_t raw_len = (size_t)(b->data_offset - b->comp_offset) + b->comp_len;
         if (lzop_decode_block(&idx.info, b, data + b->comp_offset, raw_len, blk, &err) != 0 ||
-            memcmp(blk, whole->b.p + b->uncomp_offset, b->uncomp_len) != 0)
+            memcmp(blk, whole->b.bytes + b->uncomp_offset, b->uncomp_len) != 0)
             abort();
     }
     free(blk);
@@ -105,7 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t total1 = 0, total2 = 0;
     int rc1 = decode(data, size, SIZE_MAX, &whole, &total1);
     int capped = whole.b.len + LZOP_BLOCK_SIZE > MAX_OUTPUT;
-    out_buf chunked = {.expect = whole.b.p, .expect_len = whole.b.len};
+    out_buf chunked = {.expect = whole.b.bytes, .expect_len = whole.b.len};
     int rc2 = decode(data, size, 1 + size % 13, &chunked, &total2);
     if (!capped) {
         /* How the bytes arrive must not change the verdict or the output. */
@@ -117,6 +117,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_blocks(data, size, &whole);
         }
     }
-    free(whole.b.p);
+    free(whole.b.bytes);
     return 0;
 }

@@ -29,7 +29,7 @@
 #include "common/log.h"
 #include "tests/fuzz/index_check.h"
 #include "tests/fuzz/mem_store.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 #include "wale/layout.h"
 
 #define INPUT_MAX (1u << 20)
@@ -46,7 +46,7 @@ static void put_be32(unsigned char *p, uint32_t v)
 
 /* The encoder's header, then stored blocks: dst_len = src_len, the
  * Adler-32 of the data (the encoder's flags ask for it), the data. */
-static int store_blocks(const uint8_t *data, size_t size, size_t block, buf *out)
+static int store_blocks(const uint8_t *data, size_t size, size_t block, walfs_buf *out)
 {
     walfs_err err = {0};
     lzop_encoder *enc = lzop_encoder_new(0100600, 0);
@@ -70,7 +70,7 @@ static int store_blocks(const uint8_t *data, size_t size, size_t block, buf *out
     return rc ? rc : buf_sink(out, "\0\0\0\0", 4);
 }
 
-static int compress(const uint8_t *data, size_t size, size_t block, int stored, buf *out)
+static int compress(const uint8_t *data, size_t size, size_t block, int stored, walfs_buf *out)
 {
     if (block && stored)
         return store_blocks(data, size, block, out);
@@ -111,7 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     mem_store ms;
     mem_store_init(&ms);
-    buf comp[MEM_STORE_MAX];
+    walfs_buf comp[MEM_STORE_MAX];
     memset(comp, 0, sizeof comp);
     char keys[MEM_STORE_MAX][128];
     backup_partition_listing parts[MEM_STORE_MAX];
@@ -134,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 ok = 0;
                 break;
             }
-            ms.data[i] = comp[i].p;
+            ms.data[i] = comp[i].bytes;
             ms.len[i] = comp[i].len;
         }
         parts[i].key = keys[i];
@@ -155,6 +155,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     for (size_t i = 0; i < MEM_STORE_MAX; i++)
-        free(comp[i].p);
+        free(comp[i].bytes);
     return 0;
 }

@@ -2,6 +2,7 @@
  * backup being indexed does not stall another backup's index, concurrent
  * wanters of one backup share one build, and a failed build is remembered
  * (three attempts, one read of the first partition). */
+#include "common/hex.h"
 #include "backup/backup_catalog.h"
 #include "common/log.h"
 #include "store/store_driver.h"
@@ -149,8 +150,9 @@ static int write_with_version(const char *path, const char *json, const char *fr
     fputs(to, f);
     fwrite(at + strlen(from), 1, (size_t)(tail - at) - strlen(from), f);
     fputs(",\"sha256\":\"", f);
-    for (int i = 0; i < 32; i++)
-        fprintf(f, "%02x", md[i]);
+    char hex[65];
+    hex_encode(md, 32, hex);
+    fputs(hex, f);
     fputs("\"}\n", f);
     return fclose(f) == 0 ? 0 : -1;
 }

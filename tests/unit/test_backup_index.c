@@ -5,6 +5,7 @@
  * member contents Python's tarfile extracts.  Indexing must decode only the
  * lzop blocks that hold tar headers; counters in backup_index_internal.h
  * prove the rest is skipped.  Run from the repository root. */
+#include "common/hex.h"
 #include "backup/backup_index.h"
 #include "backup/backup_index_internal.h"
 #include "common/log.h"
@@ -74,8 +75,7 @@ static void sha256_hex(const void *d, size_t n, char hex[65])
     unsigned char md[32];
     unsigned int ml = 0;
     EVP_Digest(d, n, md, &ml, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    hex_encode(md, 32, hex);
 }
 
 /* Lists the partitions and builds; returns the build's rc. */

@@ -16,9 +16,11 @@
 #include <json-c/json.h>
 #include <openssl/evp.h>
 
+#include "common/hex.h"
 #include "backup/backup_index.h"
 #include "push/backup_writer.h"
 #include "codec/lzop.h"
+#include "common/buf.h"
 #include "store/store.h"
 #include "tests/unit/fault_store.h"
 #include "tests/unit/tap.h"
@@ -180,8 +182,7 @@ static void sha256_hex(const void *data, size_t len, char out[65])
     unsigned char md[32];
     unsigned int n = 32;
     EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
+    hex_encode(md, 32, out);
 }
 
 static const char *PY_LIST =
@@ -204,26 +205,9 @@ static void expected_line(const spec *s, char *out, size_t len)
              1795624933.0 + s->nsec / 1e9, s->link ? s->link : "-", h);
 }
 
-typedef struct buf {
-    unsigned char *p;
-    size_t len, cap;
-} buf;
-
-static int buf_sink(void *ctx, const void *data, size_t len)
-{
-    buf *b = ctx;
-    if (b->len + len > b->cap) {
-        b->cap = (b->len + len) * 2;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-    return 0;
-}
-
 typedef struct dec_ctx {
     lzop_decoder *dec;
-    buf *out;
+    walfs_buf *out;
 } dec_ctx;
 
 static int dec_sink(void *ctx, const void *data, size_t len)
@@ -233,7 +217,7 @@ static int dec_sink(void *ctx, const void *data, size_t len)
     return lzop_decoder_feed(d->dec, data, len, buf_sink, d->out, &e);
 }
 
-static int decompress_key(store *st, const char *key, buf *out)
+static int decompress_key(store *st, const char *key, walfs_buf *out)
 {
     walfs_err e;
     dec_ctx d = {lzop_decoder_new(key), out};
@@ -436,7 +420,7 @@ static void test_full_backup(void)
     backup_index *idx = NULL;
     rc = rc ? rc : backup_index_build(st, NAME, parts, n_parts, &idx, &err);
     CHECK(rc == 0, "backup_index_build (%s)", rc ? err.msg : "");
-    buf decomp[8] = {{0}};
+    walfs_buf decomp[8] = {0};
     for (int p = 0; idx && p < nparts && p < 8; p++)
     {
         int dr = decompress_key(st, parts[p].key, &decomp[p]);
@@ -451,7 +435,7 @@ static void test_full_backup(void)
             ok = bm->size == s->size && bm->partition == expect_partition[i] &&
                  bm->partition < 8 && bm->data_offset + s->size <= decomp[bm->partition].len &&
                  (s->size == 0 ||
-                  memcmp(decomp[bm->partition].p + bm->data_offset, s->data, s->size) == 0);
+                  memcmp(decomp[bm->partition].bytes + bm->data_offset, s->data, s->size) == 0);
         }
         if (ok && s->link && s->type == MEMBER_HARDLINK)
             ok = &idx->members[bm->link_member] == backup_index_find(idx, s->link);
@@ -461,7 +445,7 @@ static void test_full_backup(void)
               s->type == MEMBER_FILE ? ", partition and bytes at its data offset" : "");
     }
     for (int p = 0; p < 8; p++)
-        free(decomp[p].p);
+        free(decomp[p].bytes);
     backup_index_free(idx);
     backup_partition_listing_free(parts, n_parts);
 
@@ -628,13 +612,13 @@ static void test_multipart(void)
              root, NAME);
     rc = run(cmd);
         CHECK(rc == 0, "the multi-part partition reads back");
-    buf d = {0};
+    walfs_buf d = {0};
     rc = decompress_key(fault_store_inner(f), "basebackups_005/" NAME "/tar_partitions/part_00000000.tar.lzo",
                         &d);
     CHECK(rc == 0 &&
-              d.len > big.size && memmem(d.p, d.len, big.data, 4096) != NULL,
+              d.len > big.size && memmem(d.bytes, d.len, big.data, 4096) != NULL,
           "decoded partition holds the data");
-    free(d.p);
+    free(d.bytes);
     free(big.data);
     store_close(f);
     rm_rf(root);

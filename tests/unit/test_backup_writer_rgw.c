@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "backup/backup_index.h"
+#include "common/buf.h"
 #include "push/backup_writer.h"
 #include "s3/s3_client.h"
 #include "wale/layout.h"
@@ -18,23 +19,6 @@
 #include "tests/unit/tap.h"
 
 #define NAME "base_000000010000000000000005_00000040"
-
-typedef struct buf {
-    char *p;
-    size_t len;
-} buf;
-
-static int buf_sink(void *ctx, const void *data, size_t len)
-{
-    buf *b = ctx;
-    char *np = realloc(b->p, b->len + len + 1);
-    if (!np)
-        return -ENOMEM;
-    b->p = np;
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-    return 0;
-}
 
 static void test_uploads(store *st)
 {
@@ -54,11 +38,11 @@ static void test_uploads(store *st)
     CHECK(src == -ENOENT, "nothing visible before commit (%d)", src);
     rc = rc ? rc : store_upload_commit(st, up, &err);
     CHECK(rc == 0, "commit (%s)", rc ? err.msg : "");
-    buf b = {0};
+    walfs_buf b = {0};
     rc = store_get(st, "stream/obj", 0, 0, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == big && memcmp(b.p, data, big) == 0,
+    CHECK(rc == 0 && b.len == big && memcmp(b.data, data, big) == 0,
           "the object is both parts, in order (%zu bytes)", b.len);
-    free(b.p);
+    free(b.data);
 
     rc = store_upload_begin(st, "stream/aborted", &up, &err);
     rc = rc ? rc : store_upload_part(st, up, data, 5u * 1024 * 1024, &err);
@@ -118,14 +102,14 @@ static void test_backup(store *st)
     for (int p = 0; p < 2; p++) {
         char key[256];
         snprintf(key, sizeof key, WALE_BASEBACKUPS_DIR "/" NAME "/tar_partitions/part_%08d.tar.lzo", p);
-        buf b = {0};
+        walfs_buf b = {0};
         rc = store_get(st, key, 0, 0, buf_sink, &b, &err);
         char file[] = "/tmp/walfs-bwr-part.XXXXXX";
         int fd = mkstemp(file);
-        int wr = fd >= 0 && b.len && write(fd, b.p, b.len) == (ssize_t)b.len;
+        int wr = fd >= 0 && b.len && write(fd, b.data, b.len) == (ssize_t)b.len;
         if (fd >= 0)
             close(fd);
-        free(b.p);
+        free(b.data);
         char cmd[512];
         snprintf(cmd, sizeof cmd, "lzop -d <'%s' | tar -tf - 2>/dev/null", file);
         FILE *f = popen(cmd, "r");
@@ -137,12 +121,12 @@ static void test_backup(store *st)
         CHECK(rc == 0 && wr && pc == 0 && strcmp(out, want[p]) == 0,
               "%s read back with lzop -d | tar -t: %s", key, out);
     }
-    buf s = {0};
+    walfs_buf s = {0};
     rc = store_get(st, WALE_BASEBACKUPS_DIR "/" NAME "_backup_stop_sentinel.json", 0, 0, buf_sink, &s,
                    &err);
-    CHECK(rc == 0 && s.p && strstr(s.p, "\"expanded_size_bytes\": 19,") != NULL,
+    CHECK(rc == 0 && s.data && strstr(s.data, "\"expanded_size_bytes\": 19,") != NULL,
           "sentinel stored on S3");
-    free(s.p);
+    free(s.data);
     backup_partition_listing *parts = NULL;
     size_t n_parts = 0;
     backup_index *idx = NULL;

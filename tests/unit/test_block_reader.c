@@ -8,7 +8,7 @@
 #include "codec/lzop.h"
 #include "store/store_driver.h"
 #include "tests/unit/tap.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -233,7 +233,7 @@ static int setup(backup_partition *part)
             }
         }
     }
-    buf out = {0};
+    walfs_buf out = {0};
     lzop_encoder *enc = lzop_encoder_new(0100600, 1700000000);
     int rc = lzop_encoder_write(enc, orig, DATA_SIZE, buf_sink, &out, &err);
     if (rc == 0)
@@ -241,7 +241,7 @@ static int setup(backup_partition *part)
     lzop_encoder_free(enc);
     if (rc)
         return -1;
-    comp = out.p;
+    comp = out.bytes;
     comp_len = out.len;
     if (write_key(KEY, comp, comp_len) != 0)
         return -1;
@@ -333,7 +333,7 @@ static void test_lzop_binary(void)
         }
         char path[512];
         tpath(path, sizeof path, key);
-        buf b = {0};
+        walfs_buf b = {0};
         f = fopen(path, "rb");
         char chunk[65536];
         size_t n;
@@ -341,8 +341,8 @@ static void test_lzop_binary(void)
             buf_sink(&b, chunk, n);
         fclose(f);
         backup_partition p;
-        int rc = make_part(&p, key, "e", b.p, b.len);
-        free(b.p);
+        int rc = make_part(&p, key, "e", b.bytes, b.len);
+        free(b.bytes);
         CHECK(rc == 0 && p.blocks.n_blocks == N_BLOCKS, "scan of `lzop -c %s` output", variants[v]);
         if (rc)
             continue;

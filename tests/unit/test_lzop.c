@@ -1,9 +1,10 @@
 /* Unit tests for codec/lzop.c: byte-exactness against lzop 1.04, round trips
  * through the real lzop binary, corruption handling, the block scanner, and
  * the WAL-E fixture objects.  Run from the repository root. */
+#include "common/hex.h"
 #include "codec/lzop.h"
 #include "tests/unit/tap.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -23,15 +24,15 @@
 /* ---- helpers ---- */
 
 
-static void buf_put(buf *b, const void *d, size_t n)
+static void buf_put(walfs_buf *b, const void *d, size_t n)
 {
     if (buf_sink(b, d, n) != 0)
         abort();
 }
 
-static int same(const buf *b, const void *d, size_t n)
+static int same(const walfs_buf *b, const void *d, size_t n)
 {
-    return b->len == n && (n == 0 || memcmp(b->p, d, n) == 0);
+    return b->len == n && (n == 0 || memcmp(b->bytes, d, n) == 0);
 }
 
 static char tmpdir[64];
@@ -51,7 +52,7 @@ static int write_file(const char *path, const void *d, size_t n)
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
 
-static int read_file(const char *path, buf *out)
+static int read_file(const char *path, walfs_buf *out)
 {
     out->len = 0;
     FILE *f = fopen(path, "rb");
@@ -80,7 +81,7 @@ static int run(const char *fmt, ...)
     return WEXITSTATUS(st);
 }
 
-static int encode(const void *d, size_t n, uint32_t mode, int64_t mtime, size_t chunk, buf *out,
+static int encode(const void *d, size_t n, uint32_t mode, int64_t mtime, size_t chunk, walfs_buf *out,
                   walfs_err *err)
 {
     out->len = 0;
@@ -100,7 +101,7 @@ static int encode(const void *d, size_t n, uint32_t mode, int64_t mtime, size_t 
 }
 
 /* chunk 0: all at once. */
-static int decode_named(const void *d, size_t n, size_t chunk, const char *name, buf *out,
+static int decode_named(const void *d, size_t n, size_t chunk, const char *name, walfs_buf *out,
                         walfs_err *err)
 {
     out->len = 0;
@@ -122,7 +123,7 @@ static int decode_named(const void *d, size_t n, size_t chunk, const char *name,
     return rc;
 }
 
-static int decode(const void *d, size_t n, size_t chunk, buf *out, walfs_err *err)
+static int decode(const void *d, size_t n, size_t chunk, walfs_buf *out, walfs_err *err)
 {
     return decode_named(d, n, chunk, "test-object.lzo", out, err);
 }
@@ -130,7 +131,7 @@ static int decode(const void *d, size_t n, size_t chunk, buf *out, walfs_err *er
 /* Decode must fail with -EIO and a message naming the object. */
 static int rejects(const void *d, size_t n, const char *needle, walfs_err *err)
 {
-    buf out = {0};
+    walfs_buf out = {0};
     int rc = decode(d, n, 0, &out, err);
     buf_free(&out);
     if (rc != -EIO || !strstr(err->msg, "test-object.lzo"))
@@ -188,9 +189,7 @@ static void sha256_hex(const void *d, size_t n, char hex[65])
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_Digest(d, n, md, &mdlen, EVP_sha256(), NULL);
-    for (unsigned i = 0; i < mdlen && i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
-    hex[64] = '\0';
+    hex_encode(md, mdlen < 32 ? mdlen : 32, hex);
 }
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -263,7 +262,7 @@ typedef struct hdr_spec {
     int break_extra_sum;
 } hdr_spec;
 
-static void make_stream(const hdr_spec *h, const unsigned char *body, size_t body_len, buf *out)
+static void make_stream(const hdr_spec *h, const unsigned char *body, size_t body_len, walfs_buf *out)
 {
     static const unsigned char magic[9] = {0x89, 0x4C, 0x5A, 0x4F, 0x00, 0x0D, 0x0A, 0x1A, 0x0A};
     unsigned char f[512];
@@ -337,7 +336,7 @@ static void test_vector(void)
         0x2C, 0x00, 0x09, 0x68, 0x65, 0x6C, 0x6C, 0x6F, 0x20, 0x77, 0x6F, 0x72, 0x6C, 0x64, 0x0A, 0x11,
         0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
     walfs_err err = {0};
-    buf out = {0}, dec = {0};
+    walfs_buf out = {0}, dec = {0};
     CHECK((lzo_version() & 0xFFFF) == 0x20A0, "liblzo2 is 2.10 (the test vector's library)");
     int rc = encode(hello, 36, 0, 0, 0, &out, &err);
     CHECK(rc == 0 && same(&out, expect, sizeof expect), "doc 3.7 test vector reproduced byte for byte");
@@ -375,24 +374,24 @@ static void test_vector(void)
     CHECK(rejects(two, sizeof two, "second lzop stream", &err), "concatenated streams rejected: %s",
           err.msg);
 
-    buf t = {0};
+    walfs_buf t = {0};
     buf_put(&t, expect, sizeof expect);
     static const unsigned char zeros[1000];
     buf_put(&t, zeros, sizeof zeros);
-    rc = decode(t.p, t.len, 0, &dec, &err);
+    rc = decode(t.bytes, t.len, 0, &dec, &err);
     CHECK(rc == 0 && same(&dec, hello, 36), "trailing zero bytes accepted like lzop");
-    rc = decode(t.p, t.len, 1, &dec, &err);
+    rc = decode(t.bytes, t.len, 1, &dec, &err);
     CHECK(rc == 0 && same(&dec, hello, 36), "trailing zero bytes accepted with 1-byte feeds");
     buf_put(&t, "x", 1);
-    CHECK(rejects(t.p, t.len, "non-zero data", &err), "zeros then garbage rejected: %s", err.msg);
+    CHECK(rejects(t.bytes, t.len, "non-zero data", &err), "zeros then garbage rejected: %s", err.msg);
     t.len = 0;
     buf_put(&t, expect, sizeof expect);
     buf_put(&t, "garbage", 7);
-    CHECK(rejects(t.p, t.len, "non-zero data", &err), "trailing garbage rejected");
+    CHECK(rejects(t.bytes, t.len, "non-zero data", &err), "trailing garbage rejected");
     t.len = 0;
     buf_put(&t, expect, sizeof expect);
     buf_put(&t, "\x89LZ", 3);
-    CHECK(rejects(t.p, t.len, "non-zero data", &err), "trailing partial magic rejected");
+    CHECK(rejects(t.bytes, t.len, "non-zero data", &err), "trailing partial magic rejected");
     buf_free(&t);
 
     unsigned char c[sizeof expect];
@@ -435,15 +434,15 @@ static int msg_sink(void *ctx, const void *d, size_t n)
 static void test_sink_errors(void)
 {
     walfs_err err = {0};
-    buf s = {0};
+    walfs_buf s = {0};
     encode(hello, 36, 0, 0, 0, &s, &err);
     lzop_decoder *d = lzop_decoder_new("x");
-    int rc = lzop_decoder_feed(d, s.p, s.len, failing_sink, NULL, &err);
+    int rc = lzop_decoder_feed(d, s.bytes, s.len, failing_sink, NULL, &err);
     CHECK(rc == -ENOSPC && strstr(err.msg, "consumer"), "decoder propagates sink errno: %s", err.msg);
     lzop_decoder_free(d);
     walfs_err_clear(&err);
     d = lzop_decoder_new("x");
-    rc = lzop_decoder_feed(d, s.p, s.len, msg_sink, &err, &err);
+    rc = lzop_decoder_feed(d, s.bytes, s.len, msg_sink, &err, &err);
     CHECK(rc == -EPIPE && strcmp(err.msg, "sink says: reader went away") == 0,
           "decoder keeps the sink's own message");
     lzop_decoder_free(d);
@@ -462,9 +461,9 @@ typedef struct input {
     size_t len;
 } input;
 
-static int has_flags(const buf *s, uint32_t want)
+static int has_flags(const walfs_buf *s, uint32_t want)
 {
-    return s->len > 21 && (be32(s->p + 17) & want) == want;
+    return s->len > 21 && (be32(s->bytes + 17) & want) == want;
 }
 
 static void test_against_lzop(const input *in)
@@ -476,7 +475,7 @@ static void test_against_lzop(const input *in)
     tpath(pback, sizeof pback, "back.bin");
     tpath(pv, sizeof pv, "variant.lzo");
     walfs_err err = {0};
-    buf ours = {0}, ref = {0}, dec = {0}, other = {0};
+    walfs_buf ours = {0}, ref = {0}, dec = {0}, other = {0};
 
     CHECK(write_file(pin, in->data, in->len) == 0, "[%s] wrote %zu-byte input", in->name, in->len);
     struct stat st;
@@ -489,33 +488,33 @@ static void test_against_lzop(const input *in)
           in->name);
     CHECK(run("lzop -c < %s > %s", pin, pref) == 0 && read_file(pref, &ref) == 0,
           "[%s] lzop -c < file ran", in->name);
-    CHECK(ours.len == ref.len && memcmp(ours.p, ref.p, ours.len) == 0,
+    CHECK(ours.len == ref.len && memcmp(ours.bytes, ref.bytes, ours.len) == 0,
           "[%s] our stream equals `lzop -c < file` byte for byte", in->name);
 
     size_t chunk = in->len <= (1u << 20) ? 1 : 4099;
     rc = encode(in->data, in->len, mode, (int64_t)st.st_mtime, chunk, &other, &err);
-    CHECK(rc == 0 && other.len == ours.len && memcmp(other.p, ours.p, ours.len) == 0,
+    CHECK(rc == 0 && other.len == ours.len && memcmp(other.bytes, ours.bytes, ours.len) == 0,
           "[%s] %zu-byte encoder writes give the same stream", in->name, chunk);
     rc = encode(in->data, in->len, mode, (int64_t)st.st_mtime, BLK + 7, &other, &err);
-    CHECK(rc == 0 && other.len == ours.len && memcmp(other.p, ours.p, ours.len) == 0,
+    CHECK(rc == 0 && other.len == ours.len && memcmp(other.bytes, ours.bytes, ours.len) == 0,
           "[%s] block+7-byte encoder writes give the same stream", in->name);
 
     /* ours -> lzop */
     encode(in->data, in->len, 0, 1700000000, 0, &ours, &err);
-    write_file(pours, ours.p, ours.len);
+    write_file(pours, ours.bytes, ours.len);
     CHECK(run("lzop -t -q %s", pours) == 0, "[%s] lzop -t accepts our stream", in->name);
     CHECK(run("lzop -dc < %s > %s", pours, pback) == 0 && read_file(pback, &other) == 0 &&
               same(&other, in->data, in->len),
           "[%s] lzop -dc restores the input from our stream", in->name);
 
     /* lzop -> ours */
-    rc = decode(ref.p, ref.len, 0, &dec, &err);
+    rc = decode(ref.bytes, ref.len, 0, &dec, &err);
     CHECK(rc == 0 && same(&dec, in->data, in->len), "[%s] we decode lzop -c output (one feed) %s",
           in->name, rc ? err.msg : "");
-    rc = decode(ref.p, ref.len, 1, &dec, &err);
+    rc = decode(ref.bytes, ref.len, 1, &dec, &err);
     CHECK(rc == 0 && same(&dec, in->data, in->len), "[%s] we decode lzop -c output (1-byte feeds)",
           in->name);
-    rc = decode(ref.p, ref.len, 4093, &dec, &err);
+    rc = decode(ref.bytes, ref.len, 4093, &dec, &err);
     CHECK(rc == 0 && same(&dec, in->data, in->len), "[%s] we decode lzop -c output (4093-byte feeds)",
           in->name);
 
@@ -533,15 +532,15 @@ static void test_against_lzop(const input *in)
             continue; /* LZO1X-999 on 16 MiB is slow; -9 once is enough */
         int ok = run("lzop -c %s < %s > %s", variants[i].opts, pin, pv) == 0 &&
                  read_file(pv, &other) == 0 && has_flags(&other, variants[i].flags) &&
-                 other.p[15] == variants[i].method;
-        rc = ok ? decode(other.p, other.len, in->len < 100000 ? 1 : 65536, &dec, &err) : -1;
+                 other.bytes[15] == variants[i].method;
+        rc = ok ? decode(other.bytes, other.len, in->len < 100000 ? 1 : 65536, &dec, &err) : -1;
         CHECK(ok && rc == 0 && same(&dec, in->data, in->len), "[%s] we decode `lzop -c %s` %s",
               in->name, variants[i].opts, rc > -1000 && rc < 0 ? err.msg : "");
     }
     /* named: lzop given a file name stores it in the header */
     int ok = run("cd %s && lzop -c in.bin > variant.lzo", tmpdir) == 0 && read_file(pv, &other) == 0 &&
-             other.len > 34 && other.p[33] == 6 && memcmp(other.p + 34, "in.bin", 6) == 0;
-    rc = ok ? decode(other.p, other.len, 0, &dec, &err) : -1;
+             other.len > 34 && other.bytes[33] == 6 && memcmp(other.bytes + 34, "in.bin", 6) == 0;
+    rc = ok ? decode(other.bytes, other.len, 0, &dec, &err) : -1;
     CHECK(ok && rc == 0 && same(&dec, in->data, in->len), "[%s] we decode `lzop -c FILE` (named)",
           in->name);
 
@@ -561,10 +560,10 @@ static void test_against_lzop(const input *in)
 static void test_corruption(const input *mixed)
 {
     walfs_err err = {0};
-    buf s = {0}, c = {0}, dec = {0};
+    walfs_buf s = {0}, c = {0}, dec = {0};
     encode(mixed->data, mixed->len, 0, 0, 0, &s, &err);
     lzop_index idx = {0};
-    int rc = scan(s.p, s.len, 0, &idx, &err);
+    int rc = scan(s.bytes, s.len, 0, &idx, &err);
     CHECK(rc == 0 && idx.n_blocks == 5 && idx.blocks[0].comp_len < BLK && idx.blocks[1].comp_len == BLK &&
               idx.blocks[4].uncomp_len == mixed->len - 4 * BLK,
           "mixed stream: 5 blocks, compressed and stored, partial last");
@@ -575,35 +574,35 @@ static void test_corruption(const input *mixed)
 #define MUTATE(stmt)                                                                               \
     do {                                                                                           \
         c.len = 0;                                                                                 \
-        buf_put(&c, s.p, s.len);                                                                   \
+        buf_put(&c, s.bytes, s.len);                                                                   \
         stmt;                                                                                      \
     } while (0)
 
-    MUTATE(c.p[b0->data_offset + 100] ^= 0x01);
-    CHECK(rejects(c.p, c.len, "block 0 at offset 38", &err), "flipped compressed byte: %s", err.msg);
-    MUTATE(c.p[b1->data_offset + 100] ^= 0x01);
-    CHECK(rejects(c.p, c.len, "Adler-32 of stored (uncompressed) data mismatch", &err),
+    MUTATE(c.bytes[b0->data_offset + 100] ^= 0x01);
+    CHECK(rejects(c.bytes, c.len, "block 0 at offset 38", &err), "flipped compressed byte: %s", err.msg);
+    MUTATE(c.bytes[b1->data_offset + 100] ^= 0x01);
+    CHECK(rejects(c.bytes, c.len, "Adler-32 of stored (uncompressed) data mismatch", &err),
           "flipped stored byte: %s", err.msg);
-    MUTATE(c.p[b2->comp_offset + 9] ^= 0x01);
-    CHECK(rejects(c.p, c.len, "block 2 at offset", &err) && strstr(err.msg, "restore it"),
+    MUTATE(c.bytes[b2->comp_offset + 9] ^= 0x01);
+    CHECK(rejects(c.bytes, c.len, "block 2 at offset", &err) && strstr(err.msg, "restore it"),
           "wrong block checksum: %s", err.msg);
-    MUTATE(set_be32(c.p + b0->comp_offset, BLK + 1));
-    CHECK(rejects(c.p, c.len, "262144", &err), "dst_len > 256 KiB rejected: %s", err.msg);
-    MUTATE(set_be32(c.p + b0->comp_offset, 65u << 20));
-    CHECK(rejects(c.p, c.len, "64 MiB", &err), "dst_len > 64 MiB rejected");
-    MUTATE(set_be32(c.p + b0->comp_offset, 0xFFFFFFFFu));
-    CHECK(rejects(c.p, c.len, "split", &err), "dst_len 0xFFFFFFFF rejected");
-    MUTATE(set_be32(c.p + b0->comp_offset + 4, 0));
-    CHECK(rejects(c.p, c.len, "zero", &err), "src_len 0 rejected");
-    MUTATE(set_be32(c.p + b0->comp_offset + 4, BLK + 1));
-    CHECK(rejects(c.p, c.len, "larger than", &err), "src_len > dst_len rejected");
-    MUTATE(set_be32(c.p + b0->comp_offset, BLK - 1));
-    CHECK(rejects(c.p, c.len, "block 0", &err), "decompressed length != dst_len rejected: %s", err.msg);
-    MUTATE(set_be32(c.p + idx.blocks[4].comp_offset, 12346));
-    CHECK(rejects(c.p, c.len, "decompressed to 12345 bytes but the block header says 12346", &err),
+    MUTATE(set_be32(c.bytes + b0->comp_offset, BLK + 1));
+    CHECK(rejects(c.bytes, c.len, "262144", &err), "dst_len > 256 KiB rejected: %s", err.msg);
+    MUTATE(set_be32(c.bytes + b0->comp_offset, 65u << 20));
+    CHECK(rejects(c.bytes, c.len, "64 MiB", &err), "dst_len > 64 MiB rejected");
+    MUTATE(set_be32(c.bytes + b0->comp_offset, 0xFFFFFFFFu));
+    CHECK(rejects(c.bytes, c.len, "split", &err), "dst_len 0xFFFFFFFF rejected");
+    MUTATE(set_be32(c.bytes + b0->comp_offset + 4, 0));
+    CHECK(rejects(c.bytes, c.len, "zero", &err), "src_len 0 rejected");
+    MUTATE(set_be32(c.bytes + b0->comp_offset + 4, BLK + 1));
+    CHECK(rejects(c.bytes, c.len, "larger than", &err), "src_len > dst_len rejected");
+    MUTATE(set_be32(c.bytes + b0->comp_offset, BLK - 1));
+    CHECK(rejects(c.bytes, c.len, "block 0", &err), "decompressed length != dst_len rejected: %s", err.msg);
+    MUTATE(set_be32(c.bytes + idx.blocks[4].comp_offset, 12346));
+    CHECK(rejects(c.bytes, c.len, "decompressed to 12345 bytes but the block header says 12346", &err),
           "decompressed length short of dst_len rejected: %s", err.msg);
-    MUTATE(set_be32(c.p + b1->comp_offset + 4, BLK - 1));
-    CHECK(rejects(c.p, c.len, "block 1", &err), "stored block shortened rejected: %s", err.msg);
+    MUTATE(set_be32(c.bytes + b1->comp_offset + 4, BLK - 1));
+    CHECK(rejects(c.bytes, c.len, "block 1", &err), "stored block shortened rejected: %s", err.msg);
 
     /* truncation: every offset near structure, a stride through the data */
     int bad = 0, tried = 0;
@@ -614,50 +613,50 @@ static void test_corruption(const input *mixed)
         if (!near && cut % 1013 != 0)
             continue;
         tried++;
-        if (!rejects(s.p, cut, "truncated", &err))
+        if (!rejects(s.bytes, cut, "truncated", &err))
             bad++;
     }
     CHECK(bad == 0, "truncation at %d offsets of a multi-block stream rejected", tried);
 
-    MUTATE(buf_put(&c, s.p, s.len));
-    CHECK(rejects(c.p, c.len, "second lzop stream", &err), "two concatenated multi-block streams");
+    MUTATE(buf_put(&c, s.bytes, s.len));
+    CHECK(rejects(c.bytes, c.len, "second lzop stream", &err), "two concatenated multi-block streams");
 
     /* header flag and field checks need a valid header checksum to be reached */
-    const unsigned char *body = s.p + 38;
+    const unsigned char *body = s.bytes + 38;
     size_t body_len = s.len - 38;
     hdr_spec w = {0x1040, 0x0940, 1, 5, 0x0300000D, 0, 0, NULL, NULL, 0, 0};
     make_stream(&w, body, body_len, &c);
-    CHECK(same(&c, s.p, s.len), "test header builder reproduces our header");
+    CHECK(same(&c, s.bytes, s.len), "test header builder reproduces our header");
 
     hdr_spec h = w;
     h.flags |= 0x4000;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "unknown header flags", &err), "reserved flag rejected: %s", err.msg);
+    CHECK(rejects(c.bytes, c.len, "unknown header flags", &err), "reserved flag rejected: %s", err.msg);
     h = w;
     h.flags |= 0x800;
     h.filter = 1;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "F_H_FILTER", &err), "filter flag rejected: %s", err.msg);
+    CHECK(rejects(c.bytes, c.len, "F_H_FILTER", &err), "filter flag rejected: %s", err.msg);
     h = w;
     h.flags |= 0x400;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "F_MULTIPART", &err), "multipart flag rejected");
+    CHECK(rejects(c.bytes, c.len, "F_MULTIPART", &err), "multipart flag rejected");
     h = w;
     h.method = 4;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "method 4", &err), "method 4 rejected");
+    CHECK(rejects(c.bytes, c.len, "method 4", &err), "method 4 rejected");
     h = w;
     h.level = 10;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "level 10", &err), "level 10 rejected");
+    CHECK(rejects(c.bytes, c.len, "level 10", &err), "level 10 rejected");
     h = w;
     h.version = 0x0800;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "version", &err), "format version 0x0800 rejected");
+    CHECK(rejects(c.bytes, c.len, "version", &err), "format version 0x0800 rejected");
     h = w;
     h.version_needed = 0x1050;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "needs lzop 1.05", &err), "version_needed 0x1050 rejected: %s", err.msg);
+    CHECK(rejects(c.bytes, c.len, "needs lzop 1.05", &err), "version_needed 0x1050 rejected: %s", err.msg);
 
     /* accepted variants */
     static const unsigned char extra[] = {1, 2, 3, 4, 5};
@@ -676,10 +675,10 @@ static void test_corruption(const input *mixed)
     };
     for (size_t i = 0; i < sizeof okv / sizeof okv[0]; i++) {
         make_stream(&okv[i].h, body, body_len, &c);
-        rc = decode(c.p, c.len, 1, &dec, &err);
+        rc = decode(c.bytes, c.len, 1, &dec, &err);
         int ok = rc == 0 && same(&dec, mixed->data, mixed->len);
         lzop_index ix = {0};
-        rc = scan(c.p, c.len, 3, &ix, &err);
+        rc = scan(c.bytes, c.len, 3, &ix, &err);
         ok = ok && rc == 0 && ix.n_blocks == 5 && ix.info.header_len == c.len - body_len;
         lzop_index_free(&ix);
         CHECK(ok, "accepts %s", okv[i].what);
@@ -687,37 +686,37 @@ static void test_corruption(const input *mixed)
     h = okv[4].h;
     h.break_extra_sum = 1;
     make_stream(&h, body, body_len, &c);
-    CHECK(rejects(c.p, c.len, "extra field checksum", &err), "bad extra field checksum rejected");
+    CHECK(rejects(c.bytes, c.len, "extra field checksum", &err), "bad extra field checksum rejected");
     h = okv[2].h;
     make_stream(&h, body, body_len, &c);
-    c.p[20] ^= 1;
-    CHECK(rejects(c.p, c.len, "CRC-32 stored", &err), "CRC-32 header checksum verified: %s", err.msg);
+    c.bytes[20] ^= 1;
+    CHECK(rejects(c.bytes, c.len, "CRC-32 stored", &err), "CRC-32 header checksum verified: %s", err.msg);
 
     /* scanner rejects what the decoder rejects in the structure */
     lzop_index ix = {0};
-    CHECK(scan(s.p, s.len - 1, 0, &ix, &err) == -EIO && strstr(err.msg, "scan-object.lzo") &&
+    CHECK(scan(s.bytes, s.len - 1, 0, &ix, &err) == -EIO && strstr(err.msg, "scan-object.lzo") &&
               strstr(err.msg, "truncated"),
           "scanner: truncated stream rejected: %s", err.msg);
     MUTATE(buf_put(&c, "junk", 4));
-    CHECK(scan(c.p, c.len, 0, &ix, &err) == -EIO, "scanner: trailing garbage rejected");
-    MUTATE(set_be32(c.p + b0->comp_offset + 4, BLK + 1));
-    CHECK(scan(c.p, c.len, 0, &ix, &err) == -EIO, "scanner: src_len > dst_len rejected");
+    CHECK(scan(c.bytes, c.len, 0, &ix, &err) == -EIO, "scanner: trailing garbage rejected");
+    MUTATE(set_be32(c.bytes + b0->comp_offset + 4, BLK + 1));
+    CHECK(scan(c.bytes, c.len, 0, &ix, &err) == -EIO, "scanner: src_len > dst_len rejected");
 
     /* lzop_decode_block verification */
     unsigned char *out = malloc(BLK);
     size_t raw0 = (size_t)(b0->data_offset + b0->comp_len - b0->comp_offset);
-    MUTATE(c.p[b0->data_offset + 50] ^= 0x10);
-    rc = lzop_decode_block(&idx.info, b0, c.p + b0->comp_offset, raw0, out, &err);
+    MUTATE(c.bytes[b0->data_offset + 50] ^= 0x10);
+    rc = lzop_decode_block(&idx.info, b0, c.bytes + b0->comp_offset, raw0, out, &err);
     CHECK(rc == -EIO && strstr(err.msg, "offset 38"), "decode_block: corrupt block rejected: %s", err.msg);
     size_t raw1 = (size_t)(b1->data_offset + b1->comp_len - b1->comp_offset);
-    MUTATE(c.p[b1->data_offset + 50] ^= 0x10);
-    rc = lzop_decode_block(&idx.info, b1, c.p + b1->comp_offset, raw1, out, &err);
+    MUTATE(c.bytes[b1->data_offset + 50] ^= 0x10);
+    rc = lzop_decode_block(&idx.info, b1, c.bytes + b1->comp_offset, raw1, out, &err);
     CHECK(rc == -EIO && strstr(err.msg, "Adler-32"), "decode_block: corrupt stored block rejected");
-    rc = lzop_decode_block(&idx.info, b0, s.p + b0->comp_offset, raw0 - 1, out, &err);
+    rc = lzop_decode_block(&idx.info, b0, s.bytes + b0->comp_offset, raw0 - 1, out, &err);
     CHECK(rc == -EIO, "decode_block: short raw buffer rejected");
-    rc = lzop_decode_block(&idx.info, b1, s.p + b0->comp_offset, raw1, out, &err);
+    rc = lzop_decode_block(&idx.info, b1, s.bytes + b0->comp_offset, raw1, out, &err);
     CHECK(rc == -EIO && strstr(err.msg, "index"), "decode_block: wrong block for the index rejected");
-    rc = lzop_decode_block(&idx.info, b1, s.p + b1->comp_offset, raw1, out, &err);
+    rc = lzop_decode_block(&idx.info, b1, s.bytes + b1->comp_offset, raw1, out, &err);
     CHECK(rc == 0 && memcmp(out, mixed->data + BLK, BLK) == 0, "decode_block: intact stored block decodes");
     free(out);
 #undef MUTATE
@@ -735,7 +734,7 @@ static void test_lzop_checksums(const input *mixed)
     tpath(pv, sizeof pv, "mixed.lzo");
     write_file(pin, mixed->data, mixed->len);
     walfs_err err = {0};
-    buf s = {0}, c = {0};
+    walfs_buf s = {0}, c = {0};
     static const struct {
         const char *opts, *needle_c, *needle_d;
     } v[] = {
@@ -745,24 +744,24 @@ static void test_lzop_checksums(const input *mixed)
     for (size_t i = 0; i < 2; i++) {
         int ok = run("lzop -c %s < %s > %s", v[i].opts, pin, pv) == 0 && read_file(pv, &s) == 0;
         lzop_index idx = {0};
-        int rc = ok ? scan(s.p, s.len, 0, &idx, &err) : -1;
+        int rc = ok ? scan(s.bytes, s.len, 0, &idx, &err) : -1;
         CHECK(rc == 0 && idx.n_blocks == 5, "[lzop %s] scanned", v[i].opts);
         if (rc)
             continue;
         unsigned char *all = malloc(mixed->len);
-        rc = index_decode_all(s.p, s.len, &idx, all, &err);
+        rc = index_decode_all(s.bytes, s.len, &idx, all, &err);
         CHECK(rc == 0 && memcmp(all, mixed->data, mixed->len) == 0,
               "[lzop %s] every block decodes independently", v[i].opts);
         free(all);
         c.len = 0;
-        buf_put(&c, s.p, s.len);
-        c.p[idx.blocks[0].data_offset + 7] ^= 0x04;
-        CHECK(rejects(c.p, c.len, v[i].needle_c, &err), "[lzop %s] corrupt compressed data: %s",
+        buf_put(&c, s.bytes, s.len);
+        c.bytes[idx.blocks[0].data_offset + 7] ^= 0x04;
+        CHECK(rejects(c.bytes, c.len, v[i].needle_c, &err), "[lzop %s] corrupt compressed data: %s",
               v[i].opts, err.msg);
         c.len = 0;
-        buf_put(&c, s.p, s.len);
-        c.p[idx.blocks[1].data_offset + 7] ^= 0x04;
-        CHECK(rejects(c.p, c.len, v[i].needle_d, &err), "[lzop %s] corrupt stored data: %s", v[i].opts,
+        buf_put(&c, s.bytes, s.len);
+        c.bytes[idx.blocks[1].data_offset + 7] ^= 0x04;
+        CHECK(rejects(c.bytes, c.len, v[i].needle_d, &err), "[lzop %s] corrupt stored data: %s", v[i].opts,
               err.msg);
         lzop_index_free(&idx);
     }
@@ -775,16 +774,16 @@ static void test_lzop_checksums(const input *mixed)
 static void test_scanner_ours(const input *mixed)
 {
     walfs_err err = {0};
-    buf s = {0};
+    walfs_buf s = {0};
     encode(mixed->data, mixed->len, 0100600, 1700000000, 0, &s, &err);
     for (size_t chunk = 0; chunk <= 1; chunk++) {
         lzop_index idx = {0};
-        int rc = scan(s.p, s.len, chunk, &idx, &err);
+        int rc = scan(s.bytes, s.len, chunk, &idx, &err);
         CHECK(rc == 0 && idx.uncomp_size == mixed->len && idx.comp_size == s.len &&
                   idx.info.flags == 0x0300000D && idx.info.method == 1 && idx.info.header_len == 38,
               "scanner on our stream (%s feeds): sizes and info", chunk ? "1-byte" : "one");
         unsigned char *all = malloc(mixed->len);
-        rc = rc ? rc : index_decode_all(s.p, s.len, &idx, all, &err);
+        rc = rc ? rc : index_decode_all(s.bytes, s.len, &idx, all, &err);
         CHECK(rc == 0 && memcmp(all, mixed->data, mixed->len) == 0,
               "scanner on our stream: blocks contiguous and decode independently");
         free(all);
@@ -796,18 +795,18 @@ static void test_scanner_ours(const input *mixed)
 static void test_fixture_scan(void)
 {
     walfs_err err = {0};
-    buf f = {0};
+    walfs_buf f = {0};
     int ok = read_file(FIXTURE_DIR "/pgdb/wal_005/000000010000000000000003.lzo", &f) == 0;
     CHECK(ok && f.len == 259221, "fixture segment 3 read (%zu bytes)", f.len);
     if (!ok)
         return;
     lzop_index idx = {0};
-    int rc = scan(f.p, f.len, 1000, &idx, &err);
+    int rc = scan(f.bytes, f.len, 1000, &idx, &err);
     CHECK(rc == 0 && idx.n_blocks == 64 && idx.uncomp_size == 16777216 && idx.comp_size == f.len &&
               idx.info.flags == 0x0300000D && idx.info.header_len == 38,
           "fixture segment 3: 64 blocks, 16 MiB, flags 0x0300000D %s", rc ? err.msg : "");
     unsigned char *all = malloc(16777216);
-    rc = rc ? rc : index_decode_all(f.p, f.len, &idx, all, &err);
+    rc = rc ? rc : index_decode_all(f.bytes, f.len, &idx, all, &err);
     char hex[65] = "";
     if (rc == 0)
         sha256_hex(all, 16777216, hex);
@@ -816,7 +815,7 @@ static void test_fixture_scan(void)
     /* the last block first: random access needs no earlier state */
     const lzop_block *last = &idx.blocks[idx.n_blocks - 1];
     unsigned char *one = malloc(BLK);
-    rc = lzop_decode_block(&idx.info, last, f.p + last->comp_offset,
+    rc = lzop_decode_block(&idx.info, last, f.bytes + last->comp_offset,
                            (size_t)(last->data_offset + last->comp_len - last->comp_offset), one, &err);
     CHECK(rc == 0 && memcmp(one, all + last->uncomp_offset, last->uncomp_len) == 0,
           "fixture segment 3: last block decodes on its own");
@@ -857,14 +856,14 @@ static void test_fixtures_manifest(void)
         n_lzo++;
         char path[1200];
         snprintf(path, sizeof path, FIXTURE_DIR "/%s", key);
-        buf f = {0};
+        walfs_buf f = {0};
         walfs_err err = {0};
         int rc = read_file(path, &f);
         hash_sink h = {EVP_MD_CTX_new(), 0};
         EVP_DigestInit_ex(h.md, EVP_sha256(), NULL);
         lzop_decoder *dec = lzop_decoder_new(key);
         for (size_t off = 0; rc == 0 && off < f.len; off += 65536)
-            rc = lzop_decoder_feed(dec, f.p + off, f.len - off < 65536 ? f.len - off : 65536, hash_write,
+            rc = lzop_decoder_feed(dec, f.bytes + off, f.len - off < 65536 ? f.len - off : 65536, hash_write,
                                    &h, &err);
         if (rc == 0)
             rc = lzop_decoder_finish(dec, &err);
@@ -872,8 +871,7 @@ static void test_fixtures_manifest(void)
         unsigned mdlen = 0;
         EVP_DigestFinal_ex(h.md, md, &mdlen);
         char hex[65];
-        for (unsigned i = 0; i < 32; i++)
-            sprintf(hex + 2 * i, "%02x", md[i]);
+        hex_encode(md, 32, hex);
         CHECK(rc == 0 && h.n == dsize && strcmp(hex, dsha) == 0, "fixture %s: %llu bytes, sha256 matches",
               key, dsize);
         lzop_decoder_free(dec);
@@ -890,7 +888,7 @@ static void test_fixtures_manifest(void)
 static void test_records(const input *mixed)
 {
     walfs_err err;
-    buf enc = {0}, dec = {0}, want = {0};
+    walfs_buf enc = {0}, dec = {0}, want = {0};
     lzop_encoder *e = lzop_encoder_new(0, 0);
     lzop_block_encoder *be = lzop_block_encoder_new();
     const unsigned char *rec;
@@ -912,15 +910,15 @@ static void test_records(const input *mixed)
          lzop_encoder_finish(e, (lzop_sink_fn)buf_sink, &enc, &err) == 0;
     buf_put(&want, " tail", 5);
     CHECK(ok, "records spliced into a stream after a flush (%s)", ok ? "" : err.msg);
-    CHECK(ok && decode(enc.p, enc.len, 4096, &dec, &err) == 0 && same(&dec, want.p, want.len),
+    CHECK(ok && decode(enc.bytes, enc.len, 4096, &dec, &err) == 0 && same(&dec, want.bytes, want.len),
           "our decoder reads the stream with short blocks in the middle");
     char in[256], out[256];
     tpath(in, sizeof in, "records.lzo");
     tpath(out, sizeof out, "records.out");
-    buf got = {0};
-    CHECK(write_file(in, enc.p, enc.len) == 0 && run("lzop -t -q '%s'", in) == 0 &&
+    walfs_buf got = {0};
+    CHECK(write_file(in, enc.bytes, enc.len) == 0 && run("lzop -t -q '%s'", in) == 0 &&
               run("lzop -dc '%s' > '%s'", in, out) == 0 && read_file(out, &got) == 0 &&
-              same(&got, want.p, want.len),
+              same(&got, want.bytes, want.len),
           "lzop 1.04 tests and decodes it to the same bytes");
     unlink(in);
     unlink(out);
@@ -948,7 +946,7 @@ static void test_records(const input *mixed)
           "block sizes outside 1..256 KiB are refused");
     /* records over a partial block would corrupt the stream: refused */
     lzop_encoder *e2 = lzop_encoder_new(0, 0);
-    buf junk = {0};
+    walfs_buf junk = {0};
     int refused = lzop_encoder_write(e2, "x", 1, (lzop_sink_fn)buf_sink, &junk, &err) == 0 &&
                   lzop_encoder_write_records(e2, copy, rec_len, (lzop_sink_fn)buf_sink, &junk,
                                              &err) == -EINVAL;

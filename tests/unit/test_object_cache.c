@@ -20,14 +20,14 @@
 #include "store/store_driver.h"
 #include "wal/object_cache.h"
 #include "tap.h"
-#include "test_buf.h"
+#include "common/buf.h"
 
 #define MiB (1024u * 1024u)
 #define CHUNK (64u * 1024u)
 
 typedef struct fake_obj {
     const char *key;
-    const buf *lzo;
+    const walfs_buf *lzo;
     int64_t recorded;
     int gated; /* stops half-way until the test opens the gate */
 } fake_obj;
@@ -111,7 +111,7 @@ static int fake_get(store *st, const char *key, uint64_t offset, uint64_t length
             pthread_mutex_unlock(&fs->lock);
         }
         size_t n = o->lzo->len - off < CHUNK ? o->lzo->len - off : CHUNK;
-        int rc = sink(ctx, o->lzo->p + off, n);
+        int rc = sink(ctx, o->lzo->bytes + off, n);
         uint64_t now = bytes_in(fs->objects_dir);
         pthread_mutex_lock(&fs->lock);
         if (now > fs->peak)
@@ -127,9 +127,9 @@ static const store_ops fake_ops = {.stat = fake_stat, .get = fake_get};
 
 /* head (may be NULL) then zeros, or pseudo-random bytes (incompressible:
  * the object is about as long as what it decompresses to). */
-static buf compress(const unsigned char *head, size_t head_len, size_t total, int random)
+static walfs_buf compress(const unsigned char *head, size_t head_len, size_t total, int random)
 {
-    buf out = {0};
+    walfs_buf out = {0};
     walfs_err err = {0};
     lzop_encoder *enc = lzop_encoder_new(0100600, 0);
     unsigned char *chunk = calloc(1, MiB);
@@ -161,7 +161,7 @@ static object_cache *new_cache(fake_store *fs, char *dir, uint64_t max)
     return oc;
 }
 
-static void add(fake_store *fs, const char *key, const buf *lzo, int64_t recorded, int gated)
+static void add(fake_store *fs, const char *key, const walfs_buf *lzo, int64_t recorded, int gated)
 {
     fs->objs[fs->n++] = (fake_obj){.key = key, .lzo = lzo, .recorded = recorded, .gated = gated};
 }
@@ -214,13 +214,13 @@ int main(void)
     pthread_mutex_init(&fs.lock, NULL);
     pthread_cond_init(&fs.cond, NULL);
 
-    buf zeros64 = compress(NULL, 0, 64 * MiB, 0);
+    walfs_buf zeros64 = compress(NULL, 0, 64 * MiB, 0);
     unsigned char head[40];
     long_header(head, MiB);
-    buf header_bomb = compress(head, sizeof head, 4 * MiB, 0);
-    buf segment_1m = compress(head, sizeof head, MiB, 0);
-    buf small = compress(NULL, 0, MiB, 0);
-    buf random3 = compress(NULL, 0, 3 * MiB, 1);
+    walfs_buf header_bomb = compress(head, sizeof head, 4 * MiB, 0);
+    walfs_buf segment_1m = compress(head, sizeof head, MiB, 0);
+    walfs_buf small = compress(NULL, 0, MiB, 0);
+    walfs_buf random3 = compress(NULL, 0, 3 * MiB, 1);
     add(&fs, "wal_005/000000010000000000000031.lzo", &zeros64, -1, 0);
     add(&fs, "wal_005/000000010000000000000041.lzo", &zeros64, -1, 0);
     add(&fs, "wal_005/000000010000000000000042.lzo", &zeros64, -1, 0);

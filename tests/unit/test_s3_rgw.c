@@ -20,10 +20,11 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
+#include "common/hex.h"
 #include "s3/s3_client.h"
 #include "s3/sigv4.h"
 #include "tests/unit/tap.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 
 static const char *endpoint, *access_key, *secret_key;
 static char bucket[64];
@@ -132,8 +133,7 @@ static void md5_hex(const void *d, size_t n, char out[33])
     unsigned char md[16];
     unsigned int l = 16;
     EVP_Digest(d, n, md, &l, EVP_md5(), NULL);
-    for (int i = 0; i < 16; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
+    hex_encode(md, 16, out);
 }
 
 /* ---- fault-injecting proxy ---- */
@@ -323,17 +323,17 @@ static void test_round_trip(s3_client *c)
     }
     CHECK(found == 3, "head: metadata round trip, names lower-cased (%d entries)", info.n_meta);
 
-    buf b = {0};
+    walfs_buf b = {0};
     rc = s3_get(c, "rt/hello world+$.txt", 0, 0, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == len && memcmp(b.p, body, len) == 0, "get whole object");
+    CHECK(rc == 0 && b.len == len && memcmp(b.bytes, body, len) == 0, "get whole object");
     buf_free(&b);
 
     rc = s3_get(c, "rt/hello world+$.txt", 7, 5, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == 5 && memcmp(b.p, "walfs", 5) == 0, "ranged get 7+5 (%s)", err.msg);
+    CHECK(rc == 0 && b.len == 5 && memcmp(b.bytes, "walfs", 5) == 0, "ranged get 7+5 (%s)", err.msg);
     buf_free(&b);
 
     rc = s3_get(c, "rt/hello world+$.txt", len - 4, 0, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == 4 && memcmp(b.p, "xyz\n", 4) == 0, "ranged get to the end");
+    CHECK(rc == 0 && b.len == 4 && memcmp(b.bytes, "xyz\n", 4) == 0, "ranged get to the end");
     buf_free(&b);
 
     rc = s3_put(c, "rt/empty", "", 0, NULL, 0, &err);
@@ -356,7 +356,7 @@ static void test_missing(s3_client *c)
     s3_object_info info;
     int rc = s3_head(c, "no/such/key", &info, &err);
     CHECK(rc == -ENOENT, "head of a missing key: -ENOENT (%d)", rc);
-    buf b = {0};
+    walfs_buf b = {0};
     rc = s3_get(c, "no/such/key", 0, 0, buf_sink, &b, &err);
     CHECK(rc == -ENOENT && b.len == 0, "get of a missing key: -ENOENT");
     CHECK(strstr(err.msg, "no/such/key") != NULL, "404 message names the object: %s", err.msg);
@@ -422,7 +422,7 @@ static void test_wrong_secret(void)
     const char *bad = "ThisIsNotTheSecretKey0123456789";
     cfg.secret_key = bad;
     s3_client *c = s3_client_new(&cfg, bucket, &err);
-    buf b = {0};
+    walfs_buf b = {0};
     double t0 = now_s();
     int rc = s3_get(c, "rt/empty", 0, 0, buf_sink, &b, &err);
     CHECK(rc == -EACCES, "wrong secret: -EACCES (%d)", rc);
@@ -476,12 +476,12 @@ static void test_multipart(s3_client *unused)
           "head: size %llu, ETag %s (3 parts)", (unsigned long long)info.size, info.etag);
     CHECK(rc == 0 && info.n_meta == 1 && strcmp(info.meta[0].value, "multipart") == 0,
           "multipart object keeps its metadata");
-    buf b = {0};
+    walfs_buf b = {0};
     rc = s3_get(c, "mp/big", 0, 0, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == len && memcmp(b.p, data, len) == 0, "reads back identical");
+    CHECK(rc == 0 && b.len == len && memcmp(b.bytes, data, len) == 0, "reads back identical");
     buf_free(&b);
     rc = s3_get(c, "mp/big", (5u << 20) - 10, 20, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == 20 && memcmp(b.p, data + (5u << 20) - 10, 20) == 0,
+    CHECK(rc == 0 && b.len == 20 && memcmp(b.bytes, data + (5u << 20) - 10, 20) == 0,
           "ranged get across a part boundary");
     buf_free(&b);
 
@@ -497,7 +497,7 @@ static void test_multipart(s3_client *unused)
         CHECK(rc == 0, "complete (%s)", err.msg);
         s3_multipart_free(mp);
         rc = s3_get(c, "mp/streamed", 0, 0, buf_sink, &b, &err);
-        CHECK(rc == 0 && b.len == (5u << 20) + 1000 && memcmp(b.p, data, b.len) == 0,
+        CHECK(rc == 0 && b.len == (5u << 20) + 1000 && memcmp(b.bytes, data, b.len) == 0,
               "streamed multipart object reads back identical");
         buf_free(&b);
     }
@@ -534,7 +534,7 @@ static void test_unreachable(void)
     cfg.endpoint = ep;
     cfg.deadline_ms = 2000;
     s3_client *c = s3_client_new(&cfg, bucket, &err);
-    buf b = {0};
+    walfs_buf b = {0};
     double t0 = now_s();
     int rc = s3_get(c, "k", 0, 0, buf_sink, &b, &err);
     double took = now_s() - t0;
@@ -561,9 +561,9 @@ static void test_virtual_hosted(void)
         return;
     int rc = s3_put(c, "vh/obj", "virtual", 7, NULL, 0, &err);
     CHECK(rc == 0, "virtual-hosted put via %s.localhost (%s)", bucket, err.msg);
-    buf b = {0};
+    walfs_buf b = {0};
     rc = s3_get(c, "vh/obj", 0, 0, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == 7 && memcmp(b.p, "virtual", 7) == 0, "virtual-hosted get");
+    CHECK(rc == 0 && b.len == 7 && memcmp(b.bytes, "virtual", 7) == 0, "virtual-hosted get");
     buf_free(&b);
     listing l = {.sorted = 1};
     rc = s3_list(c, "vh/", NULL, list_cb, &l, &err);
@@ -618,10 +618,10 @@ static void test_faults(s3_client *direct)
         return;
     }
 
-    buf b = {0};
+    walfs_buf b = {0};
     s3_client *c = proxied(&p, 10000, 0, 1);
     rc = s3_get(c, "fault/obj", 0, 0, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == len && memcmp(b.p, data, len) == 0 && p.conns == 2,
+    CHECK(rc == 0 && b.len == len && memcmp(b.bytes, data, len) == 0 && p.conns == 2,
           "connection cut after 1 MB: resumed, every byte exactly once (%zu bytes, %d conns) %s",
           b.len, p.conns, err.msg);
     buf_free(&b);
@@ -629,7 +629,7 @@ static void test_faults(s3_client *direct)
 
     c = proxied(&p, 10000, 0, 1);
     rc = s3_get(c, "fault/obj", 100, 2000000, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == 2000000 && memcmp(b.p, data + 100, b.len) == 0 && p.conns == 2,
+    CHECK(rc == 0 && b.len == 2000000 && memcmp(b.bytes, data + 100, b.len) == 0 && p.conns == 2,
           "ranged get cut mid-body resumes within the range (%d conns)", p.conns);
     buf_free(&b);
     s3_client_free(c);
@@ -637,7 +637,7 @@ static void test_faults(s3_client *direct)
     c = proxied(&p, 10000, 2, 0);
     double t0 = now_s();
     rc = s3_get(c, "fault/obj", 0, 10, buf_sink, &b, &err);
-    CHECK(rc == 0 && b.len == 10 && memcmp(b.p, data, 10) == 0 && p.conns == 3,
+    CHECK(rc == 0 && b.len == 10 && memcmp(b.bytes, data, 10) == 0 && p.conns == 3,
           "two 503 SlowDown answers retried (%.2f s, %d conns)", now_s() - t0, p.conns);
     buf_free(&b);
     s3_client_free(c);
@@ -672,7 +672,7 @@ static void test_faults(s3_client *direct)
         t0 = now_s();
         rc = s3_get(c, "fault/obj", 0, 0, buf_sink, &b, &err);
         double stalled_for = now_s() - t0;
-        CHECK(rc == 0 && b.len == len && memcmp(b.p, data, len) == 0 && p.conns == 2 &&
+        CHECK(rc == 0 && b.len == len && memcmp(b.bytes, data, len) == 0 && p.conns == 2 &&
                   stalled_for >= 1.9 && stalled_for < 4.5,
               "a body stalled after 1 MB is abandoned after --low-speed-time=2 and resumed "
               "(%.2f s, %d conns) %s", stalled_for, p.conns, err.msg);
@@ -739,7 +739,7 @@ static void test_canned(void)
 
     r[0] = canned(0, "403 Forbidden", "<Error><Code>SignatureDoesNotMatch</Code><Message>x</Mess");
     c = proxied(&p, 3000, 0, 0);
-    buf b = {0};
+    walfs_buf b = {0};
     rc = s3_get(c, "k", 0, 0, buf_sink, &b, &err);
     CHECK(rc == -EACCES, "malformed 403 error body still -EACCES: %s", err.msg);
     buf_free(&b);
@@ -791,10 +791,10 @@ static void *thread_main(void *arg)
     for (int i = 0; i < 20; i++) {
         snprintf(key, sizeof key, "threads/%d/%d", t->id, i);
         int n = snprintf(body, sizeof body, "thread %d item %d", t->id, i);
-        buf b = {0};
+        walfs_buf b = {0};
         if (s3_put(t->c, key, body, (size_t)n, NULL, 0, &err) != 0 ||
             s3_get(t->c, key, 0, 0, buf_sink, &b, &err) != 0 || b.len != (size_t)n ||
-            memcmp(b.p, body, (size_t)n) != 0)
+            memcmp(b.bytes, body, (size_t)n) != 0)
             t->failures++;
         buf_free(&b);
     }

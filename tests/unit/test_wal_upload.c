@@ -11,7 +11,7 @@
 #include "common/log.h"
 #include "tests/unit/fault_store.h"
 #include "tests/unit/tap.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 #include "tests/unit/test_sh.h"
 #include "wal/lzop_object.h"
 
@@ -73,10 +73,10 @@ static int upload(store *st, const unsigned char *data, size_t len, walfs_err *e
 /* 1 when KEY decompresses to exactly data. */
 static int stored_is(store *st, const unsigned char *data, size_t len)
 {
-    buf b = {0};
+    walfs_buf b = {0};
     walfs_err err;
     int rc = lzop_object_read(st, KEY, buf_sink, &b, &err);
-    int same = rc == 0 && b.len == len && memcmp(b.p, data, len) == 0;
+    int same = rc == 0 && b.len == len && memcmp(b.bytes, data, len) == 0;
     if (rc)
         printf("# reading back %s: %s\n", KEY, err.msg);
     buf_free(&b);
@@ -205,7 +205,7 @@ static void test_precompressed(store *st, const unsigned char *seg)
 {
     remove_key(st);
     fault_store_reset(st);
-    buf z = {0};
+    walfs_buf z = {0};
     walfs_err err;
     lzop_encoder *enc = lzop_encoder_new(0100600, MTIME);
     int rc = lzop_encoder_write(enc, seg, SEG_BYTES, buf_sink, &z, &err);
@@ -216,13 +216,13 @@ static void test_precompressed(store *st, const unsigned char *seg)
     int fd = spool_of(seg, SEG_BYTES);
     size_t zlen = z.len;
     unsigned char *copy = malloc(zlen);
-    memcpy(copy, z.p, zlen);
-    rc = wal_upload(st, KEY, fd, SEG_BYTES, 0600, MTIME, (char *)z.p, z.len, NULL, NULL, &err);
+    memcpy(copy, z.bytes, zlen);
+    rc = wal_upload(st, KEY, fd, SEG_BYTES, 0600, MTIME, (char *)z.bytes, z.len, NULL, NULL, &err);
     close(fd);
-    buf raw = {0};
+    walfs_buf raw = {0};
     walfs_err gerr;
     int grc = store_get(fault_store_inner(st), KEY, 0, 0, buf_sink, &raw, &gerr);
-    CHECK(rc == 0 && grc == 0 && raw.len == zlen && memcmp(raw.p, copy, zlen) == 0,
+    CHECK(rc == 0 && grc == 0 && raw.len == zlen && memcmp(raw.bytes, copy, zlen) == 0,
           "a stream compressed beforehand is stored as it is (%zu bytes)", raw.len);
     CHECK(stored_is(st, seg, SEG_BYTES), "... and reads back as the segment");
     buf_free(&raw);
