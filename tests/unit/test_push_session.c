@@ -12,7 +12,7 @@
 #include "common/log.h"
 #include "tests/unit/fault_store.h"
 #include "tests/unit/tap.h"
-#include "tests/unit/test_buf.h"
+#include "common/buf.h"
 #include "tests/unit/test_clock.h"
 #include "tests/unit/test_files.h"
 #include "tests/unit/test_sh.h"
@@ -265,19 +265,17 @@ static char *read_cmd(const char *cmd, size_t *len)
     FILE *f = popen(cmd, "r");
     if (!f)
         return NULL;
-    buf b = {0};
+    walfs_buf b = {0};
     char chunk[65536];
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        buf_sink(&b, chunk, n);
+        buf_append(&b, chunk, n);
     int st = pclose(f);
-    buf_sink(&b, "", 1);
-    *len = b.len - 1;
-    if (st != 0) {
+    if (st != 0 || b.err || buf_reserve(&b, 1) != 0) {
         buf_free(&b);
         return NULL;
     }
-    return (char *)b.p;
+    return buf_take(&b, len); /* NUL-terminated (common/buf.h) */
 }
 
 static void partition_path(env *e, const char *name, char *out, size_t len)
