@@ -520,7 +520,7 @@ void *push_emitter_main(void *arg)
 {
     push_registry *reg = arg;
     tree_lock(reg);
-    while (!reg->stopping) {
+    while (!worker_stopping(&reg->emitter)) {
         push_session *s = NULL;
         push_node *n = NULL;
         job_kind job = next_job(reg, &s, &n);
@@ -531,7 +531,7 @@ void *push_emitter_main(void *arg)
                 tree_lock(reg);
                 continue;
             }
-            pthread_cond_wait(&reg->work, &reg->lock);
+            worker_wait(&reg->emitter);
             continue;
         }
         s->refs++;

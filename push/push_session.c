@@ -54,7 +54,8 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     }
     pthread_mutex_init(&reg->lock, NULL);
     pthread_mutex_init(&reg->spool_lock, NULL);
-    pthread_cond_init(&reg->work, NULL);
+    worker_init(&reg->emitter, &reg->lock);
+    worker_init(&reg->cleanup, &reg->lock);
     pthread_cond_init(&reg->progress, NULL);
     pthread_condattr_t monotonic;
     pthread_condattr_init(&monotonic);
@@ -77,13 +78,10 @@ static void *cleanup_main(void *arg)
 
 int push_registry_start(push_registry *reg, walfs_err *err)
 {
-    if (!reg->emitter_running) {
-        if (pthread_create(&reg->emitter, NULL, push_emitter_main, reg) != 0)
-            return walfs_err_set(err, -EAGAIN, "cannot start the base backup push thread");
-        reg->emitter_running = 1;
-    }
-    if (!reg->cleanup_running)
-        reg->cleanup_running = pthread_create(&reg->cleanup, NULL, cleanup_main, reg) == 0;
+    if (worker_start(&reg->emitter, 1, push_emitter_main, reg) != 0)
+        return walfs_err_set(err, -EAGAIN, "cannot start the base backup push thread");
+    /* Best effort: without it, the next mount removes the leftovers. */
+    worker_start(&reg->cleanup, 1, cleanup_main, reg);
     return 0;
 }
 
@@ -108,16 +106,14 @@ void push_registry_free(push_registry *reg)
         return;
     /* The clean-up is best effort and starts again at the next mount. */
     reg->cleanup_stop = 1;
-    if (reg->cleanup_running)
-        pthread_join(reg->cleanup, NULL);
+    worker_destroy(&reg->cleanup);
+    worker_destroy(&reg->emitter);
+    /* No request is left at unmount; a rename still waiting would see the
+     * emitter gone. */
     tree_lock(reg);
-    reg->stopping = 1;
-    pthread_cond_broadcast(&reg->work);
     for (push_session *s = reg->sessions; s; s = s->next)
         pthread_cond_broadcast(&s->changed);
     pthread_mutex_unlock(&reg->lock);
-    if (reg->emitter_running)
-        pthread_join(reg->emitter, NULL);
     while (reg->sessions) {
         push_session *next = reg->sessions->next;
         session_teardown(reg, reg->sessions);
@@ -132,7 +128,6 @@ void push_registry_free(push_registry *reg)
         spool_file_free(reg->doomed[i]);
     free(reg->doomed);
     spool_pool_free(reg->spools);
-    pthread_cond_destroy(&reg->work);
     pthread_cond_destroy(&reg->progress);
     pthread_cond_destroy(&reg->appended);
     pthread_mutex_destroy(&reg->spool_lock);
@@ -314,11 +309,11 @@ static void advance(push_registry *reg, push_session *s, uint64_t new_seq)
         return;
     if (new_seq > s->emit_before)
         s->emit_before = new_seq;
-    pthread_cond_signal(&reg->work);
+    worker_wake_one(&reg->emitter);
     while (tree_receiving(s) && s->spooled_bytes > reg->settings.spool_max_bytes &&
            (s->label_pending || s->emitter_busy ||
             (s->state == SESSION_NAMED && emitter_next_ready(reg, s))) &&
-           !reg->stopping)
+           !worker_stopping(&reg->emitter))
         pthread_cond_wait(&reg->progress, &reg->lock);
     walfs_err err = {0};
     if (tree_receiving(s) && check_spool_limit(reg, s, &err) != 0)
@@ -620,7 +615,7 @@ static void settle_pinned(push_registry *reg, push_session *s, push_node *n)
     } else if (is_label && s->state == SESSION_RECEIVING && !s->label_pending && !s->writer) {
         /* The label names the backup: the emitter does (it asks the store). */
         s->label_pending = 1;
-        pthread_cond_signal(&reg->work);
+        worker_wake_one(&reg->emitter);
     }
     pthread_mutex_unlock(&reg->lock);
     pthread_mutex_unlock(&reg->spool_lock);
@@ -644,7 +639,7 @@ static void release_locked(push_registry *reg, push_handle *h)
         tree_free_detached_if_idle(reg, s, n);
     s->refs--;
     tree_free_if_unused(reg, s);
-    pthread_cond_signal(&reg->work);
+    worker_wake_one(&reg->emitter);
     free(h);
 }
 
@@ -869,10 +864,10 @@ static int complete(push_registry *reg, push_session *s, int by_manifest, int *c
     if (mine) {
         s->state = SESSION_COMPLETING;
         s->completion_by_manifest = by_manifest;
-        pthread_cond_signal(&reg->work);
+        worker_wake_one(&reg->emitter);
     }
     s->refs++;
-    while (s->state == SESSION_COMPLETING && !reg->stopping)
+    while (s->state == SESSION_COMPLETING && !worker_stopping(&reg->emitter))
         pthread_cond_wait(&s->changed, &reg->lock);
     s->refs--;
     int rc = s->state == SESSION_DONE ? 0 : s->state == SESSION_FAILED ? tree_latched(s) : -EIO;
@@ -960,7 +955,7 @@ static void drop_session(push_registry *reg, push_session *s)
         s->spooled_bytes = 0;
         pthread_cond_broadcast(&reg->progress);
     }
-    pthread_cond_signal(&reg->work);
+    worker_wake_one(&reg->emitter);
     tree_retire(reg, s);
 }
 

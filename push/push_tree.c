@@ -339,7 +339,7 @@ void tree_fail(push_registry *reg, push_session *s, const walfs_err *err)
     for (push_node *n = s->first; n; n = n->next)
         tree_drop_spool(reg, s, n);
     s->spooled_bytes = 0;
-    pthread_cond_signal(&reg->work);
+    worker_wake_one(&reg->emitter);
     pthread_cond_broadcast(&reg->progress);
     pthread_cond_broadcast(&s->changed);
 }
@@ -419,7 +419,7 @@ void tree_unpin(push_registry *reg, push_session *s, push_node *n)
             tree_drop_spool(reg, s, n);
         if (n->detached)
             tree_free_detached_if_idle(reg, s, n);
-        pthread_cond_signal(&reg->work); /* it may be ready to emit now */
+        worker_wake_one(&reg->emitter); /* it may be ready to emit now */
     }
     tree_free_if_unused(reg, s);
 }

@@ -29,6 +29,7 @@
 #include <sys/types.h>
 
 #include "common/err.h"
+#include "common/worker.h"
 #include "pg/pg_control.h"
 #include "push/backup_writer.h"
 #include "push/push_session.h"
@@ -114,14 +115,11 @@ struct push_registry {
     gid_t gid;
     pthread_mutex_t lock;       /* the namespace (see Locking above) */
     pthread_mutex_t spool_lock; /* every spool call */
-    pthread_cond_t work;        /* the emitter has something to do */
     pthread_cond_t progress;    /* the emitter finished a job (spool space, naming) */
     pthread_cond_t appended;    /* a file grew: writes waiting for their turn may go (spool_lock) */
     int waiting_writes;         /* spool_lock */
-    pthread_t emitter;
-    int emitter_running, stopping;
-    pthread_t cleanup;      /* push_cleanup_stale, once per mount */
-    int cleanup_running;
+    worker_pool emitter;        /* one thread; woken when it has something to do */
+    worker_pool cleanup;        /* push_cleanup_stale, once per mount */
     _Atomic int cleanup_stop; /* unmounting: the clean-up's requests stop at once */
     push_session *sessions;
     push_session *retired;      /* replaced or removed, still in use or with uploads to remove */
