@@ -534,7 +534,7 @@ block_reader *block_reader_new(store *st, size_t cache_bytes, int workers,
     }
     pthread_mutex_init(&br->mu, NULL);
     pthread_cond_init(&br->cv_done, NULL);
-    worker_init(&br->pool, &br->mu);
+    worker_init(&br->pool, &br->mu, "walfs-readahead");
     int rc = worker_start(&br->pool, workers, worker_main, br);
     if (rc) {
         int started = br->pool.n_threads;

@@ -1,8 +1,11 @@
 #include "common/worker.h"
 
-void worker_init(worker_pool *w, pthread_mutex_t *lock)
+#include <stdio.h>
+
+void worker_init(worker_pool *w, pthread_mutex_t *lock, const char *name)
 {
     w->lock = lock;
+    snprintf(w->name, sizeof w->name, "%s", name ? name : "");
     pthread_cond_init(&w->wake, NULL);
     atomic_init(&w->stopping, 0);
     w->n_threads = 0;
@@ -16,6 +19,8 @@ int worker_start(worker_pool *w, int n, void *(*fn)(void *), void *arg)
         int rc = pthread_create(&w->threads[w->n_threads], NULL, fn, arg);
         if (rc)
             return -rc;
+        if (w->name[0])
+            pthread_setname_np(w->threads[w->n_threads], w->name);
         w->n_threads++;
     }
     return 0;

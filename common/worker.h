@@ -17,14 +17,16 @@
 
 typedef struct worker_pool {
     pthread_mutex_t *lock;
+    char name[16];          /* the threads' name (ps -L, top -H) */
     pthread_cond_t wake;
     atomic_int stopping;    /* readable without the lock (a long transfer polls it) */
     pthread_t threads[WORKER_MAX];
     int n_threads;
 } worker_pool;
 
-/* No thread yet. */
-void worker_init(worker_pool *w, pthread_mutex_t *lock);
+/* No thread yet.  name (at most 15 bytes kept) is what ps -L and top -H
+ * show for the threads, so an operator can tell them from FUSE's. */
+void worker_init(worker_pool *w, pthread_mutex_t *lock, const char *name);
 /* Starts threads running fn(arg) until n run (at most WORKER_MAX); not
  * after worker_stop.  0, or the first pthread_create error (a negative
  * errno), the threads started so far kept. */

@@ -54,8 +54,8 @@ push_registry *push_registry_new(store *st, const push_settings *settings, uid_t
     }
     pthread_mutex_init(&reg->lock, NULL);
     pthread_mutex_init(&reg->spool_lock, NULL);
-    worker_init(&reg->emitter, &reg->lock);
-    worker_init(&reg->cleanup, &reg->lock);
+    worker_init(&reg->emitter, &reg->lock, "walfs-push");
+    worker_init(&reg->cleanup, &reg->lock, "walfs-pushclean");
     pthread_cond_init(&reg->progress, NULL);
     pthread_condattr_t monotonic;
     pthread_condattr_init(&monotonic);

@@ -105,7 +105,7 @@ background_compressor *background_compressor_start(int spool_fd, mode_t mode, ti
         bc->digest = NULL;
     }
     pthread_mutex_init(&bc->lock, NULL);
-    worker_init(&bc->pool, &bc->lock);
+    worker_init(&bc->pool, &bc->lock, "walfs-compress");
     if (!bc->enc || !bc->chunk || worker_start(&bc->pool, 1, run, bc) != 0) {
         EVP_MD_CTX_free(bc->digest);
         lzop_encoder_free(bc->enc);

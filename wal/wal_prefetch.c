@@ -102,7 +102,7 @@ wal_prefetch *wal_prefetch_new(store *st, object_cache *cache, int depth)
     p->cache = cache;
     p->depth = depth > QUEUE_MAX ? QUEUE_MAX : depth;
     pthread_mutex_init(&p->lock, NULL);
-    worker_init(&p->pool, &p->lock);
+    worker_init(&p->pool, &p->lock, "walfs-prefetch");
     return p;
 }
 

@@ -1,6 +1,7 @@
 /* common/'s shared pieces: the growable buffer keeps its cap exactly and
  * its first failure, and stays NUL-terminated for text; hex is lower-case
  * and terminated; a worker pool wakes, stops and joins once. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,11 +120,32 @@ static void *take_jobs(void *arg)
     return NULL;
 }
 
+/* How many of this process's threads /proc names so. */
+static int threads_named(const char *name)
+{
+    int count = 0;
+    DIR *d = opendir("/proc/self/task");
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
+        if (f && fgets(comm, sizeof comm, f)) {
+            comm[strcspn(comm, "\n")] = '\0';
+            count += strcmp(comm, name) == 0;
+        }
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return count;
+}
+
 static void test_worker(void)
 {
     jobs j = {0};
     pthread_mutex_init(&j.lock, NULL);
-    worker_init(&j.pool, &j.lock);
+    worker_init(&j.pool, &j.lock, NULL);
     worker_stop(&j.pool);
     worker_stop(&j.pool);
     CHECK(j.pool.n_threads == 0, "a pool never started stops (twice) harmlessly");
@@ -131,10 +153,12 @@ static void test_worker(void)
           "no thread starts once stopped");
     worker_destroy(&j.pool);
 
-    worker_init(&j.pool, &j.lock);
+    worker_init(&j.pool, &j.lock, "walfs-test-pool-name");
     CHECK(worker_start(&j.pool, 3, take_jobs, &j) == 0 && j.pool.n_threads == 3 &&
               worker_start(&j.pool, 3, take_jobs, &j) == 0 && j.pool.n_threads == 3,
           "start runs n threads, a second start none more");
+    CHECK(threads_named("walfs-test-pool") == 3,
+          "the threads carry the pool's name, cut to 15 bytes: %d of 3", threads_named("walfs-test-pool"));
     pthread_mutex_lock(&j.lock);
     j.queued = 1000;
     worker_wake_all(&j.pool);
@@ -148,7 +172,7 @@ static void test_worker(void)
 
     jobs k = {0};
     pthread_mutex_init(&k.lock, NULL);
-    worker_init(&k.pool, &k.lock);
+    worker_init(&k.pool, &k.lock, "");
     CHECK(worker_start(&k.pool, WORKER_MAX + 5, take_jobs, &k) == 0 && k.pool.n_threads == WORKER_MAX,
           "at most WORKER_MAX threads");
     worker_destroy(&k.pool);
